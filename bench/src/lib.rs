@@ -1,0 +1,1 @@
+//! Shared helpers for corelog's criterion benches.

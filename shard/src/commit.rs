@@ -1,0 +1,381 @@
+//! The commit task: one per shard, the only writer of segment files.
+//!
+//! Appends encode their batch into the open [`Group`] and wait. The commit
+//! task takes whole groups, writes each with one or a few O_DIRECT writes
+//! (padded to the block size), and runs fdatasync as the policy asks. Appends
+//! that arrive while a write or an fdatasync is in flight gather in the next
+//! group: that is group commit.
+//!
+//! Invariant: a group starts on a block boundary and the commit after it
+//! starts on the next one, so no write ever touches a block that holds
+//! acknowledged data.
+//!
+//! Invariant: one write or fdatasync is in flight at a time, in log order, so
+//! a torn write can only be the last thing in the log.
+
+use std::{rc::Rc, sync::Arc, time::Instant};
+
+use futures_lite::future;
+
+use crate::{
+    config::{FsyncPolicy, ShardConfig},
+    error::{Error, Result},
+    segment::{align_up, segment_path, spare_path, SegmentHeader, BLOCK_SIZE},
+    shard::{Group, Inner, State},
+    stats::bump,
+    storage::{IoBuffer, Storage, StorageFile},
+};
+
+/// Name of the clean-shutdown marker in a shard directory.
+const CLEAN_MARKER: &str = "clean-shutdown";
+const CLEAN_MAGIC: u64 = u64::from_le_bytes(*b"CLCLEAN1");
+
+/// Bytes queued for writing beyond which appends wait.
+pub(crate) fn max_pending_bytes(config: &ShardConfig) -> usize {
+    (config.max_write_bytes * 16).max(config.max_batch_bytes * 2)
+}
+
+/// Makes sure the open group can take a batch of `size` bytes: seals it when
+/// it is full or the batch would cross the end of its segment.
+pub(crate) fn make_room<F>(st: &mut State<F>, config: &ShardConfig, size: usize) {
+    let open = &st.open;
+    let end = open.start + (open.bytes.len() + size) as u64;
+    let crosses_segment = open.segment == 0 || end > config.segment_bytes;
+    let full = open.bytes.len() + size > config.max_write_bytes && !open.bytes.is_empty();
+    if !crosses_segment && !full {
+        return;
+    }
+    let mut next = open.successor();
+    if crosses_segment {
+        next.segment = open.segment + 1;
+        next.start = BLOCK_SIZE;
+    }
+    let old = std::mem::replace(&mut st.open, next);
+    if old.bytes.is_empty() {
+        // Nothing to write: the new group simply takes the old one's id.
+        st.open.id = old.id;
+    } else {
+        st.sealed.push_back(old);
+    }
+}
+
+/// Starts the commit task and the preparation of the first spare segment.
+pub(crate) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
+    let task = glommio::spawn_local(run(inner.clone())).detach();
+    inner.state.borrow_mut().committer = Some(task);
+    prepare_spare(inner);
+}
+
+/// Creates the next segment file in the background: preallocated, and when
+/// configured filled with zeros and synced, so writes into it later neither
+/// allocate blocks nor convert extents.
+fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
+    let inner2 = inner.clone();
+    let task = glommio::spawn_local(async move {
+        let config = &inner2.config;
+        let path = spare_path(&config.dir);
+        let file = inner2.storage.open(&path, true).await?;
+        file.allocate(config.segment_bytes).await?;
+        if config.prezero_segments {
+            zero_range(&file, 0, config.segment_bytes).await?;
+        }
+        file.close().await
+    })
+    .detach();
+    inner.state.borrow_mut().spare = Some(task);
+}
+
+/// Writes zeros over `[from, to)`, preserving the bytes before `from` in its
+/// block, then syncs. Used to pre-zero segments and to erase the garbage a
+/// torn write left after the recovered tail.
+pub(crate) async fn zero_range<F: StorageFile>(file: &F, from: u64, to: u64) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let mut pos = from - from % BLOCK_SIZE;
+    let keep = (from - pos) as usize;
+    let chunk_max: u64 = 1 << 20;
+    while pos < to {
+        let len = chunk_max.min(align_up(to) - pos) as usize;
+        let mut buf = file.alloc(len);
+        let bytes = buf.as_mut_slice();
+        bytes.fill(0);
+        if keep > 0 && pos < from {
+            let old = file.read_at(pos, BLOCK_SIZE as usize).await?;
+            bytes[..keep].copy_from_slice(&old[..keep]);
+        }
+        write_all(file, buf, len, pos).await?;
+        pos += len as u64;
+    }
+    file.fdatasync().await
+}
+
+/// Writes `buf` (of `len` bytes) at `pos` and checks the count.
+async fn write_all<F: StorageFile>(file: &F, buf: F::Buffer, len: usize, pos: u64) -> Result<()> {
+    let written = file.write_at(buf, pos).await?;
+    if written != len {
+        return Err(Error::ShortWrite {
+            path: file.path().to_path_buf(),
+            position: pos,
+            expected: len,
+            written,
+        });
+    }
+    Ok(())
+}
+
+/// The commit loop. Ends when the shard closes or fails.
+async fn run<S: Storage>(inner: Rc<Inner<S>>) {
+    let mut sync_due: Option<Instant> = None;
+    loop {
+        let result = step(&inner, &mut sync_due).await;
+        match result {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                fail(&inner, e);
+                break;
+            }
+        }
+    }
+}
+
+/// One round of the commit loop; returns false when the loop should end.
+async fn step<S: Storage>(inner: &Rc<Inner<S>>, sync_due: &mut Option<Instant>) -> Result<bool> {
+    let unsynced = inner.durable.get() < inner.written.get();
+    if unsynced && sync_due.is_some_and(|t| Instant::now() >= t) {
+        // Interval policy: the deadline of the oldest unsynced write passed.
+        sync(inner).await?;
+        *sync_due = None;
+        return Ok(true);
+    }
+    let (group, closing, flush_wanted) = {
+        let mut st = inner.state.borrow_mut();
+        let group = match st.sealed.pop_front() {
+            Some(g) => Some(g),
+            None if !st.open.bytes.is_empty() => {
+                let next = st.open.successor();
+                Some(std::mem::replace(&mut st.open, next))
+            }
+            None => None,
+        };
+        if let Some(g) = &group {
+            st.pending_bytes -= g.bytes.len();
+        }
+        (group, st.closing, st.sync_target > inner.durable.get())
+    };
+    if let Some(group) = group {
+        let id = group.id;
+        write_group(inner, group).await?;
+        match inner.config.fsync {
+            FsyncPolicy::Always => sync(inner).await?,
+            FsyncPolicy::Interval(d) => {
+                sync_due.get_or_insert_with(|| Instant::now() + d);
+            }
+            FsyncPolicy::Never => {}
+        }
+        debug_assert!(inner.written.get() == id);
+        return Ok(true);
+    }
+    if unsynced && (closing || flush_wanted) {
+        sync(inner).await?;
+        *sync_due = None;
+        return Ok(true);
+    }
+    if closing {
+        return Ok(false);
+    }
+    match *sync_due {
+        Some(t) => {
+            let sleep = glommio::timer::Timer::new(t.saturating_duration_since(Instant::now()));
+            future::or(inner.work.wait(), async {
+                sleep.await;
+            })
+            .await;
+        }
+        None => inner.work.wait().await,
+    }
+    Ok(true)
+}
+
+/// Writes one group, rolling to its segment first if needed.
+async fn write_group<S: Storage>(inner: &Rc<Inner<S>>, group: Group) -> Result<()> {
+    let active = inner.state.borrow().written_at.0;
+    if group.segment != active {
+        // Invariant: groups arrive in log order, one segment after another.
+        assert_eq!(group.segment, active + 1, "groups skipped a segment");
+        roll(inner, group.segment).await?;
+    }
+    let file = inner.state.borrow().segments[&group.segment].clone();
+    let max_write = inner.config.max_write_bytes;
+    let total = align_up(group.bytes.len() as u64) as usize;
+    let mut done = 0;
+    while done < total {
+        let len = max_write.min(total - done);
+        let mut buf = file.alloc(len);
+        let bytes = buf.as_mut_slice();
+        let data = &group.bytes[done.min(group.bytes.len())..(done + len).min(group.bytes.len())];
+        bytes[..data.len()].copy_from_slice(data);
+        bytes[data.len()..].fill(0);
+        write_all(&*file, buf, len, group.start + done as u64).await?;
+        bump(&inner.counters.writes, 1);
+        bump(&inner.counters.bytes_written, len as u64);
+        done += len;
+    }
+    let c = &inner.counters;
+    bump(&c.commits, 1);
+    c.max_commit_appends
+        .set(c.max_commit_appends.get().max(group.appends));
+    inner.state.borrow_mut().written_at = (group.segment, group.start + total as u64);
+    inner.written.advance(group.id);
+    Ok(())
+}
+
+/// fdatasync of the active segment; everything written becomes durable.
+async fn sync<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
+    let (file, written_at) = {
+        let st = inner.state.borrow();
+        (st.segments.get(&st.written_at.0).cloned(), st.written_at)
+    };
+    let id = inner.written.get();
+    if let Some(file) = file {
+        file.fdatasync().await?;
+        bump(&inner.counters.fdatasyncs, 1);
+    }
+    inner.state.borrow_mut().durable_at = written_at;
+    inner.durable.advance(id);
+    Ok(())
+}
+
+/// Seals the active segment (fdatasync) and makes segment `sequence` active
+/// from the prepared spare file.
+async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
+    let config = &inner.config;
+    sync(inner).await?;
+    let spare = inner.state.borrow_mut().spare.take();
+    let mut spare = spare.expect("a spare is always being prepared");
+    let ready = match future::poll_once(&mut spare).await {
+        Some(ready) => ready,
+        None => {
+            // Slow path: the segment is needed before it was ready.
+            bump(&inner.counters.roll_waits, 1);
+            spare.await
+        }
+    };
+    ready.unwrap_or(Err(Error::Closed))?;
+    let path = segment_path(&config.dir, sequence);
+    inner
+        .storage
+        .rename(&spare_path(&config.dir), &path)
+        .await?;
+    let file = inner.storage.open(&path, false).await?;
+    let mut buf = file.alloc(BLOCK_SIZE as usize);
+    let bytes = buf.as_mut_slice();
+    bytes.fill(0);
+    let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
+    bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
+    write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
+    file.fdatasync().await?;
+    bump(&inner.counters.fdatasyncs, 1);
+    inner.storage.sync_dir(&config.dir).await?;
+    bump(&inner.counters.rolls, 1);
+    {
+        let mut st = inner.state.borrow_mut();
+        st.segments.insert(sequence, Rc::new(file));
+        st.written_at = (sequence, BLOCK_SIZE);
+        st.durable_at = (sequence, BLOCK_SIZE);
+    }
+    prepare_spare(inner);
+    Ok(())
+}
+
+/// Records the first failure and releases every waiter with it.
+fn fail<S: Storage>(inner: &Rc<Inner<S>>, error: Error) {
+    inner
+        .state
+        .borrow_mut()
+        .failed
+        .get_or_insert(Arc::new(error));
+    inner.written.stop();
+    inner.durable.stop();
+}
+
+/// After the commit task ended on close: record a clean shutdown (if no
+/// failure), close the files, release any waiter.
+pub(crate) async fn finish_close<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
+    let (failed, segments, spare, written_at) = {
+        let mut st = inner.state.borrow_mut();
+        (
+            st.failed.clone(),
+            std::mem::take(&mut st.segments),
+            st.spare.take(),
+            st.written_at,
+        )
+    };
+    inner.written.stop();
+    inner.durable.stop();
+    if let Some(spare) = spare {
+        // A half-prepared spare is removed on the next open.
+        let _ = spare.await;
+    }
+    if let Some(e) = failed {
+        return Err(Error::Failed(e));
+    }
+    if written_at.0 > 0 {
+        write_clean_marker(inner, written_at).await?;
+    }
+    for (_, file) in segments {
+        if let Ok(file) = Rc::try_unwrap(file) {
+            file.close().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the clean-shutdown marker: the last segment and where its data
+/// ends, so the next open can skip probing the tail.
+async fn write_clean_marker<S: Storage>(
+    inner: &Rc<Inner<S>>,
+    (segment, end): (u64, u64),
+) -> Result<()> {
+    let path = inner.config.dir.join(CLEAN_MARKER);
+    let file = inner.storage.open(&path, true).await?;
+    let mut buf = file.alloc(BLOCK_SIZE as usize);
+    let bytes = buf.as_mut_slice();
+    bytes.fill(0);
+    bytes[0..8].copy_from_slice(&CLEAN_MAGIC.to_le_bytes());
+    bytes[8..16].copy_from_slice(&segment.to_le_bytes());
+    bytes[16..24].copy_from_slice(&end.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
+    file.fdatasync().await?;
+    file.close().await?;
+    inner.storage.sync_dir(&inner.config.dir).await
+}
+
+/// Reads and removes the clean-shutdown marker. Returns the last segment and
+/// the aligned end of its data when the marker is valid.
+pub(crate) async fn take_clean_marker<S: Storage>(
+    storage: &S,
+    config: &ShardConfig,
+) -> Result<Option<(u64, u64)>> {
+    let path = config.dir.join(CLEAN_MARKER);
+    if !storage.list(&config.dir)?.iter().any(|n| n == CLEAN_MARKER) {
+        return Ok(None);
+    }
+    let file = storage.open(&path, false).await?;
+    let bytes = file.read_at(0, BLOCK_SIZE as usize).await?;
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+    let valid = bytes.len() >= 28
+        && u64_at(0) == CLEAN_MAGIC
+        && crc32c::crc32c(&bytes[..24]).to_le_bytes() == bytes[24..28];
+    let marker = valid.then(|| (u64_at(8), u64_at(16)));
+    drop(bytes);
+    file.close().await?;
+    // The marker speaks for one restart only: a crash after this open must
+    // not look clean.
+    storage.remove(&path).await?;
+    storage.sync_dir(&config.dir).await?;
+    Ok(marker)
+}

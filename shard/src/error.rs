@@ -1,0 +1,113 @@
+//! Typed errors of the shard. Every variant names what failed: the file, the
+//! position, the partition, or the limit that was exceeded.
+
+use std::{io, path::PathBuf, sync::Arc};
+
+/// Result alias for shard operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a shard.
+///
+/// I/O failures are sticky: once a write or an fdatasync has failed, the
+/// shard refuses all later appends with [`Error::Failed`], which carries the
+/// original failure. Close and reopen to recover what is on disk.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller passed a value that can never be valid (an empty batch, a
+    /// zero-sized limit, ...). Nothing was written.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// One record, or the whole batch once encoded, is larger than the
+    /// configured maximum. Nothing was written.
+    #[error("{what} of {size} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// `"record"` or `"batch"`.
+        what: &'static str,
+        /// Encoded size in bytes.
+        size: usize,
+        /// Configured maximum in bytes.
+        max: usize,
+    },
+
+    /// The shard has been closed; it accepts no more work.
+    #[error("the shard is closed")]
+    Closed,
+
+    /// A file system operation failed.
+    #[error("{op} failed on {}: {source}", path.display())]
+    Io {
+        /// The operation that failed, such as `"write"` or `"fdatasync"`.
+        op: &'static str,
+        /// The file or directory it was applied to.
+        path: PathBuf,
+        /// The error reported by the operating system.
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// The file system is full (ENOSPC). Free space, then reopen.
+    #[error("no space left on device during {op} on {}", path.display())]
+    NoSpace {
+        /// The operation that failed.
+        op: &'static str,
+        /// The file it was applied to.
+        path: PathBuf,
+    },
+
+    /// A write completed with fewer bytes than asked for.
+    #[error("short write on {}: {written} of {expected} bytes at position {position}", path.display())]
+    ShortWrite {
+        /// The file written.
+        path: PathBuf,
+        /// Where the write started.
+        position: u64,
+        /// Bytes the write should have stored.
+        expected: usize,
+        /// Bytes the kernel reported as stored.
+        written: usize,
+    },
+
+    /// Data on disk does not match its checksum or its format.
+    #[error("corrupted data in {} at position {position}: {reason}", path.display())]
+    Corrupted {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte position of the damage within the file.
+        position: u64,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// An earlier I/O failure left the shard unusable. The inner error is the
+    /// original failure; acknowledged data up to the durable position is
+    /// safe, anything after it is not promised. Close and reopen.
+    #[error("the shard stopped after an earlier failure: {0}")]
+    Failed(Arc<Error>),
+}
+
+impl Error {
+    /// Wraps an operating-system error, mapping ENOSPC to [`Error::NoSpace`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::StorageFull {
+            Error::NoSpace { op, path }
+        } else {
+            Error::Io {
+                op,
+                path,
+                source: Arc::new(source),
+            }
+        }
+    }
+
+    /// Shorthand for a corruption report.
+    pub fn corrupted(path: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupted {
+            path: path.into(),
+            position,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Everything one corelog core owns: its WAL segments, the commit path that
+//! writes them with O_DIRECT through io_uring, and recovery.
+//!
+//! A [`Shard`] lives on one glommio executor. Appends are encoded into record
+//! batches ([`batch`]), gathered into commit groups and written by a single
+//! commit task under the [`FsyncPolicy`]; on open, [`recovery`] verifies
+//! every batch and hands back the survivors.
+//!
+//! All file I/O goes through the [`storage`] seam; [`DmaStorage`] is the real
+//! disk.
+
+pub mod batch;
+mod commit;
+mod config;
+mod dma;
+mod error;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+mod shard;
+mod stats;
+pub mod storage;
+mod watermark;
+
+pub use batch::{Batch, BatchHeader};
+pub use config::{FsyncPolicy, RecoveryMode, ShardConfig};
+pub use dma::{DmaStorage, DmaStorageFile};
+pub use error::{Error, Result};
+pub use record::{Record, RecordView};
+pub use recovery::{Damage, RecoveredBatch, RecoveryReport};
+pub use shard::{Appended, Recovery, Shard};
+pub use stats::ShardStats;

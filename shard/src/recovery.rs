@@ -1,0 +1,412 @@
+//! Recovery: scan every segment on open, verify every batch, decide what to
+//! do with damage according to the [`RecoveryMode`], and hand the surviving
+//! batches back in log order.
+//!
+//! The rules, for a segment scanned from its first batch position:
+//!
+//! | what the scan finds                                 | TolerateTornTail          | AbsoluteConsistency | TolerateAnyCorruption |
+//! |-----------------------------------------------------|---------------------------|---------------------|-----------------------|
+//! | valid batches, then zeros to the end                | keep all                  | keep all            | keep all              |
+//! | damage in the last segment, no valid batch after it | cut at the last good batch, report bytes cut | error | cut, report   |
+//! | damage with a valid batch after it                  | error                     | error               | skip it, report, go on |
+//! | damage in a sealed (not last) segment               | error                     | error               | skip it, report, go on |
+//! | segment header invalid or from another shard        | error (last segment: drop it if it holds nothing valid) | error | skip segment, report |
+//!
+//! "Damage" is a batch that fails its checks, or non-zero bytes where only
+//! zero padding may be.
+
+use std::{path::PathBuf, rc::Rc, time::Instant};
+
+use crate::{
+    batch::{decode_batch, BatchHeader, DecodeError, BATCH_HEADER_LEN, BATCH_MAGIC},
+    config::{RecoveryMode, ShardConfig},
+    error::{Error, Result},
+    segment::{align_up, crc_seed, parse_segment_name, segment_path, SegmentHeader, BLOCK_SIZE},
+    storage::{Storage, StorageFile},
+};
+
+/// Bytes read from a segment per I/O during recovery.
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// A batch that survived recovery, with where it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveredBatch {
+    /// Sequence of the segment holding the batch.
+    pub segment: u64,
+    /// Byte position of the batch in its segment.
+    pub position: u64,
+    /// The batch header (partition, offsets, record count, length).
+    pub header: BatchHeader,
+}
+
+/// Damage recovery found and dealt with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The damaged file.
+    pub path: PathBuf,
+    /// Byte position of the damage.
+    pub position: u64,
+    /// Bytes dropped because of it (cut from the tail, or skipped).
+    pub bytes: u64,
+    /// What check failed.
+    pub reason: String,
+}
+
+/// What recovery did on open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments found.
+    pub segments: usize,
+    /// Batches that survived.
+    pub batches: u64,
+    /// Bytes read from disk while scanning.
+    pub bytes_scanned: u64,
+    /// The previous run closed cleanly, so the tail needed no probing.
+    pub clean_shutdown: bool,
+    /// A torn tail cut from the last segment.
+    pub torn_tail: Option<Damage>,
+    /// Damage skipped under [`RecoveryMode::TolerateAnyCorruption`].
+    pub skipped: Vec<Damage>,
+    /// Wall-clock time of the scan in microseconds.
+    pub duration_us: u64,
+}
+
+/// Where appends continue after recovery.
+pub(crate) struct Tail {
+    /// Sequence of the last segment.
+    pub sequence: u64,
+    /// End of the last valid batch in it.
+    pub valid_end: u64,
+    /// End of the last non-zero block after `valid_end` (garbage left by a
+    /// torn write), which must be zeroed before appending.
+    pub dirty_end: u64,
+}
+
+/// Everything recovery hands to the shard.
+pub(crate) struct Recovered<F> {
+    pub segments: Vec<(u64, Rc<F>)>,
+    pub batches: Vec<RecoveredBatch>,
+    pub report: RecoveryReport,
+    pub tail: Option<Tail>,
+}
+
+/// Scans the segments in `config.dir`. `clean_end` is the end position of
+/// the last segment recorded by a clean shutdown, if there was one.
+pub(crate) async fn recover<S: Storage>(
+    storage: &S,
+    config: &ShardConfig,
+    clean_end: Option<(u64, u64)>,
+) -> Result<Recovered<S::File>> {
+    let started = Instant::now();
+    let mut seqs: Vec<u64> = storage
+        .list(&config.dir)?
+        .iter()
+        .filter_map(|n| parse_segment_name(n))
+        .collect();
+    seqs.sort_unstable();
+    let mut out = Recovered {
+        segments: Vec::new(),
+        batches: Vec::new(),
+        report: RecoveryReport {
+            segments: seqs.len(),
+            clean_shutdown: clean_end.is_some(),
+            ..RecoveryReport::default()
+        },
+        tail: None,
+    };
+    for (i, &seq) in seqs.iter().enumerate() {
+        let is_last = i + 1 == seqs.len();
+        let path = segment_path(&config.dir, seq);
+        let file = storage.open(&path, false).await?;
+        let clean = clean_end.filter(|&(s, _)| s == seq).map(|(_, end)| end);
+        let kept = Scan {
+            config,
+            path: path.clone(),
+            is_last,
+            window: Window::new(&file).await?,
+            out: &mut out,
+        }
+        .segment(seq, clean)
+        .await?;
+        match kept {
+            Some((valid_end, dirty_end)) => {
+                if is_last {
+                    out.tail = Some(Tail {
+                        sequence: seq,
+                        valid_end,
+                        dirty_end,
+                    });
+                }
+                out.segments.push((seq, Rc::new(file)));
+            }
+            None => {
+                // The segment holds nothing usable (a header torn while the
+                // segment was created, or skipped under TolerateAny).
+                file.close().await?;
+                storage.remove(&path).await?;
+                storage.sync_dir(&config.dir).await?;
+            }
+        }
+    }
+    out.report.batches = out.batches.len() as u64;
+    out.report.duration_us = started.elapsed().as_micros() as u64;
+    Ok(out)
+}
+
+/// Scanning state for one segment.
+struct Scan<'a, F: StorageFile> {
+    config: &'a ShardConfig,
+    path: PathBuf,
+    is_last: bool,
+    window: Window<'a, F>,
+    out: &'a mut Recovered<F>,
+}
+
+/// Outcome of looking at one position.
+enum Step {
+    Batch(BatchHeader),
+    Padding(u64),
+    End,
+    Damage(String),
+}
+
+impl<F: StorageFile> Scan<'_, F> {
+    /// Scans one segment. Returns `(valid_end, dirty_end)`, or `None` when
+    /// the segment should be discarded.
+    async fn segment(&mut self, seq: u64, clean_end: Option<u64>) -> Result<Option<(u64, u64)>> {
+        let header = match SegmentHeader::decode(self.window.get(0, BLOCK_SIZE as usize).await?) {
+            Ok(h) if h.shard_id != self.config.shard_id || h.sequence != seq => Err(format!(
+                "segment header names shard {} sequence {}, expected shard {} sequence {seq}",
+                h.shard_id, h.sequence, self.config.shard_id
+            )),
+            other => other,
+        };
+        let header = match header {
+            Ok(h) => h,
+            Err(reason) => return self.bad_header(seq, reason).await,
+        };
+        let seed = header.crc_seed();
+        let mut pos = BLOCK_SIZE;
+        let mut valid_end = BLOCK_SIZE;
+        loop {
+            let step = self.step(pos, seed).await?;
+            match step {
+                Step::Batch(h) => {
+                    self.out.batches.push(RecoveredBatch {
+                        segment: seq,
+                        position: pos,
+                        header: h,
+                    });
+                    pos += u64::from(h.length);
+                    valid_end = pos;
+                }
+                Step::Padding(next) => pos = next,
+                Step::End if clean_end.is_some() => {
+                    // A clean shutdown recorded where the data ends; the
+                    // rest of the segment was never written.
+                    if clean_end != Some(align_up(valid_end)) {
+                        return Err(Error::corrupted(
+                            &self.path,
+                            valid_end,
+                            format!("clean shutdown recorded the end at {clean_end:?}"),
+                        ));
+                    }
+                    return Ok(Some((valid_end, valid_end)));
+                }
+                Step::End | Step::Damage(_) => {
+                    let reason = match step {
+                        Step::Damage(r) => Some(r),
+                        _ => None,
+                    };
+                    let probe_from = if reason.is_some() { pos + 1 } else { pos };
+                    let (next_valid, dirty_end) = self.probe(probe_from, seed).await?;
+                    let Some(reason) = reason.or_else(|| {
+                        (dirty_end > pos)
+                            .then(|| "non-zero bytes after the end of the log".to_string())
+                    }) else {
+                        return Ok(Some((valid_end, valid_end)));
+                    };
+                    let damage = Damage {
+                        path: self.path.clone(),
+                        position: pos,
+                        bytes: next_valid.unwrap_or(dirty_end.max(pos)) - pos,
+                        reason,
+                    };
+                    match (self.config.recovery, next_valid) {
+                        (RecoveryMode::TolerateAnyCorruption, Some(next)) => {
+                            self.out.report.skipped.push(damage);
+                            pos = next;
+                        }
+                        (RecoveryMode::TolerateAnyCorruption, None) => {
+                            self.out.report.skipped.push(damage);
+                            return Ok(Some((valid_end, dirty_end.max(valid_end))));
+                        }
+                        (RecoveryMode::TolerateTornTail, None) if self.is_last => {
+                            self.out.report.torn_tail = Some(damage);
+                            return Ok(Some((valid_end, dirty_end.max(valid_end))));
+                        }
+                        _ => return Err(Error::corrupted(&self.path, pos, damage.reason)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Classifies the bytes at `pos`.
+    async fn step(&mut self, pos: u64, seed: u32) -> Result<Step> {
+        let block_end = align_up(pos + 1);
+        let head = self.window.get(pos, BATCH_HEADER_LEN).await?;
+        if head.len() < 4 {
+            return Ok(Step::End);
+        }
+        if head[..4] == [0; 4] {
+            if pos % BLOCK_SIZE == 0 {
+                return Ok(Step::End);
+            }
+            // Padding must be zeros up to the block boundary.
+            let pad = self.window.get(pos, (block_end - pos) as usize).await?;
+            return Ok(if pad.iter().all(|&b| b == 0) {
+                Step::Padding(block_end)
+            } else {
+                Step::Damage("non-zero bytes in commit padding".into())
+            });
+        }
+        let want = crate::batch::peek_header(head)
+            .map_or(BATCH_HEADER_LEN, |h| h.length as usize)
+            .clamp(
+                BATCH_HEADER_LEN,
+                self.config.max_batch_bytes.max(BATCH_HEADER_LEN),
+            );
+        let bytes = self.window.get(pos, want).await?;
+        Ok(match decode_batch(bytes, seed) {
+            Ok(h) => Step::Batch(h),
+            Err(DecodeError::Truncated { needed, available }) => Step::Damage(format!(
+                "batch cut short: needs {needed} bytes, {available} present"
+            )),
+            Err(e) => Step::Damage(e.to_string()),
+        })
+    }
+
+    /// Looks past `from` for the next valid batch (a batch magic whose batch
+    /// validates) and for the end of the last non-zero block.
+    async fn probe(&mut self, from: u64, seed: u32) -> Result<(Option<u64>, u64)> {
+        let mut dirty_end = from;
+        let mut block = from - from % BLOCK_SIZE;
+        let magic = BATCH_MAGIC.to_le_bytes();
+        loop {
+            let bytes = self.window.get(block, BLOCK_SIZE as usize).await?;
+            if bytes.is_empty() {
+                return Ok((None, dirty_end));
+            }
+            let len = bytes.len() as u64;
+            if bytes.iter().any(|&b| b != 0) {
+                dirty_end = block + len;
+                let candidates: Vec<u64> = bytes
+                    .windows(4)
+                    .enumerate()
+                    .filter(|(i, w)| *w == magic && block + *i as u64 >= from)
+                    .map(|(i, _)| block + i as u64)
+                    .collect();
+                for at in candidates {
+                    if let Step::Batch(_) = self.step(at, seed).await? {
+                        return Ok((Some(at), dirty_end));
+                    }
+                }
+            }
+            block += len;
+        }
+    }
+
+    /// Handles a segment whose header is unreadable or foreign.
+    async fn bad_header(&mut self, seq: u64, reason: String) -> Result<Option<(u64, u64)>> {
+        let len = self.window.file_len;
+        let damage = Damage {
+            path: self.path.clone(),
+            position: 0,
+            bytes: len,
+            reason: reason.clone(),
+        };
+        match self.config.recovery {
+            RecoveryMode::TolerateAnyCorruption => {
+                self.out.report.skipped.push(damage);
+                Ok(None)
+            }
+            // A crash while the last segment was being created leaves a
+            // header that never reached the disk and nothing after it.
+            RecoveryMode::TolerateTornTail if self.is_last => {
+                let seed = crc_seed(self.config.shard_id, seq);
+                let (next_valid, _) = self.probe(BLOCK_SIZE, seed).await?;
+                let any_data = self
+                    .window
+                    .get(BLOCK_SIZE, 4)
+                    .await?
+                    .iter()
+                    .any(|&b| b != 0);
+                if next_valid.is_none() && !any_data {
+                    self.out.report.torn_tail = Some(damage);
+                    Ok(None)
+                } else {
+                    Err(Error::corrupted(&self.path, 0, reason))
+                }
+            }
+            _ => Err(Error::corrupted(&self.path, 0, reason)),
+        }
+    }
+}
+
+/// A forward-moving window over a file, filled by large aligned reads.
+struct Window<'a, F: StorageFile> {
+    file: &'a F,
+    file_len: u64,
+    /// File position of `bytes[0]`; block aligned.
+    start: u64,
+    bytes: Vec<u8>,
+    /// Bytes read from disk so far.
+    read: u64,
+}
+
+impl<'a, F: StorageFile> Window<'a, F> {
+    async fn new(file: &'a F) -> Result<Self> {
+        Ok(Window {
+            file_len: file.size().await?,
+            file,
+            start: 0,
+            bytes: Vec::with_capacity(SCAN_CHUNK * 2),
+            read: 0,
+        })
+    }
+
+    /// Up to `len` bytes at `pos`: fewer only at the end of the file.
+    async fn get(&mut self, pos: u64, len: usize) -> Result<&[u8]> {
+        let want_end = (pos + len as u64).min(self.file_len).max(pos);
+        let have_end = self.start + self.bytes.len() as u64;
+        if pos < self.start || want_end > have_end {
+            let keep_from = pos - pos % BLOCK_SIZE;
+            if keep_from >= self.start && keep_from <= have_end {
+                self.bytes.drain(..(keep_from - self.start) as usize);
+            } else {
+                self.bytes.clear();
+            }
+            self.start = keep_from;
+            while self.start + (self.bytes.len() as u64) < want_end {
+                let at = self.start + self.bytes.len() as u64;
+                let n = (align_up(want_end - at) as usize).max(SCAN_CHUNK);
+                let chunk = self.file.read_at(at, n).await?;
+                if chunk.is_empty() {
+                    break;
+                }
+                self.read += chunk.len() as u64;
+                self.bytes.extend_from_slice(&chunk);
+            }
+        }
+        let from = ((pos - self.start) as usize).min(self.bytes.len());
+        let to = ((want_end - self.start) as usize).min(self.bytes.len());
+        Ok(&self.bytes[from..to])
+    }
+}
+
+impl<F: StorageFile> Drop for Scan<'_, F> {
+    fn drop(&mut self) {
+        self.out.report.bytes_scanned += self.window.read;
+    }
+}

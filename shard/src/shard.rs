@@ -1,0 +1,472 @@
+//! The shard's public face: open (with recovery), append, flush, read a
+//! batch back, close. The commit loop that turns appends into writes and
+//! fdatasyncs lives in [`crate::commit`].
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap, VecDeque},
+    path::PathBuf,
+    rc::Rc,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use glommio::task::JoinHandle;
+
+use crate::{
+    batch::{encode_batch, encoded_batch_len, Batch},
+    commit,
+    config::{FsyncPolicy, ShardConfig},
+    dma::DmaStorage,
+    error::{Error, Result},
+    record::Record,
+    recovery::{recover, RecoveredBatch, RecoveryReport},
+    segment::{align_up, crc_seed, BLOCK_SIZE},
+    stats::{bump, Counters, ShardStats},
+    storage::{Storage, StorageFile},
+    watermark::{Signal, Watermark},
+};
+
+/// Where an acknowledged batch lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record of the batch.
+    pub base_offset: u64,
+    /// Number of records.
+    pub record_count: u32,
+    /// Segment sequence holding the batch.
+    pub segment: u64,
+    /// Byte position of the batch in the segment.
+    pub position: u64,
+    /// Encoded length of the batch in bytes.
+    pub length: u32,
+}
+
+/// What [`Shard::open`] found on disk.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Figures and damage.
+    pub report: RecoveryReport,
+    /// Every surviving batch, in log order.
+    pub batches: Vec<RecoveredBatch>,
+}
+
+/// One core's write-ahead log: a sequence of segment files written with
+/// O_DIRECT, with group commit under the configured fsync policy.
+///
+/// A `Shard` lives on one glommio executor and is cheap to clone there; all
+/// clones share the same log.
+///
+/// Dropping the last handle without [`Shard::close`] abandons the shard as
+/// a crash would: its tasks stop, nothing more is written or synced.
+pub struct Shard<S: Storage = DmaStorage> {
+    inner: Rc<Inner<S>>,
+    _owner: Rc<Owner<S>>,
+}
+
+impl<S: Storage> Clone for Shard<S> {
+    fn clone(&self) -> Self {
+        Shard {
+            inner: self.inner.clone(),
+            _owner: self._owner.clone(),
+        }
+    }
+}
+
+/// Held only by [`Shard`] handles: when the last one goes, the background
+/// tasks (which hold `Inner` themselves) are cancelled.
+struct Owner<S: Storage>(Rc<Inner<S>>);
+
+impl<S: Storage> Drop for Owner<S> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.borrow_mut();
+        st.closing = true;
+        if let Some(task) = st.committer.take() {
+            task.cancel();
+        }
+        if let Some(task) = st.spare.take() {
+            task.cancel();
+        }
+        drop(st);
+        self.0.written.stop();
+        self.0.durable.stop();
+    }
+}
+
+/// State shared by the shard's handles and its commit task.
+pub(crate) struct Inner<S: Storage> {
+    pub config: ShardConfig,
+    pub storage: S,
+    pub state: RefCell<State<S::File>>,
+    /// Id of the last commit group written.
+    pub written: Watermark,
+    /// Id of the last commit group covered by an fdatasync.
+    pub durable: Watermark,
+    /// Wakes the commit task.
+    pub work: Signal,
+    pub counters: Counters,
+}
+
+/// Appends gathered for one write. Groups are numbered from 1 in the order
+/// they are written; a group never spans two segments.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub id: u64,
+    pub segment: u64,
+    /// Block-aligned position of the group in its segment.
+    pub start: u64,
+    pub bytes: Vec<u8>,
+    pub appends: u64,
+}
+
+impl Group {
+    /// The group written after this one, in the same segment.
+    pub(crate) fn successor(&self) -> Group {
+        Group {
+            id: self.id + 1,
+            segment: self.segment,
+            start: align_up(self.start + self.bytes.len() as u64),
+            bytes: Vec::new(),
+            appends: 0,
+        }
+    }
+}
+
+/// Mutable shard state; only the shard's thread touches it.
+pub(crate) struct State<F> {
+    /// Open segment files by sequence; the last one is written.
+    pub segments: BTreeMap<u64, Rc<F>>,
+    /// Next offset to assign, per partition.
+    pub next_offsets: HashMap<u64, u64>,
+    /// The group that accepts appends.
+    pub open: Group,
+    /// Groups closed to appends, waiting to be written, oldest first.
+    pub sealed: VecDeque<Group>,
+    /// Bytes in `open` and `sealed`.
+    pub pending_bytes: usize,
+    /// Highest group id a flush asked to make durable.
+    pub sync_target: u64,
+    /// The first I/O failure; sticky.
+    pub failed: Option<Arc<Error>>,
+    /// Set by close: no new appends.
+    pub closing: bool,
+    /// The spare segment being prepared in the background.
+    pub spare: Option<JoinHandle<Result<()>>>,
+    /// The commit task.
+    pub committer: Option<JoinHandle<()>>,
+    /// Segment and position written, and made durable.
+    pub written_at: (u64, u64),
+    pub durable_at: (u64, u64),
+}
+
+impl Shard<DmaStorage> {
+    /// Opens (creating if needed) the shard in `config.dir` on the real disk,
+    /// recovering what is there. Must run on a glommio executor.
+    pub async fn open(config: ShardConfig) -> Result<(Self, Recovery)> {
+        Self::open_with(DmaStorage, config).await
+    }
+}
+
+impl<S: Storage> Shard<S> {
+    /// Opens the shard on the given storage.
+    pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
+        config.validate()?;
+        storage.prepare_dir(&config.dir).await?;
+        let clean_end = commit::take_clean_marker(&storage, &config).await?;
+        let spare = crate::segment::spare_path(&config.dir);
+        if storage
+            .list(&config.dir)?
+            .iter()
+            .any(|n| config.dir.join(n) == spare)
+        {
+            storage.remove(&spare).await?;
+        }
+        let recovered = recover(&storage, &config, clean_end).await?;
+        let mut next_offsets = HashMap::new();
+        for b in &recovered.batches {
+            let end = next_offsets.entry(b.header.partition).or_insert(0);
+            *end = (*end).max(b.header.end_offset());
+        }
+        let (segment, start) = match &recovered.tail {
+            Some(t) => {
+                let file = &recovered.segments.last().expect("tail has a segment").1;
+                commit::zero_range(&**file, t.valid_end, t.dirty_end).await?;
+                (t.sequence, align_up(t.valid_end))
+            }
+            // No segment yet: the first append rolls into segment 1.
+            None => (0, 0),
+        };
+        let state = State {
+            segments: recovered.segments.into_iter().collect(),
+            next_offsets,
+            open: Group {
+                id: 1,
+                segment,
+                start,
+                bytes: Vec::new(),
+                appends: 0,
+            },
+            sealed: VecDeque::new(),
+            pending_bytes: 0,
+            sync_target: 0,
+            failed: None,
+            closing: false,
+            spare: None,
+            committer: None,
+            written_at: (segment, start),
+            durable_at: (segment, start),
+        };
+        let inner = Rc::new(Inner {
+            config,
+            storage,
+            state: RefCell::new(state),
+            written: Watermark::default(),
+            durable: Watermark::default(),
+            work: Signal::default(),
+            counters: Counters::default(),
+        });
+        commit::start(&inner);
+        let recovery = Recovery {
+            report: recovered.report,
+            batches: recovered.batches,
+        };
+        let shard = Shard {
+            _owner: Rc::new(Owner(inner.clone())),
+            inner,
+        };
+        Ok((shard, recovery))
+    }
+
+    /// The configuration the shard was opened with.
+    pub fn config(&self) -> &ShardConfig {
+        &self.inner.config
+    }
+
+    /// Appends `records` to `partition` as one batch with consecutive
+    /// offsets, and completes when the fsync policy says the batch is safe.
+    ///
+    /// Bad input (no records, a record or batch over the limits) is refused
+    /// with nothing written.
+    pub async fn append(&self, partition: u64, records: &[Record]) -> Result<Appended> {
+        let config = &self.inner.config;
+        if records.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "empty batch for partition {partition}"
+            )));
+        }
+        let Some((size, largest)) = encoded_batch_len(records) else {
+            return Err(Error::TooLarge {
+                what: "record",
+                size: usize::MAX,
+                max: config.max_record_bytes,
+            });
+        };
+        if largest > config.max_record_bytes {
+            return Err(Error::TooLarge {
+                what: "record",
+                size: largest,
+                max: config.max_record_bytes,
+            });
+        }
+        if size > config.max_batch_bytes {
+            return Err(Error::TooLarge {
+                what: "batch",
+                size,
+                max: config.max_batch_bytes,
+            });
+        }
+        // Backpressure: wait while too many bytes are queued for writing.
+        loop {
+            let (pending, next_written) = {
+                let st = self.inner.state.borrow();
+                self.check_usable(&st)?;
+                (st.pending_bytes, self.inner.written.get() + 1)
+            };
+            if pending + size <= commit::max_pending_bytes(config) || pending == 0 {
+                break;
+            }
+            self.inner.written.wait_for(next_written).await;
+        }
+        let (appended, group_id) = {
+            let mut st = self.inner.state.borrow_mut();
+            let base_offset = st.next_offsets.get(&partition).copied().unwrap_or(0);
+            if base_offset.checked_add(records.len() as u64).is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "partition {partition} would pass the last offset"
+                )));
+            }
+            commit::make_room(&mut st, config, size);
+            let seed = crc_seed(config.shard_id, st.open.segment);
+            let position = st.open.start + st.open.bytes.len() as u64;
+            let header = encode_batch(
+                &mut st.open.bytes,
+                seed,
+                partition,
+                base_offset,
+                records,
+                now_ms(),
+            );
+            st.open.appends += 1;
+            st.pending_bytes += size;
+            st.next_offsets.insert(partition, header.end_offset());
+            let appended = Appended {
+                base_offset,
+                record_count: header.record_count,
+                segment: st.open.segment,
+                position,
+                length: header.length,
+            };
+            (appended, st.open.id)
+        };
+        let c = &self.inner.counters;
+        bump(&c.appends, 1);
+        bump(&c.records, records.len() as u64);
+        bump(&c.bytes, size as u64);
+        self.inner.work.notify();
+        let watermark = match config.fsync {
+            FsyncPolicy::Always => &self.inner.durable,
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => &self.inner.written,
+        };
+        if watermark.wait_for(group_id).await {
+            Ok(appended)
+        } else {
+            Err(self.stopped_error())
+        }
+    }
+
+    /// Writes everything appended so far and makes it durable.
+    pub async fn flush(&self) -> Result<()> {
+        let target = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(e) = &st.failed {
+                return Err(Error::Failed(e.clone()));
+            }
+            let target = if st.open.bytes.is_empty() {
+                st.open.id - 1
+            } else {
+                st.open.id
+            };
+            st.sync_target = st.sync_target.max(target);
+            target
+        };
+        self.inner.work.notify();
+        if self.inner.durable.wait_for(target).await {
+            Ok(())
+        } else {
+            Err(self.stopped_error())
+        }
+    }
+
+    /// Reads the batch of `length` bytes at `position` in `segment` and
+    /// verifies it. Only batches whose write completed can be read.
+    pub async fn read_batch(&self, segment: u64, position: u64, length: u32) -> Result<Batch> {
+        let (file, written) = {
+            let st = self.inner.state.borrow();
+            let file = st.segments.get(&segment).cloned();
+            (file, st.written_at)
+        };
+        let end = position + u64::from(length);
+        if (segment, end) > written {
+            return Err(Error::InvalidArgument(format!(
+                "segment {segment} position {position}: not written yet"
+            )));
+        }
+        let Some(file) = file else {
+            return Err(Error::InvalidArgument(format!(
+                "segment {segment} does not exist"
+            )));
+        };
+        let from = position - position % BLOCK_SIZE;
+        let buf = file.read_at(from, (align_up(end) - from) as usize).await?;
+        let skip = (position - from) as usize;
+        let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
+            Error::corrupted(file.path(), position, "segment ends inside the batch")
+        })?;
+        Batch::decode(
+            bytes.to_vec(),
+            crc_seed(self.inner.config.shard_id, segment),
+        )
+        .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))
+    }
+
+    /// Next offset of `partition` (0 for a partition never seen).
+    pub fn end_offset(&self, partition: u64) -> u64 {
+        let st = self.inner.state.borrow();
+        st.next_offsets.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// A snapshot of the shard's counters and positions.
+    pub fn stats(&self) -> ShardStats {
+        let c = &self.inner.counters;
+        let st = self.inner.state.borrow();
+        ShardStats {
+            appends: c.appends.get(),
+            records: c.records.get(),
+            bytes: c.bytes.get(),
+            bytes_written: c.bytes_written.get(),
+            writes: c.writes.get(),
+            fdatasyncs: c.fdatasyncs.get(),
+            commits: c.commits.get(),
+            max_commit_appends: c.max_commit_appends.get(),
+            rolls: c.rolls.get(),
+            roll_waits: c.roll_waits.get(),
+            active_segment: st.written_at.0,
+            written_position: st.written_at.1,
+            durable_segment: st.durable_at.0,
+            durable_position: st.durable_at.1,
+        }
+    }
+
+    /// Paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        let st = self.inner.state.borrow();
+        st.segments
+            .values()
+            .map(|f| f.path().to_path_buf())
+            .collect()
+    }
+
+    /// Stops accepting appends, writes and syncs what is pending, records a
+    /// clean shutdown and closes the files. Later calls on any clone get
+    /// [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        let committer = {
+            let mut st = self.inner.state.borrow_mut();
+            if st.closing {
+                return Err(Error::Closed);
+            }
+            st.closing = true;
+            st.committer.take()
+        };
+        self.inner.work.notify();
+        if let Some(task) = committer {
+            task.await;
+        }
+        commit::finish_close(&self.inner).await
+    }
+
+    fn check_usable(&self, st: &State<S::File>) -> Result<()> {
+        if let Some(e) = &st.failed {
+            return Err(Error::Failed(e.clone()));
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The error for a waiter released without its commit: the failure, or
+    /// the close.
+    fn stopped_error(&self) -> Error {
+        match &self.inner.state.borrow().failed {
+            Some(e) => Error::Failed(e.clone()),
+            None => Error::Closed,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

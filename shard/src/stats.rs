@@ -1,0 +1,68 @@
+//! Counters of one shard's write path.
+
+use std::cell::Cell;
+
+/// A snapshot of a shard's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Appends acknowledged or in flight.
+    pub appends: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Encoded batch bytes appended (headers included, padding excluded).
+    pub bytes: u64,
+    /// Bytes handed to the kernel by commit writes, padding included.
+    pub bytes_written: u64,
+    /// Write system calls issued by commits.
+    pub writes: u64,
+    /// fdatasync calls on segments.
+    pub fdatasyncs: u64,
+    /// Commit groups written.
+    pub commits: u64,
+    /// Largest number of appends in one commit group.
+    pub max_commit_appends: u64,
+    /// Segments created by rolling.
+    pub rolls: u64,
+    /// Rolls that had to wait for the spare segment to be ready.
+    pub roll_waits: u64,
+    /// Segment currently written.
+    pub active_segment: u64,
+    /// Position up to which the active segment is written.
+    pub written_position: u64,
+    /// Segment and position up to which data is durable (covered by the last
+    /// fdatasync).
+    pub durable_segment: u64,
+    /// See [`ShardStats::durable_segment`].
+    pub durable_position: u64,
+}
+
+impl ShardStats {
+    /// Mean appends per commit group.
+    pub fn mean_commit_appends(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.appends as f64 / self.commits as f64
+        }
+    }
+}
+
+/// The live counters, updated by the shard's single thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub appends: Cell<u64>,
+    pub records: Cell<u64>,
+    pub bytes: Cell<u64>,
+    pub bytes_written: Cell<u64>,
+    pub writes: Cell<u64>,
+    pub fdatasyncs: Cell<u64>,
+    pub commits: Cell<u64>,
+    pub max_commit_appends: Cell<u64>,
+    pub rolls: Cell<u64>,
+    pub roll_waits: Cell<u64>,
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}

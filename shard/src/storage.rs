@@ -1,0 +1,73 @@
+//! The storage seam: every file operation the shard performs goes through
+//! these two traits, so the same write path runs on a real disk
+//! ([`crate::dma::DmaStorage`]) or on a simulated, faulty one.
+//!
+//! Methods return the shard's [`Error`](crate::Error) with the operation and
+//! path already attached. Futures are not `Send`: a shard lives on one core.
+
+use std::{ops::Deref, path::Path};
+
+use crate::error::Result;
+
+/// A buffer the storage can write from; its length is a multiple of the block
+/// size and it is aligned for O_DIRECT.
+pub trait IoBuffer {
+    /// The bytes to fill.
+    fn as_mut_slice(&mut self) -> &mut [u8];
+}
+
+/// Opens, lists, renames and removes files in a directory tree.
+#[allow(
+    async_fn_in_trait,
+    reason = "a shard and its futures live on one thread"
+)]
+pub trait Storage: Clone + 'static {
+    /// An open file.
+    type File: StorageFile;
+
+    /// Opens `path` for reading and writing, creating it when `create`.
+    async fn open(&self, path: &Path, create: bool) -> Result<Self::File>;
+    /// Removes the file at `path`.
+    async fn remove(&self, path: &Path) -> Result<()>;
+    /// Renames `from` to `to`, replacing `to`.
+    async fn rename(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    async fn sync_dir(&self, dir: &Path) -> Result<()>;
+    /// Creates `dir` and its parents if missing, and readies the storage for
+    /// use there. Called once, before any other operation in `dir`.
+    async fn prepare_dir(&self, dir: &Path) -> Result<()>;
+    /// Names of the files in `dir`.
+    fn list(&self, dir: &Path) -> Result<Vec<String>>;
+}
+
+/// One open file, read and written at explicit positions.
+#[allow(
+    async_fn_in_trait,
+    reason = "a shard and its futures live on one thread"
+)]
+pub trait StorageFile: 'static {
+    /// Buffer type accepted by [`StorageFile::write_at`].
+    type Buffer: IoBuffer;
+    /// Bytes returned by [`StorageFile::read_at`].
+    type ReadBuf: Deref<Target = [u8]>;
+
+    /// The path the file was opened at.
+    fn path(&self) -> &Path;
+    /// A buffer of `len` bytes, `len` a multiple of the block size. Its
+    /// contents are unspecified: the caller fills every byte.
+    fn alloc(&self, len: usize) -> Self::Buffer;
+    /// Writes the whole buffer at `pos` (block aligned); returns the bytes the
+    /// kernel reports written, which the caller checks.
+    async fn write_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize>;
+    /// Reads up to `len` bytes at `pos` (both block aligned); fewer at the end
+    /// of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Self::ReadBuf>;
+    /// Makes written data durable (fdatasync).
+    async fn fdatasync(&self) -> Result<()>;
+    /// Reserves blocks so the file is at least `len` bytes long.
+    async fn allocate(&self, len: u64) -> Result<()>;
+    /// Current file size in bytes.
+    async fn size(&self) -> Result<u64>;
+    /// Closes the file.
+    async fn close(self) -> Result<()>;
+}

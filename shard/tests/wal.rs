@@ -1,0 +1,408 @@
+//! The write path and recovery, through the shard's public API on a real
+//! ext4 directory.
+
+mod common;
+
+use std::{cell::RefCell, rc::Rc};
+
+use common::{assert_batch_holds, records_for, run, small_config, test_dir};
+use corelog_shard::{Appended, Error, FsyncPolicy, Record, RecoveryMode, Shard};
+
+#[test]
+fn round_trip_across_segment_rolls() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = small_config(&path, FsyncPolicy::Never);
+        let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+        assert_eq!(rec.batches.len(), 0);
+        let mut appended = Vec::new();
+        for i in 0..400u64 {
+            let a = shard.append(i % 7, &records_for(i)).await.unwrap();
+            appended.push((i, a));
+        }
+        let stats = shard.stats();
+        assert!(
+            stats.rolls >= 4,
+            "expected several rolls, got {}",
+            stats.rolls
+        );
+        shard.close().await.unwrap();
+
+        let (shard, rec) = Shard::open(config).await.unwrap();
+        assert!(rec.report.clean_shutdown);
+        assert_eq!(rec.report.torn_tail, None);
+        assert_eq!(rec.batches.len(), appended.len());
+        for ((i, a), b) in appended.iter().zip(&rec.batches) {
+            assert_eq!((b.segment, b.position), (a.segment, a.position));
+            assert_eq!(b.header.partition, i % 7);
+            assert_eq!(b.header.base_offset, a.base_offset);
+            let batch = shard
+                .read_batch(b.segment, b.position, b.header.length)
+                .await
+                .unwrap();
+            assert_batch_holds(&batch, a.base_offset, &records_for(*i));
+        }
+        // Offsets continue where they stopped, per partition.
+        let end = shard.end_offset(3);
+        let a = shard
+            .append(3, &[Record::new(b"next".to_vec())])
+            .await
+            .unwrap();
+        assert_eq!(a.base_offset, end);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn offsets_are_dense_per_partition() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Never))
+            .await
+            .unwrap();
+        let mut expect = [0u64; 3];
+        for i in 0..60u64 {
+            let p = i % 3;
+            let recs = records_for(i);
+            let a = shard.append(p, &recs).await.unwrap();
+            assert_eq!(a.base_offset, expect[p as usize]);
+            expect[p as usize] += recs.len() as u64;
+        }
+        assert_eq!(shard.end_offset(99), 0);
+        shard.close().await.unwrap();
+    });
+}
+
+/// Appends `n` batches to a fresh shard and abandons it without close.
+/// Returns what was acknowledged.
+async fn write_and_abandon(config: corelog_shard::ShardConfig, n: u64) -> Vec<Appended> {
+    let (shard, _) = Shard::open(config).await.unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(shard.append(1, &records_for(i)).await.unwrap());
+    }
+    out
+}
+
+#[test]
+fn torn_tail_at_every_byte_keeps_exactly_the_batches_before() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = small_config(&path, FsyncPolicy::Always);
+        let appended = write_and_abandon(config.clone(), 12).await;
+        let last = *appended.last().unwrap();
+        let seg = corelog_shard::segment::segment_path(&path, last.segment);
+        let original = std::fs::read(&seg).unwrap();
+        let start = last.position as usize;
+        let end = start + last.length as usize;
+        for cut in start..end {
+            for zero_fill in [false, true] {
+                let mut damaged = original.clone();
+                if zero_fill {
+                    damaged[cut..end].fill(0);
+                } else {
+                    damaged.truncate(cut);
+                }
+                std::fs::write(&seg, &damaged).unwrap();
+                let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+                assert_eq!(rec.batches.len(), appended.len() - 1, "cut at {cut}");
+                // A cut exactly at the batch start looks like a clean end.
+                if cut > start {
+                    let torn = rec.report.torn_tail.as_ref().expect("tail reported");
+                    assert_eq!(torn.position, last.position);
+                    assert_eq!(torn.path, seg);
+                }
+                // The next append lands right after the surviving batches.
+                assert_eq!(shard.end_offset(1), last.base_offset);
+                drop(shard);
+            }
+        }
+        std::fs::write(&seg, &original).unwrap();
+        let (_, rec) = Shard::open(config).await.unwrap();
+        assert_eq!(rec.batches.len(), appended.len());
+    });
+}
+
+#[test]
+fn appends_after_a_torn_tail_recover_cleanly_in_absolute_mode() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut config = small_config(&path, FsyncPolicy::Always);
+        let appended = write_and_abandon(config.clone(), 5).await;
+        let last = *appended.last().unwrap();
+        let seg = corelog_shard::segment::segment_path(&path, last.segment);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        // Tear the last batch in the middle of its body.
+        let mid = last.position as usize + last.length as usize / 2;
+        bytes[mid..last.position as usize + last.length as usize].fill(0xAB);
+        std::fs::write(&seg, &bytes).unwrap();
+
+        // Absolute mode refuses the torn tail, naming file and position.
+        config.recovery = RecoveryMode::AbsoluteConsistency;
+        match Shard::open(config.clone()).await {
+            Err(Error::Corrupted {
+                path: p, position, ..
+            }) => {
+                assert_eq!((p, position), (seg.clone(), last.position));
+            }
+            Err(e) => panic!("expected corruption, got {e}"),
+            Ok(_) => panic!("expected corruption, got a shard"),
+        }
+        // The default mode cuts it, erases the garbage, and appends go on.
+        config.recovery = RecoveryMode::TolerateTornTail;
+        let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+        assert_eq!(rec.batches.len(), 4);
+        let torn = rec.report.torn_tail.unwrap();
+        assert!(
+            torn.bytes >= u64::from(last.length) / 2,
+            "cut {} bytes",
+            torn.bytes
+        );
+        let a = shard.append(1, &records_for(99)).await.unwrap();
+        assert_eq!(a.base_offset, last.base_offset);
+        drop(shard);
+        // After the repair, even absolute mode finds a consistent log.
+        config.recovery = RecoveryMode::AbsoluteConsistency;
+        let (_, rec) = Shard::open(config).await.unwrap();
+        assert_eq!(rec.batches.len(), 5);
+        assert_eq!(rec.report.torn_tail, None);
+    });
+}
+
+#[test]
+fn flipped_bits_are_detected_and_never_served() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut config = small_config(&path, FsyncPolicy::Always);
+        let appended = write_and_abandon(config.clone(), 6).await;
+        let seg = corelog_shard::segment::segment_path(&path, appended[0].segment);
+        let original = std::fs::read(&seg).unwrap();
+        for (victim, a) in appended.iter().enumerate() {
+            let bits = u64::from(a.length) * 8;
+            // Every 13th bit of the batch, so each field gets hit.
+            for bit in (0..bits).step_by(13) {
+                let mut bytes = original.clone();
+                let at = a.position as usize + (bit / 8) as usize;
+                bytes[at] ^= 1 << (bit % 8);
+                std::fs::write(&seg, &bytes).unwrap();
+
+                config.recovery = RecoveryMode::TolerateTornTail;
+                match Shard::open(config.clone()).await {
+                    Ok((_, rec)) => {
+                        // Only the last batch may be cut as a torn tail.
+                        assert_eq!(victim, appended.len() - 1);
+                        assert_eq!(rec.batches.len(), victim);
+                    }
+                    Err(Error::Corrupted { position, .. }) => {
+                        assert_eq!(position, a.position, "victim {victim} bit {bit}");
+                    }
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+                std::fs::write(&seg, &bytes).unwrap();
+                config.recovery = RecoveryMode::TolerateAnyCorruption;
+                let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+                let kept: Vec<u64> = rec.batches.iter().map(|b| b.header.base_offset).collect();
+                let expect: Vec<u64> = appended
+                    .iter()
+                    .filter(|x| x.position != a.position)
+                    .map(|x| x.base_offset)
+                    .collect();
+                assert_eq!(kept, expect, "victim {victim} bit {bit}");
+                assert!(!rec.report.skipped.is_empty());
+                bytes_back(&seg, &bytes);
+                // A direct read of the damaged batch fails its checksum; the
+                // last batch was cut, so it lies beyond the end of the log.
+                let read = shard.read_batch(a.segment, a.position, a.length).await;
+                match read {
+                    Err(Error::Corrupted { .. }) => assert!(victim < appended.len() - 1),
+                    Err(Error::InvalidArgument(_)) => assert_eq!(victim, appended.len() - 1),
+                    other => panic!("victim {victim} bit {bit}: read gave {other:?}"),
+                }
+                drop(shard);
+            }
+        }
+    });
+}
+
+/// Puts `bytes` back into `path` (recovery may have repaired the file).
+fn bytes_back(path: &std::path::Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn group_commit_shares_fdatasyncs() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Always))
+            .await
+            .unwrap();
+        shard.append(0, &records_for(0)).await.unwrap(); // opens segment 1
+        let before = shard.stats();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    shard.append(i, &[Record::new(vec![7u8; 100])]).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let after = shard.stats();
+        let syncs = after.fdatasyncs - before.fdatasyncs;
+        assert_eq!(after.appends - before.appends, 64);
+        assert!(syncs <= 8, "64 concurrent appends took {syncs} fdatasyncs");
+        assert!(after.max_commit_appends >= 8);
+        // Under Always, what is acknowledged is durable.
+        assert_eq!(
+            (after.durable_segment, after.durable_position),
+            (after.active_segment, after.written_position)
+        );
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn never_policy_syncs_only_on_roll_flush_and_close() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Never))
+            .await
+            .unwrap();
+        for i in 0..20 {
+            shard.append(0, &records_for(i)).await.unwrap();
+        }
+        let s = shard.stats();
+        // One sync per new segment header, one per sealed segment.
+        assert_eq!(s.fdatasyncs, s.rolls + (s.rolls - 1), "{s:?}");
+        assert!(s.durable_position < s.written_position);
+        shard.flush().await.unwrap();
+        let s2 = shard.stats();
+        assert_eq!(s2.fdatasyncs, s.fdatasyncs + 1);
+        assert_eq!(s2.durable_position, s2.written_position);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn interval_policy_syncs_after_the_interval() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let interval = std::time::Duration::from_millis(20);
+        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Interval(interval)))
+            .await
+            .unwrap();
+        shard.append(0, &records_for(1)).await.unwrap();
+        let before = shard.stats().fdatasyncs;
+        shard.append(0, &records_for(2)).await.unwrap();
+        // The append returned after its write, before any sync; one follows.
+        glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
+        let s = shard.stats();
+        assert!(s.fdatasyncs > before, "{s:?}");
+        assert_eq!(s.durable_position, s.written_position);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = small_config(&path, FsyncPolicy::Always);
+        let (shard, _) = Shard::open(config.clone()).await.unwrap();
+        shard.append(5, &records_for(0)).await.unwrap();
+        let before = shard.stats();
+        let end = shard.end_offset(5);
+
+        let err = shard.append(5, &[]).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        let big = Record::new(vec![0u8; config.max_record_bytes]);
+        let err = shard.append(5, &[big]).await.unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { what: "record", .. }),
+            "{err}"
+        );
+        let many: Vec<Record> = (0..4).map(|_| Record::new(vec![1u8; 5000])).collect();
+        let err = shard.append(5, &many).await.unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { what: "batch", .. }),
+            "{err}"
+        );
+
+        assert_eq!(shard.stats(), before);
+        assert_eq!(shard.end_offset(5), end);
+        shard.close().await.unwrap();
+        let err = shard.append(5, &records_for(1)).await.unwrap_err();
+        assert!(matches!(err, Error::Closed), "{err}");
+        assert!(matches!(shard.close().await, Err(Error::Closed)));
+
+        let (_, rec) = Shard::open(config.clone()).await.unwrap();
+        assert_eq!(rec.batches.len(), 1);
+
+        // Bad configuration is refused before anything is created.
+        let mut bad = config;
+        bad.segment_bytes = 1000;
+        assert!(matches!(
+            Shard::open(bad).await,
+            Err(Error::InvalidArgument(_))
+        ));
+    });
+}
+
+#[test]
+fn abandoned_shard_keeps_every_acknowledged_batch_under_always() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    let config = small_config(&path, FsyncPolicy::Always);
+    let config2 = config.clone();
+    let acked = run(move || async move {
+        let (shard, _) = Shard::open(config).await.unwrap();
+        let acked = Rc::new(RefCell::new(Vec::new()));
+        let tasks: Vec<_> = (0..16u64)
+            .map(|t| {
+                let shard = shard.clone();
+                let acked = acked.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..40u64 {
+                        let n = t * 1000 + i;
+                        let a = shard.append(t, &records_for(n)).await.unwrap();
+                        acked.borrow_mut().push((n, a));
+                    }
+                })
+            })
+            .collect();
+        // Keep appending in the background and abandon mid-flight.
+        for t in tasks.into_iter().take(8) {
+            t.await;
+        }
+        let acked = acked.borrow().clone();
+        acked
+        // The shard and the other tasks are dropped with the executor.
+    });
+    run(move || async move {
+        let (shard, rec) = Shard::open(config2).await.unwrap();
+        assert!(!rec.report.clean_shutdown);
+        for (n, a) in &acked {
+            let found = rec
+                .batches
+                .iter()
+                .find(|b| b.segment == a.segment && b.position == a.position)
+                .unwrap_or_else(|| panic!("acknowledged batch {n} lost"));
+            let batch = shard
+                .read_batch(found.segment, found.position, found.header.length)
+                .await
+                .unwrap();
+            assert_batch_holds(&batch, a.base_offset, &records_for(*n));
+        }
+    });
+}
