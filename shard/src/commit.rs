@@ -76,7 +76,7 @@ fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
         let path = spare_path(&config.dir);
         let file = inner2.storage.open(&path, true).await?;
         file.allocate(config.segment_bytes).await?;
-        if config.prezero_segments {
+        if config.prezero_segments && config.fsync != FsyncPolicy::Never {
             zero_range(&file, 0, config.segment_bytes).await?;
         }
         file.close().await

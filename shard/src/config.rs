@@ -59,8 +59,9 @@ pub struct ShardConfig {
     /// What recovery does with damaged batches.
     pub recovery: RecoveryMode,
     /// Fill each new segment with zeros ahead of use so that steady-state
-    /// writes overwrite allocated blocks and fdatasync does not journal
-    /// extent changes. On by default for `Always` and `Interval`.
+    /// writes overwrite written blocks and fdatasync does not journal extent
+    /// changes. Ignored under [`FsyncPolicy::Never`], where no append waits
+    /// for an fdatasync and zeroing would only halve the write bandwidth.
     pub prezero_segments: bool,
 }
 

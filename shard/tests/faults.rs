@@ -1,0 +1,197 @@
+//! I/O failures injected through the storage seam: they are sticky, they
+//! name the operation and the file, and nothing failed is acknowledged.
+
+mod common;
+
+use std::{cell::Cell, io, path::Path, rc::Rc};
+
+use common::{records_for, run, small_config, test_dir};
+use corelog_shard::{
+    storage::{Storage, StorageFile},
+    DmaStorage, DmaStorageFile, Error, FsyncPolicy, Result, Shard,
+};
+
+/// What to break next.
+#[derive(Default)]
+struct Plan {
+    /// Fail the next segment write with this errno.
+    write_errno: Cell<Option<i32>>,
+    /// Fail the next fdatasync with this errno.
+    sync_errno: Cell<Option<i32>>,
+    /// Report the next write as 512 bytes short.
+    short_write: Cell<bool>,
+}
+
+/// The real disk, with faults injected on demand.
+#[derive(Clone)]
+struct Faulty {
+    real: DmaStorage,
+    plan: Rc<Plan>,
+}
+
+struct FaultyFile {
+    real: DmaStorageFile,
+    plan: Rc<Plan>,
+}
+
+fn is_segment(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "wal")
+}
+
+impl Storage for Faulty {
+    type File = FaultyFile;
+
+    async fn open(&self, path: &Path, create: bool) -> Result<FaultyFile> {
+        Ok(FaultyFile {
+            real: self.real.open(path, create).await?,
+            plan: self.plan.clone(),
+        })
+    }
+    async fn remove(&self, path: &Path) -> Result<()> {
+        self.real.remove(path).await
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.real.rename(from, to).await
+    }
+    async fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.real.sync_dir(dir).await
+    }
+    async fn prepare_dir(&self, dir: &Path) -> Result<()> {
+        self.real.prepare_dir(dir).await
+    }
+    fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        self.real.list(dir)
+    }
+}
+
+impl StorageFile for FaultyFile {
+    type Buffer = <DmaStorageFile as StorageFile>::Buffer;
+    type ReadBuf = <DmaStorageFile as StorageFile>::ReadBuf;
+
+    fn path(&self) -> &Path {
+        self.real.path()
+    }
+    fn alloc(&self, len: usize) -> Self::Buffer {
+        self.real.alloc(len)
+    }
+    async fn write_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize> {
+        if is_segment(self.path()) && pos > 0 {
+            if let Some(errno) = self.plan.write_errno.take() {
+                return Err(Error::io("write", self.path(), io::Error::from_raw_os_error(errno)));
+            }
+            if self.plan.short_write.take() {
+                let n = self.real.write_at(buf, pos).await?;
+                return Ok(n - 512);
+            }
+        }
+        self.real.write_at(buf, pos).await
+    }
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Self::ReadBuf> {
+        self.real.read_at(pos, len).await
+    }
+    async fn fdatasync(&self) -> Result<()> {
+        if !is_segment(self.path()) {
+            return self.real.fdatasync().await;
+        }
+        if let Some(errno) = self.plan.sync_errno.take() {
+            return Err(Error::io("fdatasync", self.path(), io::Error::from_raw_os_error(errno)));
+        }
+        self.real.fdatasync().await
+    }
+    async fn allocate(&self, len: u64) -> Result<()> {
+        self.real.allocate(len).await
+    }
+    async fn size(&self) -> Result<u64> {
+        self.real.size().await
+    }
+    async fn close(self) -> Result<()> {
+        self.real.close().await
+    }
+}
+
+/// Opens a shard on faulty storage, appends one good batch, arms the fault
+/// with `arm`, and returns the error of the next append, what later calls
+/// got, and the first batch's location.
+fn inject(fsync: FsyncPolicy, arm: impl FnOnce(&Plan) + Send + 'static) -> (Error, Vec<Error>) {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    let config = small_config(&path, fsync);
+    let config2 = config.clone();
+    let (first, later, good) = run(move || async move {
+        let plan = Rc::new(Plan::default());
+        let storage = Faulty {
+            real: DmaStorage,
+            plan: plan.clone(),
+        };
+        let (shard, _) = Shard::open_with(storage, config).await.unwrap();
+        let good = shard.append(1, &records_for(1)).await.unwrap();
+        arm(&plan);
+        let before = shard.stats();
+        let first = shard.append(1, &records_for(2)).await.unwrap_err();
+        let later = vec![
+            shard.append(1, &records_for(3)).await.unwrap_err(),
+            shard.flush().await.unwrap_err(),
+            shard.close().await.unwrap_err(),
+        ];
+        // A failed fdatasync never moves the durable position.
+        let after = shard.stats();
+        assert_eq!(
+            (after.durable_segment, after.durable_position),
+            (before.durable_segment, before.durable_position)
+        );
+        (first, later, good)
+    });
+    // The acknowledged batch survives; the failed one was never acknowledged
+    // and the next append after reopening takes its offset.
+    run(move || async move {
+        let (shard, rec) = Shard::open(config2).await.unwrap();
+        assert!(rec.batches.iter().any(|b| b.position == good.position));
+        let next = shard.append(1, &records_for(4)).await.unwrap();
+        assert!(next.base_offset >= good.base_offset + u64::from(good.record_count));
+        shard.close().await.unwrap();
+    });
+    (first, later)
+}
+
+fn assert_names(err: &Error, op: &str) {
+    let text = err.to_string();
+    assert!(text.contains(op), "{text}");
+    assert!(text.contains(".wal"), "error does not name the file: {text}");
+}
+
+#[test]
+fn eio_on_write_is_sticky_and_names_the_file() {
+    let (first, later) = inject(FsyncPolicy::Never, |p| p.write_errno.set(Some(5)));
+    assert_names(&first, "write failed");
+    let Error::Failed(inner) = &first else { panic!("{first}") };
+    assert!(matches!(**inner, Error::Io { op: "write", .. }));
+    for e in &later {
+        assert!(matches!(e, Error::Failed(_)), "{e}");
+        assert_names(e, "write failed");
+    }
+}
+
+#[test]
+fn eio_on_fdatasync_is_sticky_under_always() {
+    let (first, later) = inject(FsyncPolicy::Always, |p| p.sync_errno.set(Some(5)));
+    assert_names(&first, "fdatasync failed");
+    for e in &later {
+        assert_names(e, "fdatasync failed");
+    }
+}
+
+#[test]
+fn enospc_is_its_own_error() {
+    let (first, _) = inject(FsyncPolicy::Always, |p| p.write_errno.set(Some(28)));
+    let Error::Failed(inner) = &first else { panic!("{first}") };
+    assert!(matches!(**inner, Error::NoSpace { op: "write", .. }), "{inner}");
+    assert_names(&first, "no space left");
+}
+
+#[test]
+fn short_write_is_detected() {
+    let (first, _) = inject(FsyncPolicy::Always, |p| p.short_write.set(true));
+    let Error::Failed(inner) = &first else { panic!("{first}") };
+    assert!(matches!(**inner, Error::ShortWrite { .. }), "{inner}");
+    assert_names(&first, "short write");
+}
