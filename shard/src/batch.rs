@@ -43,8 +43,12 @@ pub struct BatchHeader {
     pub base_offset: u64,
     /// Number of records; at least one.
     pub record_count: u32,
-    /// Reserved; zero.
-    pub reserved0: u32,
+    /// Block index in the segment below which every write had completed when
+    /// the batch was appended. Writes are issued in order but several may be
+    /// in flight; a later batch whose floor lies past a damaged position
+    /// proves that position was written completely before, so the damage is
+    /// corruption, not a write torn by a crash.
+    pub floor_block: u32,
     /// Timestamp of the first record, ms since the Unix epoch.
     pub first_timestamp: i64,
     /// Largest timestamp in the batch.
@@ -110,6 +114,7 @@ pub fn encode_batch(
     seed: u32,
     partition: u64,
     base_offset: u64,
+    floor_block: u32,
     records: &[Record],
     now_ms: i64,
 ) -> BatchHeader {
@@ -149,7 +154,7 @@ pub fn encode_batch(
         partition,
         base_offset,
         record_count: records.len() as u32,
-        reserved0: 0,
+        floor_block,
         first_timestamp,
         max_timestamp,
         reserved1: 0,
@@ -408,7 +413,7 @@ mod tests {
         fn encode_decode_round_trip(records in proptest::collection::vec(arb_record(), 1..8),
                                     partition: u64, base in 0u64..1 << 60, seed: u32) {
             let mut out = vec![1, 2, 3];
-            let header = encode_batch(&mut out, seed, partition, base, &records, 77);
+            let header = encode_batch(&mut out, seed, partition, base, 3, &records, 77);
             let (len, _) = encoded_batch_len(&records).unwrap();
             prop_assert_eq!(out.len() - 3, len);
             let batch = Batch::decode(out[3..].to_vec(), seed).unwrap();
@@ -433,7 +438,7 @@ mod tests {
         fn any_flipped_bit_is_detected(records in proptest::collection::vec(arb_record(), 1..4),
                                        bit in any::<proptest::sample::Index>()) {
             let mut out = Vec::new();
-            encode_batch(&mut out, 9, 1, 0, &records, 0);
+            encode_batch(&mut out, 9, 1, 0, 1, &records, 0);
             let bit = bit.index(out.len() * 8);
             out[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(decode_batch(&out, 9).is_err());
@@ -447,7 +452,7 @@ mod tests {
         let r = [Record::new(b"value".to_vec())
             .with_key(b"k".to_vec())
             .with_timestamp(1)];
-        let h = encode_batch(&mut out, crc32c::crc32c(b"seed"), 7, 42, &r, 0);
+        let h = encode_batch(&mut out, crc32c::crc32c(b"seed"), 7, 42, 0, &r, 0);
         assert_eq!(out.len(), 64 + 22 + 6);
         assert_eq!(h.crc, STABLE_CRC);
     }

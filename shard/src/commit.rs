@@ -10,12 +10,17 @@
 //! starts on the next one, so no write ever touches a block that holds
 //! acknowledged data.
 //!
-//! Invariant: one write or fdatasync is in flight at a time, in log order, so
-//! a torn write can only be the last thing in the log.
+//! Invariant: writes are issued in log order, at most
+//! [`MAX_WRITES_IN_FLIGHT`] at once, and a group is acknowledged only when
+//! it and every write before it completed. A crash can therefore tear only
+//! writes that were in flight together, at the end of the log; each batch
+//! records in `floor_block` where the completed prefix ended when it was
+//! appended, so recovery can tell such a tear from damage to completed data.
 
-use std::{rc::Rc, sync::Arc, time::Instant};
+use std::{collections::VecDeque, rc::Rc, sync::Arc, time::Instant};
 
 use futures_lite::future;
+use glommio::task::JoinHandle;
 
 use crate::{
     config::{FsyncPolicy, ShardConfig},
@@ -70,6 +75,7 @@ pub(crate) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
 /// configured filled with zeros and synced, so writes into it later neither
 /// allocate blocks nor convert extents.
 fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
+    inner.counters.spare_ready.set(false);
     let inner2 = inner.clone();
     let task = glommio::spawn_local(async move {
         let config = &inner2.config;
@@ -79,7 +85,9 @@ fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
         if config.prezero_segments && config.fsync != FsyncPolicy::Never {
             zero_range(&file, 0, config.segment_bytes).await?;
         }
-        file.close().await
+        file.close().await?;
+        inner2.counters.spare_ready.set(true);
+        Ok(())
     })
     .detach();
     inner.state.borrow_mut().spare = Some(task);
@@ -124,12 +132,48 @@ async fn write_all<F: StorageFile>(file: &F, buf: F::Buffer, len: usize, pos: u6
     Ok(())
 }
 
+/// Writes handed to the kernel at once, at most. More than one keeps the
+/// device queue busy between commits; recovery tells a write torn in flight
+/// from damage to completed data by each batch's `floor_block`.
+const MAX_WRITES_IN_FLIGHT: usize = 4;
+
+/// A write handed to the kernel and not yet reaped.
+struct InFlight {
+    task: JoinHandle<Result<()>>,
+    /// On the last write of a group: the group it completes.
+    completes: Option<Completion>,
+}
+
+/// What finishing a group changes.
+struct Completion {
+    id: u64,
+    segment: u64,
+    /// Block-aligned end of the group in its segment.
+    end: u64,
+    appends: u64,
+}
+
+/// The commit task's own state.
+struct Committer<S: Storage> {
+    inner: Rc<Inner<S>>,
+    /// Interval policy: when the oldest unsynced write must be synced.
+    sync_due: Option<Instant>,
+    /// Writes in flight, oldest first; they complete groups in log order.
+    in_flight: VecDeque<InFlight>,
+    /// A group partly handed to the kernel, and how many bytes of it.
+    issuing: Option<(Group, usize)>,
+}
+
 /// The commit loop. Ends when the shard closes or fails.
 async fn run<S: Storage>(inner: Rc<Inner<S>>) {
-    let mut sync_due: Option<Instant> = None;
+    let mut c = Committer {
+        inner: inner.clone(),
+        sync_due: None,
+        in_flight: VecDeque::new(),
+        issuing: None,
+    };
     loop {
-        let result = step(&inner, &mut sync_due).await;
-        match result {
+        match c.step().await {
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
@@ -140,95 +184,136 @@ async fn run<S: Storage>(inner: Rc<Inner<S>>) {
     }
 }
 
-/// One round of the commit loop; returns false when the loop should end.
-async fn step<S: Storage>(inner: &Rc<Inner<S>>, sync_due: &mut Option<Instant>) -> Result<bool> {
-    let unsynced = inner.durable.get() < inner.written.get();
-    if unsynced && sync_due.is_some_and(|t| Instant::now() >= t) {
-        // Interval policy: the deadline of the oldest unsynced write passed.
-        sync(inner).await?;
-        *sync_due = None;
-        return Ok(true);
-    }
-    let (group, closing, flush_wanted) = {
-        let mut st = inner.state.borrow_mut();
-        let group = match st.sealed.pop_front() {
-            Some(g) => Some(g),
-            None if !st.open.bytes.is_empty() => {
-                let next = st.open.successor();
-                Some(std::mem::replace(&mut st.open, next))
-            }
-            None => None,
-        };
-        if let Some(g) = &group {
-            st.pending_bytes -= g.bytes.len();
+impl<S: Storage> Committer<S> {
+    /// One round of the commit loop; returns false when the loop should end.
+    async fn step(&mut self) -> Result<bool> {
+        let inner = self.inner.clone();
+        let unsynced = inner.durable.get() < inner.written.get();
+        if unsynced && self.sync_due.is_some_and(|t| Instant::now() >= t) {
+            // Interval policy: the deadline of the oldest unsynced write passed.
+            sync(&inner).await?;
+            self.sync_due = None;
+            return Ok(true);
         }
-        (group, st.closing, st.sync_target > inner.durable.get())
-    };
-    if let Some(group) = group {
-        let id = group.id;
-        write_group(inner, group).await?;
+        self.issue().await?;
+        if let Some(front) = self.in_flight.pop_front() {
+            front.task.await.unwrap_or(Err(Error::Closed))?;
+            if let Some(done) = front.completes {
+                self.complete(done).await?;
+            }
+            return Ok(true);
+        }
+        let (closing, flush_wanted) = {
+            let st = inner.state.borrow();
+            (st.closing, st.sync_target > inner.durable.get())
+        };
+        if unsynced && (closing || flush_wanted) {
+            sync(&inner).await?;
+            self.sync_due = None;
+            return Ok(true);
+        }
+        if closing {
+            return Ok(false);
+        }
+        match self.sync_due {
+            Some(t) => {
+                let sleep = glommio::timer::Timer::new(t.saturating_duration_since(Instant::now()));
+                future::or(inner.work.wait(), async {
+                    sleep.await;
+                })
+                .await;
+            }
+            None => inner.work.wait().await,
+        }
+        Ok(true)
+    }
+
+    /// Hands writes to the kernel until the window is full or nothing is
+    /// pending. A group for the next segment waits until every write to the
+    /// current one completed, then rolls.
+    async fn issue(&mut self) -> Result<()> {
+        let inner = self.inner.clone();
+        while self.in_flight.len() < MAX_WRITES_IN_FLIGHT {
+            if self.issuing.is_none() {
+                self.issuing = take_group(&inner).map(|g| (g, 0));
+            }
+            let Some((group, done)) = &mut self.issuing else {
+                return Ok(());
+            };
+            let active = inner.state.borrow().written_at.0;
+            if group.segment != active {
+                if !self.in_flight.is_empty() {
+                    return Ok(());
+                }
+                // Invariant: groups arrive in log order, one segment after another.
+                assert_eq!(group.segment, active + 1, "groups skipped a segment");
+                roll(&inner, group.segment).await?;
+            }
+            let file = inner.state.borrow().segments[&group.segment].clone();
+            let total = align_up(group.bytes.len() as u64) as usize;
+            let len = inner.config.max_write_bytes.min(total - *done);
+            let mut buf = file.alloc(len);
+            let bytes = buf.as_mut_slice();
+            let data =
+                &group.bytes[(*done).min(group.bytes.len())..(*done + len).min(group.bytes.len())];
+            bytes[..data.len()].copy_from_slice(data);
+            bytes[data.len()..].fill(0);
+            let pos = group.start + *done as u64;
+            let task = glommio::spawn_local(async move { write_all(&*file, buf, len, pos).await })
+                .detach();
+            bump(&inner.counters.writes, 1);
+            bump(&inner.counters.bytes_written, len as u64);
+            *done += len;
+            let completes = (*done == total).then(|| Completion {
+                id: group.id,
+                segment: group.segment,
+                end: group.start + total as u64,
+                appends: group.appends,
+            });
+            if completes.is_some() {
+                self.issuing = None;
+            }
+            self.in_flight.push_back(InFlight { task, completes });
+        }
+        Ok(())
+    }
+
+    /// A group's last write completed, and so did every write before it.
+    async fn complete(&mut self, done: Completion) -> Result<()> {
+        let inner = &self.inner;
+        let c = &inner.counters;
+        bump(&c.commits, 1);
+        c.max_commit_appends
+            .set(c.max_commit_appends.get().max(done.appends));
+        inner.state.borrow_mut().written_at = (done.segment, done.end);
+        inner.written.advance(done.id);
         match inner.config.fsync {
             FsyncPolicy::Always => sync(inner).await?,
             FsyncPolicy::Interval(d) => {
-                sync_due.get_or_insert_with(|| Instant::now() + d);
+                self.sync_due.get_or_insert_with(|| Instant::now() + d);
             }
             FsyncPolicy::Never => {}
         }
-        debug_assert!(inner.written.get() == id);
-        return Ok(true);
+        Ok(())
     }
-    if unsynced && (closing || flush_wanted) {
-        sync(inner).await?;
-        *sync_due = None;
-        return Ok(true);
-    }
-    if closing {
-        return Ok(false);
-    }
-    match *sync_due {
-        Some(t) => {
-            let sleep = glommio::timer::Timer::new(t.saturating_duration_since(Instant::now()));
-            future::or(inner.work.wait(), async {
-                sleep.await;
-            })
-            .await;
-        }
-        None => inner.work.wait().await,
-    }
-    Ok(true)
 }
 
-/// Writes one group, rolling to its segment first if needed.
-async fn write_group<S: Storage>(inner: &Rc<Inner<S>>, group: Group) -> Result<()> {
-    let active = inner.state.borrow().written_at.0;
-    if group.segment != active {
-        // Invariant: groups arrive in log order, one segment after another.
-        assert_eq!(group.segment, active + 1, "groups skipped a segment");
-        roll(inner, group.segment).await?;
+/// Takes the oldest group waiting to be written: a sealed one, or the open
+/// one if it holds anything.
+fn take_group<S: Storage>(inner: &Inner<S>) -> Option<Group> {
+    let mut st = inner.state.borrow_mut();
+    let group = match st.sealed.pop_front() {
+        Some(g) => Some(g),
+        None if !st.open.bytes.is_empty() => {
+            let next = st.open.successor();
+            Some(std::mem::replace(&mut st.open, next))
+        }
+        None => None,
+    };
+    if let Some(g) = &group {
+        st.pending_bytes -= g.bytes.len();
     }
-    let file = inner.state.borrow().segments[&group.segment].clone();
-    let max_write = inner.config.max_write_bytes;
-    let total = align_up(group.bytes.len() as u64) as usize;
-    let mut done = 0;
-    while done < total {
-        let len = max_write.min(total - done);
-        let mut buf = file.alloc(len);
-        let bytes = buf.as_mut_slice();
-        let data = &group.bytes[done.min(group.bytes.len())..(done + len).min(group.bytes.len())];
-        bytes[..data.len()].copy_from_slice(data);
-        bytes[data.len()..].fill(0);
-        write_all(&*file, buf, len, group.start + done as u64).await?;
-        bump(&inner.counters.writes, 1);
-        bump(&inner.counters.bytes_written, len as u64);
-        done += len;
-    }
-    let c = &inner.counters;
-    bump(&c.commits, 1);
-    c.max_commit_appends
-        .set(c.max_commit_appends.get().max(group.appends));
-    inner.state.borrow_mut().written_at = (group.segment, group.start + total as u64);
-    inner.written.advance(group.id);
-    Ok(())
+    group
 }
 
 /// fdatasync of the active segment; everything written becomes durable.

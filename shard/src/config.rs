@@ -92,6 +92,9 @@ impl ShardConfig {
                 4 * BLOCK_SIZE
             ));
         }
+        if self.segment_bytes / BLOCK_SIZE > u64::from(u32::MAX) {
+            return bad(format!("segment_bytes {} is too large", self.segment_bytes));
+        }
         if self.max_record_bytes == 0 || self.max_batch_bytes == 0 {
             return bad("max_record_bytes and max_batch_bytes must be positive".into());
         }

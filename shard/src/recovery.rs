@@ -7,8 +7,8 @@
 //! | what the scan finds                                 | TolerateTornTail          | AbsoluteConsistency | TolerateAnyCorruption |
 //! |-----------------------------------------------------|---------------------------|---------------------|-----------------------|
 //! | valid batches, then zeros to the end                | keep all                  | keep all            | keep all              |
-//! | damage in the last segment, no valid batch after it | cut at the last good batch, report bytes cut | error | cut, report   |
-//! | damage with a valid batch after it                  | error                     | error               | skip it, report, go on |
+//! | damage in the last segment, no later batch proves it corruption | cut at the last good batch, report bytes cut | error | cut, report (or skip to a later valid batch) |
+//! | damage, and a later batch whose `floor_block` lies past it | error                | error               | skip it, report, go on |
 //! | damage in a sealed (not last) segment               | error                     | error               | skip it, report, go on |
 //! | segment header invalid or from another shard        | error (last segment: drop it if it holds nothing valid) | error | skip segment, report |
 //!
@@ -162,6 +162,17 @@ struct Scan<'a, F: StorageFile> {
     out: &'a mut Recovered<F>,
 }
 
+/// What lies after damage.
+struct Probe {
+    /// The first valid batch after the damage.
+    first_valid: Option<u64>,
+    /// A valid batch appended after the damaged position was completely
+    /// written: proof that the damage is corruption, not a torn write.
+    proof: Option<u64>,
+    /// End of the last block holding a non-zero byte.
+    dirty_end: u64,
+}
+
 /// Outcome of looking at one position.
 enum Step {
     Batch(BatchHeader),
@@ -219,33 +230,45 @@ impl<F: StorageFile> Scan<'_, F> {
                         _ => None,
                     };
                     let probe_from = if reason.is_some() { pos + 1 } else { pos };
-                    let (next_valid, dirty_end) = self.probe(probe_from, seed).await?;
+                    let probe = self.probe(probe_from, pos, seed).await?;
                     let Some(reason) = reason.or_else(|| {
-                        (dirty_end > pos)
+                        (probe.dirty_end > pos)
                             .then(|| "non-zero bytes after the end of the log".to_string())
                     }) else {
                         return Ok(Some((valid_end, valid_end)));
                     };
-                    let damage = Damage {
+                    let dirty_end = probe.dirty_end.max(valid_end);
+                    let mut damage = Damage {
                         path: self.path.clone(),
                         position: pos,
-                        bytes: next_valid.unwrap_or(dirty_end.max(pos)) - pos,
+                        bytes: dirty_end.saturating_sub(pos),
                         reason,
                     };
-                    match (self.config.recovery, next_valid) {
-                        (RecoveryMode::TolerateAnyCorruption, Some(next)) => {
-                            self.out.report.skipped.push(damage);
-                            pos = next;
+                    match self.config.recovery {
+                        RecoveryMode::TolerateAnyCorruption => {
+                            if let Some(next) = probe.first_valid {
+                                damage.bytes = next - pos;
+                                self.out.report.skipped.push(damage);
+                                pos = next;
+                            } else {
+                                self.out.report.skipped.push(damage);
+                                return Ok(Some((valid_end, dirty_end)));
+                            }
                         }
-                        (RecoveryMode::TolerateAnyCorruption, None) => {
-                            self.out.report.skipped.push(damage);
-                            return Ok(Some((valid_end, dirty_end.max(valid_end))));
-                        }
-                        (RecoveryMode::TolerateTornTail, None) if self.is_last => {
+                        RecoveryMode::TolerateTornTail if self.is_last && probe.proof.is_none() => {
                             self.out.report.torn_tail = Some(damage);
-                            return Ok(Some((valid_end, dirty_end.max(valid_end))));
+                            return Ok(Some((valid_end, dirty_end)));
                         }
-                        _ => return Err(Error::corrupted(&self.path, pos, damage.reason)),
+                        _ => {
+                            let why = match probe.proof {
+                                Some(at) => format!(
+                                    "{}; the batch at {at} was appended after this position had been written completely",
+                                    damage.reason
+                                ),
+                                None => damage.reason,
+                            };
+                            return Err(Error::corrupted(&self.path, pos, why));
+                        }
                     }
                 }
             }
@@ -287,29 +310,40 @@ impl<F: StorageFile> Scan<'_, F> {
         })
     }
 
-    /// Looks past `from` for the next valid batch (a batch magic whose batch
-    /// validates) and for the end of the last non-zero block.
-    async fn probe(&mut self, from: u64, seed: u32) -> Result<(Option<u64>, u64)> {
-        let mut dirty_end = from;
+    /// Looks past `from` for valid batches and for the end of the last
+    /// non-zero block, to judge damage at `damage_at`. Stops early once a
+    /// valid batch proves the damaged position had been written completely.
+    async fn probe(&mut self, from: u64, damage_at: u64, seed: u32) -> Result<Probe> {
+        let mut probe = Probe {
+            first_valid: None,
+            proof: None,
+            dirty_end: from,
+        };
         let mut block = from - from % BLOCK_SIZE;
         let magic = BATCH_MAGIC.to_le_bytes();
         loop {
-            let bytes = self.window.get(block, BLOCK_SIZE as usize).await?;
-            if bytes.is_empty() {
-                return Ok((None, dirty_end));
+            // Three bytes more than the block, for a magic across its end.
+            let bytes = self.window.get(block, BLOCK_SIZE as usize + 3).await?;
+            let len = (bytes.len() as u64).min(BLOCK_SIZE);
+            if len == 0 {
+                return Ok(probe);
             }
-            let len = bytes.len() as u64;
-            if bytes.iter().any(|&b| b != 0) {
-                dirty_end = block + len;
+            if bytes[..len as usize].iter().any(|&b| b != 0) {
+                probe.dirty_end = block + len;
                 let candidates: Vec<u64> = bytes
                     .windows(4)
                     .enumerate()
-                    .filter(|(i, w)| *w == magic && block + *i as u64 >= from)
-                    .map(|(i, _)| block + i as u64)
+                    .map(|(i, w)| (block + i as u64, w))
+                    .filter(|&(at, w)| w == magic && at >= from && at < block + len)
+                    .map(|(at, _)| at)
                     .collect();
                 for at in candidates {
-                    if let Step::Batch(_) = self.step(at, seed).await? {
-                        return Ok((Some(at), dirty_end));
+                    if let Step::Batch(h) = self.step(at, seed).await? {
+                        probe.first_valid.get_or_insert(at);
+                        if u64::from(h.floor_block) * BLOCK_SIZE > damage_at {
+                            probe.proof = Some(at);
+                            return Ok(probe);
+                        }
                     }
                 }
             }
@@ -335,14 +369,14 @@ impl<F: StorageFile> Scan<'_, F> {
             // header that never reached the disk and nothing after it.
             RecoveryMode::TolerateTornTail if self.is_last => {
                 let seed = crc_seed(self.config.shard_id, seq);
-                let (next_valid, _) = self.probe(BLOCK_SIZE, seed).await?;
+                let probe = self.probe(BLOCK_SIZE, 0, seed).await?;
                 let any_data = self
                     .window
                     .get(BLOCK_SIZE, 4)
                     .await?
                     .iter()
                     .any(|&b| b != 0);
-                if next_valid.is_none() && !any_data {
+                if probe.first_valid.is_none() && !any_data {
                     self.out.report.torn_tail = Some(damage);
                     Ok(None)
                 } else {

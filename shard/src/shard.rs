@@ -298,11 +298,18 @@ impl<S: Storage> Shard<S> {
             commit::make_room(&mut st, config, size);
             let seed = crc_seed(config.shard_id, st.open.segment);
             let position = st.open.start + st.open.bytes.len() as u64;
+            let floor = if st.written_at.0 == st.open.segment {
+                st.written_at.1
+            } else {
+                BLOCK_SIZE
+            };
+            let floor_block = u32::try_from(floor / BLOCK_SIZE).expect("segment size checked");
             let header = encode_batch(
                 &mut st.open.bytes,
                 seed,
                 partition,
                 base_offset,
+                floor_block,
                 records,
                 now_ms(),
             );
@@ -410,6 +417,7 @@ impl<S: Storage> Shard<S> {
             max_commit_appends: c.max_commit_appends.get(),
             rolls: c.rolls.get(),
             roll_waits: c.roll_waits.get(),
+            spare_ready: c.spare_ready.get(),
             active_segment: st.written_at.0,
             written_position: st.written_at.1,
             durable_segment: st.durable_at.0,

@@ -25,6 +25,8 @@ pub struct ShardStats {
     pub rolls: u64,
     /// Rolls that had to wait for the spare segment to be ready.
     pub roll_waits: u64,
+    /// The next segment file is prepared and a roll will not wait for it.
+    pub spare_ready: bool,
     /// Segment currently written.
     pub active_segment: u64,
     /// Position up to which the active segment is written.
@@ -60,6 +62,7 @@ pub(crate) struct Counters {
     pub max_commit_appends: Cell<u64>,
     pub rolls: Cell<u64>,
     pub roll_waits: Cell<u64>,
+    pub spare_ready: Cell<bool>,
 }
 
 /// Adds `n` to a counter.

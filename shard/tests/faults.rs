@@ -77,7 +77,11 @@ impl StorageFile for FaultyFile {
     async fn write_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize> {
         if is_segment(self.path()) && pos > 0 {
             if let Some(errno) = self.plan.write_errno.take() {
-                return Err(Error::io("write", self.path(), io::Error::from_raw_os_error(errno)));
+                return Err(Error::io(
+                    "write",
+                    self.path(),
+                    io::Error::from_raw_os_error(errno),
+                ));
             }
             if self.plan.short_write.take() {
                 let n = self.real.write_at(buf, pos).await?;
@@ -94,7 +98,11 @@ impl StorageFile for FaultyFile {
             return self.real.fdatasync().await;
         }
         if let Some(errno) = self.plan.sync_errno.take() {
-            return Err(Error::io("fdatasync", self.path(), io::Error::from_raw_os_error(errno)));
+            return Err(Error::io(
+                "fdatasync",
+                self.path(),
+                io::Error::from_raw_os_error(errno),
+            ));
         }
         self.real.fdatasync().await
     }
@@ -156,14 +164,19 @@ fn inject(fsync: FsyncPolicy, arm: impl FnOnce(&Plan) + Send + 'static) -> (Erro
 fn assert_names(err: &Error, op: &str) {
     let text = err.to_string();
     assert!(text.contains(op), "{text}");
-    assert!(text.contains(".wal"), "error does not name the file: {text}");
+    assert!(
+        text.contains(".wal"),
+        "error does not name the file: {text}"
+    );
 }
 
 #[test]
 fn eio_on_write_is_sticky_and_names_the_file() {
     let (first, later) = inject(FsyncPolicy::Never, |p| p.write_errno.set(Some(5)));
     assert_names(&first, "write failed");
-    let Error::Failed(inner) = &first else { panic!("{first}") };
+    let Error::Failed(inner) = &first else {
+        panic!("{first}")
+    };
     assert!(matches!(**inner, Error::Io { op: "write", .. }));
     for e in &later {
         assert!(matches!(e, Error::Failed(_)), "{e}");
@@ -183,15 +196,22 @@ fn eio_on_fdatasync_is_sticky_under_always() {
 #[test]
 fn enospc_is_its_own_error() {
     let (first, _) = inject(FsyncPolicy::Always, |p| p.write_errno.set(Some(28)));
-    let Error::Failed(inner) = &first else { panic!("{first}") };
-    assert!(matches!(**inner, Error::NoSpace { op: "write", .. }), "{inner}");
+    let Error::Failed(inner) = &first else {
+        panic!("{first}")
+    };
+    assert!(
+        matches!(**inner, Error::NoSpace { op: "write", .. }),
+        "{inner}"
+    );
     assert_names(&first, "no space left");
 }
 
 #[test]
 fn short_write_is_detected() {
     let (first, _) = inject(FsyncPolicy::Always, |p| p.short_write.set(true));
-    let Error::Failed(inner) = &first else { panic!("{first}") };
+    let Error::Failed(inner) = &first else {
+        panic!("{first}")
+    };
     assert!(matches!(**inner, Error::ShortWrite { .. }), "{inner}");
     assert_names(&first, "short write");
 }

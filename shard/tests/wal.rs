@@ -173,6 +173,75 @@ fn appends_after_a_torn_tail_recover_cleanly_in_absolute_mode() {
     });
 }
 
+/// Rewrites the `floor_block` of the batch at `pos` and reseals its CRC, as
+/// if it had been appended while the writes before it were in flight.
+fn set_floor(bytes: &mut [u8], pos: usize, floor_block: u32, seed: u32) {
+    let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+    bytes[pos + 36..pos + 40].copy_from_slice(&floor_block.to_le_bytes());
+    let crc = crc32c::crc32c_append(seed, &bytes[pos + 12..pos + len]);
+    bytes[pos + 8..pos + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn a_write_torn_in_flight_is_cut_but_damage_to_completed_writes_is_not() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut config = small_config(&path, FsyncPolicy::Always);
+        let appended = write_and_abandon(config.clone(), 8).await;
+        let seg = corelog_shard::segment::segment_path(&path, appended[0].segment);
+        let seed = corelog_shard::segment::crc_seed(config.shard_id, appended[0].segment);
+        let original = std::fs::read(&seg).unwrap();
+        let hole = appended[4];
+        let mut bytes = original.clone();
+        // The write holding batch 4 never landed...
+        bytes[hole.position as usize..(hole.position + u64::from(hole.length)) as usize].fill(0);
+        // ...and batches 5 to 7 were appended while it was in flight.
+        let floor = (hole.position / 4096) as u32;
+        for a in &appended[5..] {
+            set_floor(&mut bytes, a.position as usize, floor, seed);
+        }
+        std::fs::write(&seg, &bytes).unwrap();
+        config.recovery = RecoveryMode::AbsoluteConsistency;
+        assert!(matches!(
+            Shard::open(config.clone()).await,
+            Err(Error::Corrupted { .. })
+        ));
+        config.recovery = RecoveryMode::TolerateTornTail;
+        let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+        assert_eq!(
+            rec.batches.len(),
+            4,
+            "batches after the hole were never acknowledged"
+        );
+        assert_eq!(
+            rec.report.torn_tail.as_ref().unwrap().position,
+            hole.position
+        );
+        assert_eq!(shard.end_offset(1), hole.base_offset);
+        drop(shard);
+
+        // The same hole, but batch 5 was appended after batch 4's write had
+        // completed: that is corruption of acknowledged data.
+        let mut bytes = original.clone();
+        bytes[hole.position as usize..(hole.position + u64::from(hole.length)) as usize].fill(0);
+        for a in &appended[6..] {
+            set_floor(&mut bytes, a.position as usize, floor, seed);
+        }
+        std::fs::write(&seg, &bytes).unwrap();
+        match Shard::open(config).await {
+            Err(Error::Corrupted {
+                position, reason, ..
+            }) => {
+                assert_eq!(position, hole.position);
+                assert!(reason.contains("written completely"), "{reason}");
+            }
+            Err(e) => panic!("expected corruption, got {e}"),
+            Ok(_) => panic!("expected corruption, got a shard"),
+        }
+    });
+}
+
 #[test]
 fn flipped_bits_are_detected_and_never_served() {
     let dir = test_dir();
