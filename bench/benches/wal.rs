@@ -18,7 +18,7 @@ fn append(c: &mut Criterion) {
     #[rustfmt::skip]
     let cases: &[(&str, FsyncPolicy, bool, u64, usize, usize)] = &[
         ("never/100B_x64/32_producers", FsyncPolicy::Never, true, 32, 64, 100),
-        ("never/4KiB_x16/8_producers", FsyncPolicy::Never, true, 8, 16, 4096),
+        ("never/4KiB_x16/64_producers", FsyncPolicy::Never, true, 64, 16, 4096),
         ("always/4KiB/1_producer", FsyncPolicy::Always, true, 1, 1, 4096),
         ("always/4KiB/1_producer/fallocate_only", FsyncPolicy::Always, false, 1, 1, 4096),
         ("always/100B/1_producer", FsyncPolicy::Always, true, 1, 1, 100),

@@ -15,8 +15,9 @@ use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 /// A directory for bench data on the disk of the current directory (not
 /// tmpfs: O_DIRECT).
 pub fn bench_dir() -> tempfile::TempDir {
-    std::fs::create_dir_all("target/bench-data").expect("bench data dir");
-    tempfile::tempdir_in("target/bench-data").expect("temp dir")
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-data");
+    std::fs::create_dir_all(root).expect("bench data dir");
+    tempfile::tempdir_in(root).expect("temp dir")
 }
 
 /// The configuration the write benches use.

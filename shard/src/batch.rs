@@ -105,12 +105,13 @@ pub fn encoded_batch_len(records: &[Record]) -> Option<(usize, usize)> {
     Some((total, largest))
 }
 
-/// Appends the batch encoding of `records` to `out` and returns its header.
+/// Encodes `records` as one batch into `out`, which is exactly as long as
+/// [`encoded_batch_len`] says, and returns the header.
 ///
 /// The caller has checked sizes with [`encoded_batch_len`]; `records` is not
 /// empty. Records without a timestamp take `now_ms`.
 pub fn encode_batch(
-    out: &mut Vec<u8>,
+    out: &mut [u8],
     seed: u32,
     partition: u64,
     base_offset: u64,
@@ -119,35 +120,39 @@ pub fn encode_batch(
     now_ms: i64,
 ) -> BatchHeader {
     assert!(!records.is_empty(), "a batch holds at least one record");
-    let start = out.len();
-    out.extend_from_slice(&[0; BATCH_HEADER_LEN]);
+    let mut at = BATCH_HEADER_LEN;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
     let mut max_timestamp = i64::MIN;
     let first_timestamp = records[0].timestamp.unwrap_or(now_ms);
     for r in records {
         let ts = r.timestamp.unwrap_or(now_ms);
         max_timestamp = max_timestamp.max(ts);
         let len = r.encoded_len().expect("checked by the caller");
-        out.extend_from_slice(&((len - 4) as u32).to_le_bytes());
-        out.extend_from_slice(&ts.to_le_bytes());
+        put(&((len - 4) as u32).to_le_bytes());
+        put(&ts.to_le_bytes());
         let key_len = r.key.as_ref().map_or(NO_KEY, |k| k.len() as u32);
-        out.extend_from_slice(&key_len.to_le_bytes());
-        out.extend_from_slice(&(r.value.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(r.headers.len() as u16).to_le_bytes());
+        put(&key_len.to_le_bytes());
+        put(&(r.value.len() as u32).to_le_bytes());
+        put(&(r.headers.len() as u16).to_le_bytes());
         if let Some(k) = &r.key {
-            out.extend_from_slice(k);
+            put(k);
         }
-        out.extend_from_slice(&r.value);
+        put(&r.value);
         for (name, value) in &r.headers {
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            out.extend_from_slice(value);
+            put(&(name.len() as u16).to_le_bytes());
+            put(name.as_bytes());
+            put(&(value.len() as u32).to_le_bytes());
+            put(value);
         }
     }
-    let length = out.len() - start;
+    // Invariant: the caller sized `out` with encoded_batch_len.
+    assert_eq!(at, out.len(), "batch buffer sized wrongly");
     let mut header = BatchHeader {
         magic: BATCH_MAGIC,
-        length: u32::try_from(length).expect("batch size checked by the caller"),
+        length: u32::try_from(at).expect("batch size checked by the caller"),
         crc: 0,
         version: BATCH_VERSION,
         flags: 0,
@@ -159,10 +164,9 @@ pub fn encode_batch(
         max_timestamp,
         reserved1: 0,
     };
-    let bytes = &mut out[start..];
-    bytes[..BATCH_HEADER_LEN].copy_from_slice(bytemuck::bytes_of(&header));
-    header.crc = crc32c::crc32c_append(seed, &bytes[CRC_END..]);
-    bytes[CRC_OFFSET..CRC_END].copy_from_slice(&header.crc.to_le_bytes());
+    out[..BATCH_HEADER_LEN].copy_from_slice(bytemuck::bytes_of(&header));
+    header.crc = crc32c::crc32c_append(seed, &out[CRC_END..]);
+    out[CRC_OFFSET..CRC_END].copy_from_slice(&header.crc.to_le_bytes());
     header
 }
 
@@ -412,11 +416,10 @@ mod tests {
         #[test]
         fn encode_decode_round_trip(records in proptest::collection::vec(arb_record(), 1..8),
                                     partition: u64, base in 0u64..1 << 60, seed: u32) {
-            let mut out = vec![1, 2, 3];
-            let header = encode_batch(&mut out, seed, partition, base, 3, &records, 77);
             let (len, _) = encoded_batch_len(&records).unwrap();
-            prop_assert_eq!(out.len() - 3, len);
-            let batch = Batch::decode(out[3..].to_vec(), seed).unwrap();
+            let mut out = vec![0; len];
+            let header = encode_batch(&mut out, seed, partition, base, 3, &records, 77);
+            let batch = Batch::decode(out.clone(), seed).unwrap();
             prop_assert_eq!(batch.header(), &header);
             for (i, (view, rec)) in batch.records().zip(&records).enumerate() {
                 prop_assert_eq!(view.offset(), base + i as u64);
@@ -426,7 +429,7 @@ mod tests {
                 prop_assert!(view.headers().eq(rec.headers()));
             }
             // Another segment's seed never validates the same bytes.
-            prop_assert!(decode_batch(&out[3..], seed ^ 1).is_err());
+            prop_assert!(decode_batch(&out, seed ^ 1).is_err());
         }
 
         #[test]
@@ -437,7 +440,7 @@ mod tests {
         #[test]
         fn any_flipped_bit_is_detected(records in proptest::collection::vec(arb_record(), 1..4),
                                        bit in any::<proptest::sample::Index>()) {
-            let mut out = Vec::new();
+            let mut out = vec![0; encoded_batch_len(&records).unwrap().0];
             encode_batch(&mut out, 9, 1, 0, 1, &records, 0);
             let bit = bit.index(out.len() * 8);
             out[bit / 8] ^= 1 << (bit % 8);
@@ -448,10 +451,10 @@ mod tests {
     /// If this changes, the on-disk format changed: bump BATCH_VERSION.
     #[test]
     fn checksum_is_stable() {
-        let mut out = Vec::new();
         let r = [Record::new(b"value".to_vec())
             .with_key(b"k".to_vec())
             .with_timestamp(1)];
+        let mut out = vec![0; encoded_batch_len(&r).unwrap().0];
         let h = encode_batch(&mut out, crc32c::crc32c(b"seed"), 7, 42, 0, &r, 0);
         assert_eq!(out.len(), 64 + 22 + 6);
         assert_eq!(h.crc, STABLE_CRC);

@@ -1,8 +1,9 @@
 //! The commit task: one per shard, the only writer of segment files.
 //!
 //! Appends encode their batch into the open [`Group`] and wait. The commit
-//! task takes whole groups, writes each with one or a few O_DIRECT writes
-//! (padded to the block size), and runs fdatasync as the policy asks. Appends
+//! task takes whole groups, writes each with one O_DIRECT write of the
+//! group's own buffer (padded to the block size), and runs fdatasync as the
+//! policy asks. Appends
 //! that arrive while a write or an fdatasync is in flight gather in the next
 //! group: that is group commit.
 //!
@@ -41,12 +42,13 @@ pub(crate) fn max_pending_bytes(config: &ShardConfig) -> usize {
 }
 
 /// Makes sure the open group can take a batch of `size` bytes: seals it when
-/// it is full or the batch would cross the end of its segment.
-pub(crate) fn make_room<F>(st: &mut State<F>, config: &ShardConfig, size: usize) {
+/// its buffer is full or the batch would cross the end of its segment. An
+/// empty group keeps its buffer for its successor.
+pub(crate) fn make_room<F: StorageFile>(st: &mut State<F>, config: &ShardConfig, size: usize) {
     let open = &st.open;
-    let end = open.start + (open.bytes.len() + size) as u64;
+    let end = open.start + (open.len + size) as u64;
     let crosses_segment = open.segment == 0 || end > config.segment_bytes;
-    let full = open.bytes.len() + size > config.max_write_bytes && !open.bytes.is_empty();
+    let full = open.len > 0 && open.room() < size;
     if !crosses_segment && !full {
         return;
     }
@@ -55,10 +57,11 @@ pub(crate) fn make_room<F>(st: &mut State<F>, config: &ShardConfig, size: usize)
         next.segment = open.segment + 1;
         next.start = BLOCK_SIZE;
     }
-    let old = std::mem::replace(&mut st.open, next);
-    if old.bytes.is_empty() {
-        // Nothing to write: the new group simply takes the old one's id.
+    let mut old = std::mem::replace(&mut st.open, next);
+    if old.len == 0 {
+        // Nothing to write: the new group takes the old one's id and buffer.
         st.open.id = old.id;
+        st.open.buf = old.buf.take();
     } else {
         st.sealed.push_back(old);
     }
@@ -83,7 +86,7 @@ fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
         let file = inner2.storage.open(&path, true).await?;
         file.allocate(config.segment_bytes).await?;
         if config.prezero_segments && config.fsync != FsyncPolicy::Never {
-            zero_range(&file, 0, config.segment_bytes).await?;
+            zero_range(&inner2.storage, &file, 0, config.segment_bytes).await?;
         }
         file.close().await?;
         inner2.counters.spare_ready.set(true);
@@ -96,7 +99,12 @@ fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
 /// Writes zeros over `[from, to)`, preserving the bytes before `from` in its
 /// block, then syncs. Used to pre-zero segments and to erase the garbage a
 /// torn write left after the recovered tail.
-pub(crate) async fn zero_range<F: StorageFile>(file: &F, from: u64, to: u64) -> Result<()> {
+pub(crate) async fn zero_range<S: Storage>(
+    storage: &S,
+    file: &S::File,
+    from: u64,
+    to: u64,
+) -> Result<()> {
     if to <= from {
         return Ok(());
     }
@@ -105,7 +113,7 @@ pub(crate) async fn zero_range<F: StorageFile>(file: &F, from: u64, to: u64) -> 
     let chunk_max: u64 = 1 << 20;
     while pos < to {
         let len = chunk_max.min(align_up(to) - pos) as usize;
-        let mut buf = file.alloc(len);
+        let mut buf = storage.alloc(len);
         let bytes = buf.as_mut_slice();
         bytes.fill(0);
         if keep > 0 && pos < from {
@@ -137,15 +145,14 @@ async fn write_all<F: StorageFile>(file: &F, buf: F::Buffer, len: usize, pos: u6
 /// from damage to completed data by each batch's `floor_block`.
 const MAX_WRITES_IN_FLIGHT: usize = 4;
 
-/// A write handed to the kernel and not yet reaped.
+/// A group's write, handed to the kernel and not yet reaped.
 struct InFlight {
     task: JoinHandle<Result<()>>,
-    /// On the last write of a group: the group it completes.
-    completes: Option<Completion>,
+    group: Written,
 }
 
-/// What finishing a group changes.
-struct Completion {
+/// A group whose write was issued.
+struct Written {
     id: u64,
     segment: u64,
     /// Block-aligned end of the group in its segment.
@@ -160,8 +167,9 @@ struct Committer<S: Storage> {
     sync_due: Option<Instant>,
     /// Writes in flight, oldest first; they complete groups in log order.
     in_flight: VecDeque<InFlight>,
-    /// A group partly handed to the kernel, and how many bytes of it.
-    issuing: Option<(Group, usize)>,
+    /// A group for the next segment, waiting for the writes in flight to
+    /// complete before the roll.
+    waiting: Option<Group<<S::File as StorageFile>::Buffer>>,
 }
 
 /// The commit loop. Ends when the shard closes or fails.
@@ -170,7 +178,7 @@ async fn run<S: Storage>(inner: Rc<Inner<S>>) {
         inner: inner.clone(),
         sync_due: None,
         in_flight: VecDeque::new(),
-        issuing: None,
+        waiting: None,
     };
     loop {
         match c.step().await {
@@ -198,9 +206,7 @@ impl<S: Storage> Committer<S> {
         self.issue().await?;
         if let Some(front) = self.in_flight.pop_front() {
             front.task.await.unwrap_or(Err(Error::Closed))?;
-            if let Some(done) = front.completes {
-                self.complete(done).await?;
-            }
+            self.complete(front.group).await?;
             return Ok(true);
         }
         let (closing, flush_wanted) = {
@@ -228,21 +234,19 @@ impl<S: Storage> Committer<S> {
         Ok(true)
     }
 
-    /// Hands writes to the kernel until the window is full or nothing is
-    /// pending. A group for the next segment waits until every write to the
-    /// current one completed, then rolls.
+    /// Hands group writes to the kernel until the window is full or nothing
+    /// is pending. A group for the next segment waits until every write to
+    /// the current one completed, then rolls.
     async fn issue(&mut self) -> Result<()> {
         let inner = self.inner.clone();
         while self.in_flight.len() < MAX_WRITES_IN_FLIGHT {
-            if self.issuing.is_none() {
-                self.issuing = take_group(&inner).map(|g| (g, 0));
-            }
-            let Some((group, done)) = &mut self.issuing else {
+            let Some(mut group) = self.waiting.take().or_else(|| take_group(&inner)) else {
                 return Ok(());
             };
             let active = inner.state.borrow().written_at.0;
             if group.segment != active {
                 if !self.in_flight.is_empty() {
+                    self.waiting = Some(group);
                     return Ok(());
                 }
                 // Invariant: groups arrive in log order, one segment after another.
@@ -250,36 +254,29 @@ impl<S: Storage> Committer<S> {
                 roll(&inner, group.segment).await?;
             }
             let file = inner.state.borrow().segments[&group.segment].clone();
-            let total = align_up(group.bytes.len() as u64) as usize;
-            let len = inner.config.max_write_bytes.min(total - *done);
-            let mut buf = file.alloc(len);
-            let bytes = buf.as_mut_slice();
-            let data =
-                &group.bytes[(*done).min(group.bytes.len())..(*done + len).min(group.bytes.len())];
-            bytes[..data.len()].copy_from_slice(data);
-            bytes[data.len()..].fill(0);
-            let pos = group.start + *done as u64;
-            let task = glommio::spawn_local(async move { write_all(&*file, buf, len, pos).await })
-                .detach();
+            let total = align_up(group.len as u64) as usize;
+            let mut buf = group.buf.take().expect("a group with batches has a buffer");
+            buf.truncate(total);
+            buf.as_mut_slice()[group.len..].fill(0);
+            let pos = group.start;
+            let task =
+                glommio::spawn_local(async move { write_all(&*file, buf, total, pos).await })
+                    .detach();
             bump(&inner.counters.writes, 1);
-            bump(&inner.counters.bytes_written, len as u64);
-            *done += len;
-            let completes = (*done == total).then(|| Completion {
+            bump(&inner.counters.bytes_written, total as u64);
+            let group = Written {
                 id: group.id,
                 segment: group.segment,
                 end: group.start + total as u64,
                 appends: group.appends,
-            });
-            if completes.is_some() {
-                self.issuing = None;
-            }
-            self.in_flight.push_back(InFlight { task, completes });
+            };
+            self.in_flight.push_back(InFlight { task, group });
         }
         Ok(())
     }
 
-    /// A group's last write completed, and so did every write before it.
-    async fn complete(&mut self, done: Completion) -> Result<()> {
+    /// A group's write completed, and so did every write before it.
+    async fn complete(&mut self, done: Written) -> Result<()> {
         let inner = &self.inner;
         let c = &inner.counters;
         bump(&c.commits, 1);
@@ -300,18 +297,18 @@ impl<S: Storage> Committer<S> {
 
 /// Takes the oldest group waiting to be written: a sealed one, or the open
 /// one if it holds anything.
-fn take_group<S: Storage>(inner: &Inner<S>) -> Option<Group> {
+fn take_group<S: Storage>(inner: &Inner<S>) -> Option<Group<<S::File as StorageFile>::Buffer>> {
     let mut st = inner.state.borrow_mut();
     let group = match st.sealed.pop_front() {
         Some(g) => Some(g),
-        None if !st.open.bytes.is_empty() => {
+        None if st.open.len > 0 => {
             let next = st.open.successor();
             Some(std::mem::replace(&mut st.open, next))
         }
         None => None,
     };
     if let Some(g) = &group {
-        st.pending_bytes -= g.bytes.len();
+        st.pending_bytes -= g.len;
     }
     group
 }
@@ -354,7 +351,7 @@ async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
         .rename(&spare_path(&config.dir), &path)
         .await?;
     let file = inner.storage.open(&path, false).await?;
-    let mut buf = file.alloc(BLOCK_SIZE as usize);
+    let mut buf = inner.storage.alloc(BLOCK_SIZE as usize);
     let bytes = buf.as_mut_slice();
     bytes.fill(0);
     let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
@@ -425,7 +422,7 @@ async fn write_clean_marker<S: Storage>(
 ) -> Result<()> {
     let path = inner.config.dir.join(CLEAN_MARKER);
     let file = inner.storage.open(&path, true).await?;
-    let mut buf = file.alloc(BLOCK_SIZE as usize);
+    let mut buf = inner.storage.alloc(BLOCK_SIZE as usize);
     let bytes = buf.as_mut_slice();
     bytes.fill(0);
     bytes[0..8].copy_from_slice(&CLEAN_MAGIC.to_le_bytes());

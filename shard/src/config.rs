@@ -52,9 +52,9 @@ pub struct ShardConfig {
     pub max_record_bytes: usize,
     /// Largest encoded batch accepted, in bytes.
     pub max_batch_bytes: usize,
-    /// Largest single write handed to the kernel, in bytes. A commit group
-    /// bigger than this is written in several writes before it is
-    /// acknowledged.
+    /// Size of a commit group's I/O buffer, and so of the largest write a
+    /// group makes (a single batch larger than this gets a buffer of its
+    /// own size). Appends beyond it start the next group.
     pub max_write_bytes: usize,
     /// What recovery does with damaged batches.
     pub recovery: RecoveryMode,

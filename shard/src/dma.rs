@@ -27,8 +27,16 @@ pub struct DmaStorageFile {
 }
 
 impl IoBuffer for DmaBuffer {
+    fn as_slice(&self) -> &[u8] {
+        self.as_bytes()
+    }
+
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.as_bytes_mut()
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.trim_to_size(len);
     }
 }
 
@@ -41,6 +49,12 @@ fn io_err<'a>(
 
 impl Storage for DmaStorage {
     type File = DmaStorageFile;
+
+    /// From the executor's registered I/O memory when it has room, else
+    /// from the heap (still aligned for O_DIRECT).
+    fn alloc(&self, len: usize) -> DmaBuffer {
+        glommio::allocate_dma_buffer(len)
+    }
 
     async fn open(&self, path: &Path, create: bool) -> Result<DmaStorageFile> {
         let file = OpenOptions::new()
@@ -113,10 +127,6 @@ impl StorageFile for DmaStorageFile {
 
     fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn alloc(&self, len: usize) -> DmaBuffer {
-        self.file.alloc_dma_buffer(len)
     }
 
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> Result<usize> {

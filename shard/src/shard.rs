@@ -23,7 +23,7 @@ use crate::{
     recovery::{recover, RecoveredBatch, RecoveryReport},
     segment::{align_up, crc_seed, BLOCK_SIZE},
     stats::{bump, Counters, ShardStats},
-    storage::{Storage, StorageFile},
+    storage::{IoBuffer, Storage, StorageFile},
     watermark::{Signal, Watermark},
 };
 
@@ -108,40 +108,61 @@ pub(crate) struct Inner<S: Storage> {
 }
 
 /// Appends gathered for one write. Groups are numbered from 1 in the order
-/// they are written; a group never spans two segments.
+/// they are written; a group never spans two segments. Batches are encoded
+/// straight into the group's I/O buffer, which the write then takes.
 #[derive(Debug)]
-pub(crate) struct Group {
+pub(crate) struct Group<B> {
     pub id: u64,
     pub segment: u64,
     /// Block-aligned position of the group in its segment.
     pub start: u64,
-    pub bytes: Vec<u8>,
+    /// The batches, encoded back to back; allocated by the first append.
+    pub buf: Option<B>,
+    /// Bytes of `buf` holding batches.
+    pub len: usize,
     pub appends: u64,
 }
 
-impl Group {
-    /// The group written after this one, in the same segment.
-    pub(crate) fn successor(&self) -> Group {
+impl<B: IoBuffer> Group<B> {
+    /// An empty group at `start` of `segment`.
+    pub(crate) fn new(id: u64, segment: u64, start: u64) -> Self {
         Group {
-            id: self.id + 1,
-            segment: self.segment,
-            start: align_up(self.start + self.bytes.len() as u64),
-            bytes: Vec::new(),
+            id,
+            segment,
+            start,
+            buf: None,
+            len: 0,
             appends: 0,
         }
+    }
+
+    /// The group written after this one, in the same segment.
+    pub(crate) fn successor(&self) -> Self {
+        Group::new(
+            self.id + 1,
+            self.segment,
+            align_up(self.start + self.len as u64),
+        )
+    }
+
+    /// Bytes the buffer can still take.
+    pub(crate) fn room(&self) -> usize {
+        self.buf
+            .as_ref()
+            .map_or(0, |b| b.as_slice().len() - self.len)
     }
 }
 
 /// Mutable shard state; only the shard's thread touches it.
-pub(crate) struct State<F> {
+pub(crate) struct State<F: StorageFile> {
     /// Open segment files by sequence; the last one is written.
     pub segments: BTreeMap<u64, Rc<F>>,
     /// Next offset to assign, per partition.
     pub next_offsets: HashMap<u64, u64>,
     /// The group that accepts appends.
-    pub open: Group,
+    pub open: Group<F::Buffer>,
     /// Groups closed to appends, waiting to be written, oldest first.
-    pub sealed: VecDeque<Group>,
+    pub sealed: VecDeque<Group<F::Buffer>>,
     /// Bytes in `open` and `sealed`.
     pub pending_bytes: usize,
     /// Highest group id a flush asked to make durable.
@@ -190,7 +211,7 @@ impl<S: Storage> Shard<S> {
         let (segment, start) = match &recovered.tail {
             Some(t) => {
                 let file = &recovered.segments.last().expect("tail has a segment").1;
-                commit::zero_range(&**file, t.valid_end, t.dirty_end).await?;
+                commit::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
                 (t.sequence, align_up(t.valid_end))
             }
             // No segment yet: the first append rolls into segment 1.
@@ -199,13 +220,7 @@ impl<S: Storage> Shard<S> {
         let state = State {
             segments: recovered.segments.into_iter().collect(),
             next_offsets,
-            open: Group {
-                id: 1,
-                segment,
-                start,
-                bytes: Vec::new(),
-                appends: 0,
-            },
+            open: Group::new(1, segment, start),
             sealed: VecDeque::new(),
             pending_bytes: 0,
             sync_target: 0,
@@ -296,16 +311,25 @@ impl<S: Storage> Shard<S> {
                 )));
             }
             commit::make_room(&mut st, config, size);
+            if st.open.room() < size {
+                // Invariant: make_room left the open group empty if the
+                // batch does not fit its buffer.
+                assert_eq!(st.open.len, 0);
+                let capacity = config.max_write_bytes.max(align_up(size as u64) as usize);
+                st.open.buf = Some(self.inner.storage.alloc(capacity));
+            }
             let seed = crc_seed(config.shard_id, st.open.segment);
-            let position = st.open.start + st.open.bytes.len() as u64;
+            let position = st.open.start + st.open.len as u64;
             let floor = if st.written_at.0 == st.open.segment {
                 st.written_at.1
             } else {
                 BLOCK_SIZE
             };
             let floor_block = u32::try_from(floor / BLOCK_SIZE).expect("segment size checked");
+            let at = st.open.len;
+            let buf = st.open.buf.as_mut().expect("allocated above");
             let header = encode_batch(
-                &mut st.open.bytes,
+                &mut buf.as_mut_slice()[at..at + size],
                 seed,
                 partition,
                 base_offset,
@@ -313,6 +337,7 @@ impl<S: Storage> Shard<S> {
                 records,
                 now_ms(),
             );
+            st.open.len += size;
             st.open.appends += 1;
             st.pending_bytes += size;
             st.next_offsets.insert(partition, header.end_offset());
@@ -348,7 +373,7 @@ impl<S: Storage> Shard<S> {
             if let Some(e) = &st.failed {
                 return Err(Error::Failed(e.clone()));
             }
-            let target = if st.open.bytes.is_empty() {
+            let target = if st.open.len == 0 {
                 st.open.id - 1
             } else {
                 st.open.id

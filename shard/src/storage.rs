@@ -12,8 +12,12 @@ use crate::error::Result;
 /// A buffer the storage can write from; its length is a multiple of the block
 /// size and it is aligned for O_DIRECT.
 pub trait IoBuffer {
+    /// The bytes.
+    fn as_slice(&self) -> &[u8];
     /// The bytes to fill.
     fn as_mut_slice(&mut self) -> &mut [u8];
+    /// Shortens the buffer to `len` bytes (a multiple of the block size).
+    fn truncate(&mut self, len: usize);
 }
 
 /// Opens, lists, renames and removes files in a directory tree.
@@ -25,6 +29,10 @@ pub trait Storage: Clone + 'static {
     /// An open file.
     type File: StorageFile;
 
+    /// A buffer of `len` bytes, `len` a multiple of the block size, for
+    /// [`StorageFile::write_at`]. Its contents are unspecified: the caller
+    /// fills every byte it writes.
+    fn alloc(&self, len: usize) -> <Self::File as StorageFile>::Buffer;
     /// Opens `path` for reading and writing, creating it when `create`.
     async fn open(&self, path: &Path, create: bool) -> Result<Self::File>;
     /// Removes the file at `path`.
@@ -53,9 +61,6 @@ pub trait StorageFile: 'static {
 
     /// The path the file was opened at.
     fn path(&self) -> &Path;
-    /// A buffer of `len` bytes, `len` a multiple of the block size. Its
-    /// contents are unspecified: the caller fills every byte.
-    fn alloc(&self, len: usize) -> Self::Buffer;
     /// Writes the whole buffer at `pos` (block aligned); returns the bytes the
     /// kernel reports written, which the caller checks.
     async fn write_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize>;

@@ -41,6 +41,10 @@ fn is_segment(path: &Path) -> bool {
 impl Storage for Faulty {
     type File = FaultyFile;
 
+    fn alloc(&self, len: usize) -> <FaultyFile as StorageFile>::Buffer {
+        self.real.alloc(len)
+    }
+
     async fn open(&self, path: &Path, create: bool) -> Result<FaultyFile> {
         Ok(FaultyFile {
             real: self.real.open(path, create).await?,
@@ -70,9 +74,6 @@ impl StorageFile for FaultyFile {
 
     fn path(&self) -> &Path {
         self.real.path()
-    }
-    fn alloc(&self, len: usize) -> Self::Buffer {
-        self.real.alloc(len)
     }
     async fn write_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize> {
         if is_segment(self.path()) && pos > 0 {

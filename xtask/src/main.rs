@@ -1,27 +1,49 @@
-//! corelog development tasks, run as `cargo xtask <task>`.
+//! corelog development tasks, run as `cargo xtask <task>`:
 //!
 //! - `demo`: builds with the release profile and runs the shard demo in a
 //!   temporary directory under the current one.
+//! - `disk [--dir DIR]`: measures the disk under DIR (default
+//!   `target/disk-baseline`) with fio, the baseline every throughput and
+//!   fsync figure in docs/BENCHMARKS.md is compared with.
+
+mod disk;
 
 use std::process::{exit, Command};
 
 fn main() {
-    let task = std::env::args().nth(1);
-    let status = match task.as_deref() {
-        Some("demo") => Command::new(env!("CARGO"))
-            .args(["run", "--release", "-p", "corelog", "--example", "demo"])
-            .status(),
-        _ => {
-            eprintln!("usage: cargo xtask demo");
-            exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => run_cargo(&["run", "--release", "-p", "corelog", "--example", "demo"]),
+        Some("disk") => {
+            let dir = match args.get(1..) {
+                Some([flag, dir]) if flag == "--dir" => dir.clone(),
+                Some([]) => "target/disk-baseline".to_string(),
+                _ => usage(),
+            };
+            disk::run(std::path::Path::new(&dir))
         }
+        _ => usage(),
     };
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => exit(s.code().unwrap_or(1)),
-        Err(e) => {
-            eprintln!("could not run cargo: {e}");
-            exit(1);
-        }
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        exit(1);
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: cargo xtask demo | cargo xtask disk [--dir DIR]");
+    exit(2);
+}
+
+/// Runs cargo with `args`, failing on a non-zero exit.
+fn run_cargo(args: &[&str]) -> Result<(), String> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo {} failed: {status}", args.join(" ")))
     }
 }

@@ -1,0 +1,119 @@
+//! `cargo xtask disk`: the disk's limits, measured with fio on the file
+//! system that holds the data.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+/// One fio job: a name, what it measures, and its arguments.
+const JOBS: &[(&str, &[&str])] = &[
+    (
+        "seq-write",
+        &[
+            "--rw=write",
+            "--bs=1m",
+            "--iodepth=4",
+            "--ioengine=io_uring",
+            "--size=4g",
+            "--end_fsync=1",
+        ],
+    ),
+    (
+        "sync-write-psync",
+        &[
+            "--rw=write",
+            "--bs=4k",
+            "--fdatasync=1",
+            "--size=32m",
+            "--overwrite=1",
+            "--ioengine=psync",
+        ],
+    ),
+    (
+        "sync-write-io_uring",
+        &[
+            "--rw=write",
+            "--bs=4k",
+            "--fdatasync=1",
+            "--size=32m",
+            "--overwrite=1",
+            "--ioengine=io_uring",
+        ],
+    ),
+    (
+        "seq-read",
+        &[
+            "--rw=read",
+            "--bs=1m",
+            "--iodepth=4",
+            "--ioengine=io_uring",
+            "--size=4g",
+        ],
+    ),
+];
+
+/// Installs fio if missing, runs every job in `dir`, prints the figures.
+pub fn run(dir: &Path) -> Result<(), String> {
+    ensure_fio()?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    println!("fio in {} (O_DIRECT)", dir.display());
+    for (name, args) in JOBS {
+        let out = Command::new("fio")
+            .arg(format!("--name={name}"))
+            .arg(format!("--directory={}", dir.display()))
+            .args(["--direct=1", "--output-format=json"])
+            .args(*args)
+            .output()
+            .map_err(|e| format!("run fio: {e}"))?;
+        // fio leaves its data file behind.
+        let _ = std::fs::remove_file(dir.join(format!("{name}.0.0")));
+        if !out.status.success() {
+            return Err(format!(
+                "fio {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let json: Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("fio {name} output: {e}"))?;
+        let job = &json["jobs"][0];
+        let p50 = |v: &Value| v["percentile"]["50.000000"].as_f64().unwrap_or(0.0) / 1000.0;
+        match *name {
+            "seq-write" => println!(
+                "  sequential write, 1 MiB, queue depth 4: {:.0} MB/s",
+                job["write"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6
+            ),
+            "seq-read" => println!(
+                "  sequential read, 1 MiB, queue depth 4: {:.0} MB/s",
+                job["read"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6
+            ),
+            _ => println!(
+                "  4 KiB write+fdatasync on written blocks ({}): {:.0}/s, p50 write {:.1} us + fdatasync {:.1} us = {:.1} us",
+                name.trim_start_matches("sync-write-"),
+                job["write"]["iops"].as_f64().unwrap_or(0.0),
+                p50(&job["write"]["clat_ns"]),
+                p50(&job["sync"]["lat_ns"]),
+                p50(&job["write"]["clat_ns"]) + p50(&job["sync"]["lat_ns"]),
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Installs Debian's fio through apt when it is not on the PATH.
+fn ensure_fio() -> Result<(), String> {
+    if Command::new("fio").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("fio not found; installing it with apt-get");
+    for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "fio"][..]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("run apt-get: {e}"))?;
+        if !status.success() {
+            return Err(format!("apt-get {} failed", args.join(" ")));
+        }
+    }
+    Ok(())
+}
