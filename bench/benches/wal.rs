@@ -83,8 +83,8 @@ fn recovery(c: &mut Criterion) {
                     let started = Instant::now();
                     let (shard, rec) = Shard::open(config.clone()).await.expect("open");
                     total += started.elapsed();
-                    assert!(!rec.report.clean_shutdown);
-                    assert!(rec.report.bytes_scanned >= SCAN_MIB << 20);
+                    assert!(!rec.clean_shutdown);
+                    assert!(rec.bytes_scanned >= SCAN_MIB << 20);
                     drop(shard);
                 }
                 total

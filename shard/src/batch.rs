@@ -15,6 +15,9 @@ use crate::record::{Record, RecordView, HEADER_OVERHEAD, NO_KEY, RECORD_OVERHEAD
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"CLB1");
 /// Batch format version. 1: the initial format.
 pub const BATCH_VERSION: u16 = 1;
+/// `flags` bit of a control batch: its single record describes an operation
+/// on the partition (see [`crate::shard`]) rather than data.
+pub const FLAG_CONTROL: u16 = 1;
 /// Size of [`BatchHeader`] on disk.
 pub const BATCH_HEADER_LEN: usize = std::mem::size_of::<BatchHeader>();
 
@@ -35,7 +38,7 @@ pub struct BatchHeader {
     pub crc: u32,
     /// [`BATCH_VERSION`].
     pub version: u16,
-    /// Reserved for compression and similar; zero in version 1.
+    /// [`FLAG_CONTROL`] or zero; other bits reserved.
     pub flags: u16,
     /// Partition the records belong to.
     pub partition: u64,
@@ -105,6 +108,19 @@ pub fn encoded_batch_len(records: &[Record]) -> Option<(usize, usize)> {
     Some((total, largest))
 }
 
+/// The header fields of a batch that its records do not determine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchInfo {
+    /// Partition of the records.
+    pub partition: u64,
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// See [`BatchHeader::floor_block`].
+    pub floor_block: u32,
+    /// [`FLAG_CONTROL`] or zero.
+    pub flags: u16,
+}
+
 /// Encodes `records` as one batch into `out`, which is exactly as long as
 /// [`encoded_batch_len`] says, and returns the header.
 ///
@@ -113,9 +129,7 @@ pub fn encoded_batch_len(records: &[Record]) -> Option<(usize, usize)> {
 pub fn encode_batch(
     out: &mut [u8],
     seed: u32,
-    partition: u64,
-    base_offset: u64,
-    floor_block: u32,
+    info: BatchInfo,
     records: &[Record],
     now_ms: i64,
 ) -> BatchHeader {
@@ -155,11 +169,11 @@ pub fn encode_batch(
         length: u32::try_from(at).expect("batch size checked by the caller"),
         crc: 0,
         version: BATCH_VERSION,
-        flags: 0,
-        partition,
-        base_offset,
+        flags: info.flags,
+        partition: info.partition,
+        base_offset: info.base_offset,
         record_count: records.len() as u32,
-        floor_block,
+        floor_block: info.floor_block,
         first_timestamp,
         max_timestamp,
         reserved1: 0,
@@ -209,7 +223,7 @@ pub fn decode_batch(bytes: &[u8], seed: u32) -> Result<BatchHeader, DecodeError>
     }
     // The checksum matched; what follows catches encoder bugs and foreign
     // writers rather than media damage.
-    if header.version != BATCH_VERSION || header.flags != 0 {
+    if header.version != BATCH_VERSION || header.flags & !FLAG_CONTROL != 0 {
         return invalid(format!(
             "unsupported batch version {} flags {:#x}",
             header.version, header.flags
@@ -371,6 +385,13 @@ impl Batch {
         Ok(Batch { header, bytes })
     }
 
+    /// Wraps a batch this process just encoded with [`encode_batch`].
+    pub(crate) fn encoded(bytes: Vec<u8>) -> Self {
+        let header = peek_header(&bytes).expect("an encoded batch has a header");
+        debug_assert_eq!(header.length as usize, bytes.len());
+        Batch { header, bytes }
+    }
+
     /// The batch header.
     pub fn header(&self) -> &BatchHeader {
         &self.header
@@ -418,7 +439,7 @@ mod tests {
                                     partition: u64, base in 0u64..1 << 60, seed: u32) {
             let (len, _) = encoded_batch_len(&records).unwrap();
             let mut out = vec![0; len];
-            let header = encode_batch(&mut out, seed, partition, base, 3, &records, 77);
+            let header = encode_batch(&mut out, seed, BatchInfo { partition, base_offset: base, floor_block: 3, flags: 0 }, &records, 77);
             let batch = Batch::decode(out.clone(), seed).unwrap();
             prop_assert_eq!(batch.header(), &header);
             for (i, (view, rec)) in batch.records().zip(&records).enumerate() {
@@ -441,7 +462,7 @@ mod tests {
         fn any_flipped_bit_is_detected(records in proptest::collection::vec(arb_record(), 1..4),
                                        bit in any::<proptest::sample::Index>()) {
             let mut out = vec![0; encoded_batch_len(&records).unwrap().0];
-            encode_batch(&mut out, 9, 1, 0, 1, &records, 0);
+            encode_batch(&mut out, 9, BatchInfo { partition: 1, floor_block: 1, ..BatchInfo::default() }, &records, 0);
             let bit = bit.index(out.len() * 8);
             out[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(decode_batch(&out, 9).is_err());
@@ -455,7 +476,17 @@ mod tests {
             .with_key(b"k".to_vec())
             .with_timestamp(1)];
         let mut out = vec![0; encoded_batch_len(&r).unwrap().0];
-        let h = encode_batch(&mut out, crc32c::crc32c(b"seed"), 7, 42, 0, &r, 0);
+        let h = encode_batch(
+            &mut out,
+            crc32c::crc32c(b"seed"),
+            BatchInfo {
+                partition: 7,
+                base_offset: 42,
+                ..BatchInfo::default()
+            },
+            &r,
+            0,
+        );
         assert_eq!(out.len(), 64 + 22 + 6);
         assert_eq!(h.crc, STABLE_CRC);
     }

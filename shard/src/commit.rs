@@ -27,9 +27,9 @@ use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     segment::{align_up, segment_path, spare_path, SegmentHeader, BLOCK_SIZE},
-    shard::{Group, Inner, State},
     stats::bump,
     storage::{IoBuffer, Storage, StorageFile},
+    wal::{Group, Inner, State},
 };
 
 /// Name of the clean-shutdown marker in a shard directory.

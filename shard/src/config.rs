@@ -46,7 +46,7 @@ pub struct ShardConfig {
     pub shard_id: u32,
     /// Durability promise of an acknowledged append.
     pub fsync: FsyncPolicy,
-    /// Size of a segment file in bytes; a multiple of 4096.
+    /// Size of a segment file in bytes; a multiple of 4096, below 4 GiB.
     pub segment_bytes: u64,
     /// Largest encoded record accepted, in bytes.
     pub max_record_bytes: usize,
@@ -58,6 +58,8 @@ pub struct ShardConfig {
     pub max_write_bytes: usize,
     /// What recovery does with damaged batches.
     pub recovery: RecoveryMode,
+    /// Byte budget of the memtable of recent batches.
+    pub memtable_bytes: usize,
     /// Fill each new segment with zeros ahead of use so that steady-state
     /// writes overwrite written blocks and fdatasync does not journal extent
     /// changes. Ignored under [`FsyncPolicy::Never`], where no append waits
@@ -67,7 +69,7 @@ pub struct ShardConfig {
 
 impl ShardConfig {
     /// A configuration with defaults suited to a server: `Always`, 64 MiB
-    /// segments, 1 MiB records, 4 MiB batches.
+    /// segments, 1 MiB records, 4 MiB batches, a 64 MiB memtable.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ShardConfig {
             dir: dir.into(),
@@ -78,6 +80,7 @@ impl ShardConfig {
             max_batch_bytes: 4 << 20,
             max_write_bytes: 1 << 20,
             recovery: RecoveryMode::default(),
+            memtable_bytes: 64 << 20,
             prezero_segments: true,
         }
     }
@@ -92,7 +95,7 @@ impl ShardConfig {
                 4 * BLOCK_SIZE
             ));
         }
-        if self.segment_bytes / BLOCK_SIZE > u64::from(u32::MAX) {
+        if self.segment_bytes > u64::from(u32::MAX) {
             return bad(format!("segment_bytes {} is too large", self.segment_bytes));
         }
         if self.max_record_bytes == 0 || self.max_batch_bytes == 0 {

@@ -31,6 +31,20 @@ pub enum Error {
         max: usize,
     },
 
+    /// The offset lies outside the partition's readable range
+    /// `[start, end]`.
+    #[error("offset {offset} of partition {partition} is out of range [{start}, {end}]")]
+    OffsetOutOfRange {
+        /// The partition.
+        partition: u64,
+        /// The offset asked for.
+        offset: u64,
+        /// First readable offset.
+        start: u64,
+        /// Next offset to be assigned.
+        end: u64,
+    },
+
     /// The shard has been closed; it accepts no more work.
     #[error("the shard is closed")]
     Closed,

@@ -1,505 +1,531 @@
-//! The shard's public face: open (with recovery), append, flush, read a
-//! batch back, close. The commit loop that turns appends into writes and
-//! fdatasyncs lives in [`crate::commit`].
+//! The partition logs of one shard: offsets, the offset index, the
+//! memtable, reads, delete-before and truncate, on top of the [`Wal`].
+//!
+//! Every partition has dense offsets from 0, an end (the next offset), a
+//! start (the first readable offset) and a high-water mark (the end of what
+//! an fdatasync covered). Starts and truncations are logged as control
+//! batches in the WAL, in order with the data, and replayed on open on top
+//! of the partition checkpoint ([`crate::checkpoint`]), which is written
+//! before a segment is deleted.
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap, VecDeque},
-    path::PathBuf,
+    collections::{HashMap, VecDeque},
     rc::Rc,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
 };
-
-use glommio::task::JoinHandle;
 
 use crate::{
-    batch::{encode_batch, encoded_batch_len, Batch},
-    commit,
-    config::{FsyncPolicy, ShardConfig},
+    batch::{Batch, BatchInfo, FLAG_CONTROL},
+    checkpoint,
+    config::ShardConfig,
     dma::DmaStorage,
     error::{Error, Result},
-    record::Record,
-    recovery::{recover, RecoveredBatch, RecoveryReport},
-    segment::{align_up, crc_seed, BLOCK_SIZE},
-    stats::{bump, Counters, ShardStats},
-    storage::{IoBuffer, Storage, StorageFile},
-    watermark::{Signal, Watermark},
+    index::{IndexEntry, OffsetIndex},
+    memtable::Memtable,
+    record::{Record, RecordView},
+    recovery::RecoveryReport,
+    stats::ShardStats,
+    storage::Storage,
+    wal::Wal,
 };
 
-/// Where an acknowledged batch lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    /// Offset of the first record of the batch.
-    pub base_offset: u64,
-    /// Number of records.
-    pub record_count: u32,
-    /// Segment sequence holding the batch.
-    pub segment: u64,
-    /// Byte position of the batch in the segment.
-    pub position: u64,
-    /// Encoded length of the batch in bytes.
-    pub length: u32,
+/// Value of the record in a control batch that moves a partition's start
+/// offset to the batch's base offset.
+const CONTROL_DELETE_BEFORE: u8 = 1;
+/// Value of the record in a control batch that removes the partition's
+/// offsets from the batch's base offset on.
+const CONTROL_TRUNCATE: u8 = 2;
+
+/// The offsets of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offsets {
+    /// First readable offset.
+    pub start: u64,
+    /// Next offset to be assigned.
+    pub end: u64,
+    /// End of the records an fdatasync has covered.
+    pub high_watermark: u64,
 }
 
-/// What [`Shard::open`] found on disk.
-#[derive(Debug, Clone)]
-pub struct Recovery {
-    /// Figures and damage.
-    pub report: RecoveryReport,
-    /// Every surviving batch, in log order.
-    pub batches: Vec<RecoveredBatch>,
+/// A record read back from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    offset: u64,
+    timestamp: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
-/// One core's write-ahead log: a sequence of segment files written with
-/// O_DIRECT, with group commit under the configured fsync policy.
+impl StoredRecord {
+    fn from_view(v: &RecordView<'_>) -> Self {
+        StoredRecord {
+            offset: v.offset(),
+            timestamp: v.timestamp(),
+            key: v.key().map(<[u8]>::to_vec),
+            value: v.value().to_vec(),
+            headers: v
+                .headers()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// Milliseconds since the Unix epoch.
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+    /// The key, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+    /// The headers, in the order they were written.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+    /// Bytes of key, value and headers: what counts against `max_bytes`.
+    fn payload_len(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// One partition's state.
+#[derive(Debug, Default)]
+struct Partition {
+    start: u64,
+    end: u64,
+    high_watermark: u64,
+    index: OffsetIndex,
+    /// Ends of appended batches not yet known durable: (commit group, end).
+    pending: VecDeque<(u64, u64)>,
+}
+
+impl Partition {
+    fn offsets(&mut self, durable_group: u64) -> Offsets {
+        while let Some(&(group, end)) = self.pending.front() {
+            if group > durable_group {
+                break;
+            }
+            self.high_watermark = end;
+            self.pending.pop_front();
+        }
+        Offsets {
+            start: self.start,
+            end: self.end,
+            high_watermark: self.high_watermark,
+        }
+    }
+
+    fn truncate(&mut self, from: u64) {
+        self.index.truncate(from);
+        self.end = from;
+        self.high_watermark = self.high_watermark.min(from);
+        self.pending.retain(|&(_, end)| end <= from);
+    }
+
+    fn delete_before(&mut self, offset: u64) {
+        self.start = self.start.max(offset);
+        self.index.remove_before(self.start);
+    }
+}
+
+/// The partition logs of one core: many partitions over one WAL.
 ///
-/// A `Shard` lives on one glommio executor and is cheap to clone there; all
-/// clones share the same log.
-///
-/// Dropping the last handle without [`Shard::close`] abandons the shard as
-/// a crash would: its tasks stop, nothing more is written or synced.
+/// Lives on one glommio executor, cheap to clone there.
 pub struct Shard<S: Storage = DmaStorage> {
-    inner: Rc<Inner<S>>,
-    _owner: Rc<Owner<S>>,
+    wal: Wal<S>,
+    state: Rc<RefCell<ShardState>>,
 }
 
 impl<S: Storage> Clone for Shard<S> {
     fn clone(&self) -> Self {
         Shard {
-            inner: self.inner.clone(),
-            _owner: self._owner.clone(),
+            wal: self.wal.clone(),
+            state: self.state.clone(),
         }
     }
 }
 
-/// Held only by [`Shard`] handles: when the last one goes, the background
-/// tasks (which hold `Inner` themselves) are cancelled.
-struct Owner<S: Storage>(Rc<Inner<S>>);
-
-impl<S: Storage> Drop for Owner<S> {
-    fn drop(&mut self) {
-        let mut st = self.0.state.borrow_mut();
-        st.closing = true;
-        if let Some(task) = st.committer.take() {
-            task.cancel();
-        }
-        if let Some(task) = st.spare.take() {
-            task.cancel();
-        }
-        drop(st);
-        self.0.written.stop();
-        self.0.durable.stop();
-    }
-}
-
-/// State shared by the shard's handles and its commit task.
-pub(crate) struct Inner<S: Storage> {
-    pub config: ShardConfig,
-    pub storage: S,
-    pub state: RefCell<State<S::File>>,
-    /// Id of the last commit group written.
-    pub written: Watermark,
-    /// Id of the last commit group covered by an fdatasync.
-    pub durable: Watermark,
-    /// Wakes the commit task.
-    pub work: Signal,
-    pub counters: Counters,
-}
-
-/// Appends gathered for one write. Groups are numbered from 1 in the order
-/// they are written; a group never spans two segments. Batches are encoded
-/// straight into the group's I/O buffer, which the write then takes.
-#[derive(Debug)]
-pub(crate) struct Group<B> {
-    pub id: u64,
-    pub segment: u64,
-    /// Block-aligned position of the group in its segment.
-    pub start: u64,
-    /// The batches, encoded back to back; allocated by the first append.
-    pub buf: Option<B>,
-    /// Bytes of `buf` holding batches.
-    pub len: usize,
-    pub appends: u64,
-}
-
-impl<B: IoBuffer> Group<B> {
-    /// An empty group at `start` of `segment`.
-    pub(crate) fn new(id: u64, segment: u64, start: u64) -> Self {
-        Group {
-            id,
-            segment,
-            start,
-            buf: None,
-            len: 0,
-            appends: 0,
-        }
-    }
-
-    /// The group written after this one, in the same segment.
-    pub(crate) fn successor(&self) -> Self {
-        Group::new(
-            self.id + 1,
-            self.segment,
-            align_up(self.start + self.len as u64),
-        )
-    }
-
-    /// Bytes the buffer can still take.
-    pub(crate) fn room(&self) -> usize {
-        self.buf
-            .as_ref()
-            .map_or(0, |b| b.as_slice().len() - self.len)
-    }
-}
-
-/// Mutable shard state; only the shard's thread touches it.
-pub(crate) struct State<F: StorageFile> {
-    /// Open segment files by sequence; the last one is written.
-    pub segments: BTreeMap<u64, Rc<F>>,
-    /// Next offset to assign, per partition.
-    pub next_offsets: HashMap<u64, u64>,
-    /// The group that accepts appends.
-    pub open: Group<F::Buffer>,
-    /// Groups closed to appends, waiting to be written, oldest first.
-    pub sealed: VecDeque<Group<F::Buffer>>,
-    /// Bytes in `open` and `sealed`.
-    pub pending_bytes: usize,
-    /// Highest group id a flush asked to make durable.
-    pub sync_target: u64,
-    /// The first I/O failure; sticky.
-    pub failed: Option<Arc<Error>>,
-    /// Set by close: no new appends.
-    pub closing: bool,
-    /// The spare segment being prepared in the background.
-    pub spare: Option<JoinHandle<Result<()>>>,
-    /// The commit task.
-    pub committer: Option<JoinHandle<()>>,
-    /// Segment and position written, and made durable.
-    pub written_at: (u64, u64),
-    pub durable_at: (u64, u64),
+struct ShardState {
+    partitions: HashMap<u64, Partition>,
+    memtable: Memtable,
 }
 
 impl Shard<DmaStorage> {
-    /// Opens (creating if needed) the shard in `config.dir` on the real disk,
-    /// recovering what is there. Must run on a glommio executor.
-    pub async fn open(config: ShardConfig) -> Result<(Self, Recovery)> {
+    /// Opens (creating if needed) the shard in `config.dir` on the real
+    /// disk, recovering its partitions. Must run on a glommio executor.
+    pub async fn open(config: ShardConfig) -> Result<(Self, RecoveryReport)> {
         Self::open_with(DmaStorage, config).await
     }
 }
 
 impl<S: Storage> Shard<S> {
     /// Opens the shard on the given storage.
-    pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
-        config.validate()?;
-        storage.prepare_dir(&config.dir).await?;
-        let clean_end = commit::take_clean_marker(&storage, &config).await?;
-        let spare = crate::segment::spare_path(&config.dir);
-        if storage
-            .list(&config.dir)?
-            .iter()
-            .any(|n| config.dir.join(n) == spare)
-        {
-            storage.remove(&spare).await?;
-        }
-        let recovered = recover(&storage, &config, clean_end).await?;
-        let mut next_offsets = HashMap::new();
-        for b in &recovered.batches {
-            let end = next_offsets.entry(b.header.partition).or_insert(0);
-            *end = (*end).max(b.header.end_offset());
-        }
-        let (segment, start) = match &recovered.tail {
-            Some(t) => {
-                let file = &recovered.segments.last().expect("tail has a segment").1;
-                commit::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
-                (t.sequence, align_up(t.valid_end))
+    pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, RecoveryReport)> {
+        let memtable_bytes = config.memtable_bytes;
+        let (wal, recovery) = Wal::open_with(storage, config).await?;
+        let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
+        let mut partitions: HashMap<u64, Partition> = checkpoint
+            .into_iter()
+            .map(|(p, (start, end))| {
+                let part = Partition {
+                    start,
+                    end,
+                    high_watermark: end,
+                    ..Partition::default()
+                };
+                (p, part)
+            })
+            .collect();
+        for b in &recovery.batches {
+            let h = &b.header;
+            let part = partitions.entry(h.partition).or_default();
+            if h.flags & FLAG_CONTROL != 0 {
+                let batch = wal.read_batch(b.segment, b.position, h.length).await?;
+                match batch.records().next().map(|r| r.value().first().copied()) {
+                    Some(Some(CONTROL_DELETE_BEFORE)) => part.delete_before(h.base_offset),
+                    Some(Some(CONTROL_TRUNCATE)) => part.truncate(h.base_offset),
+                    other => {
+                        return Err(Error::corrupted(
+                            wal.segment_path(b.segment),
+                            b.position,
+                            format!("unknown control batch {other:?}"),
+                        ))
+                    }
+                }
+                continue;
             }
-            // No segment yet: the first append rolls into segment 1.
-            None => (0, 0),
-        };
-        let state = State {
-            segments: recovered.segments.into_iter().collect(),
-            next_offsets,
-            open: Group::new(1, segment, start),
-            sealed: VecDeque::new(),
-            pending_bytes: 0,
-            sync_target: 0,
-            failed: None,
-            closing: false,
-            spare: None,
-            committer: None,
-            written_at: (segment, start),
-            durable_at: (segment, start),
-        };
-        let inner = Rc::new(Inner {
-            config,
-            storage,
-            state: RefCell::new(state),
-            written: Watermark::default(),
-            durable: Watermark::default(),
-            work: Signal::default(),
-            counters: Counters::default(),
-        });
-        commit::start(&inner);
-        let recovery = Recovery {
-            report: recovered.report,
-            batches: recovered.batches,
-        };
+            part.end = part.end.max(h.end_offset());
+            if h.end_offset() > part.start {
+                // After a replayed truncation the index may hold batches
+                // at or past this one from before it; they were dropped.
+                part.index.truncate(h.base_offset);
+                part.index.push(IndexEntry {
+                    base_offset: h.base_offset,
+                    segment: u32::try_from(b.segment).expect("segment sequence fits u32"),
+                    position: u32::try_from(b.position).expect("segment size checked"),
+                    length: h.length,
+                    record_count: h.record_count,
+                });
+            }
+        }
+        for part in partitions.values_mut() {
+            part.high_watermark = part.end;
+        }
         let shard = Shard {
-            _owner: Rc::new(Owner(inner.clone())),
-            inner,
+            wal,
+            state: Rc::new(RefCell::new(ShardState {
+                partitions,
+                memtable: Memtable::new(memtable_bytes),
+            })),
         };
-        Ok((shard, recovery))
+        Ok((shard, recovery.report))
     }
 
     /// The configuration the shard was opened with.
     pub fn config(&self) -> &ShardConfig {
-        &self.inner.config
+        self.wal.config()
     }
 
-    /// Appends `records` to `partition` as one batch with consecutive
-    /// offsets, and completes when the fsync policy says the batch is safe.
-    ///
-    /// Bad input (no records, a record or batch over the limits) is refused
-    /// with nothing written.
-    pub async fn append(&self, partition: u64, records: &[Record]) -> Result<Appended> {
-        let config = &self.inner.config;
-        if records.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "empty batch for partition {partition}"
-            )));
-        }
-        let Some((size, largest)) = encoded_batch_len(records) else {
-            return Err(Error::TooLarge {
-                what: "record",
-                size: usize::MAX,
-                max: config.max_record_bytes,
-            });
-        };
-        if largest > config.max_record_bytes {
-            return Err(Error::TooLarge {
-                what: "record",
-                size: largest,
-                max: config.max_record_bytes,
-            });
-        }
-        if size > config.max_batch_bytes {
-            return Err(Error::TooLarge {
-                what: "batch",
-                size,
-                max: config.max_batch_bytes,
-            });
-        }
-        // Backpressure: wait while too many bytes are queued for writing.
-        loop {
-            let (pending, next_written) = {
-                let st = self.inner.state.borrow();
-                self.check_usable(&st)?;
-                (st.pending_bytes, self.inner.written.get() + 1)
-            };
-            if pending + size <= commit::max_pending_bytes(config) || pending == 0 {
-                break;
-            }
-            self.inner.written.wait_for(next_written).await;
-        }
-        let (appended, group_id) = {
-            let mut st = self.inner.state.borrow_mut();
-            let base_offset = st.next_offsets.get(&partition).copied().unwrap_or(0);
-            if base_offset.checked_add(records.len() as u64).is_none() {
-                return Err(Error::InvalidArgument(format!(
-                    "partition {partition} would pass the last offset"
-                )));
-            }
-            commit::make_room(&mut st, config, size);
-            if st.open.room() < size {
-                // Invariant: make_room left the open group empty if the
-                // batch does not fit its buffer.
-                assert_eq!(st.open.len, 0);
-                let capacity = config.max_write_bytes.max(align_up(size as u64) as usize);
-                st.open.buf = Some(self.inner.storage.alloc(capacity));
-            }
-            let seed = crc_seed(config.shard_id, st.open.segment);
-            let position = st.open.start + st.open.len as u64;
-            let floor = if st.written_at.0 == st.open.segment {
-                st.written_at.1
-            } else {
-                BLOCK_SIZE
-            };
-            let floor_block = u32::try_from(floor / BLOCK_SIZE).expect("segment size checked");
-            let at = st.open.len;
-            let buf = st.open.buf.as_mut().expect("allocated above");
-            let header = encode_batch(
-                &mut buf.as_mut_slice()[at..at + size],
-                seed,
+    /// The write-ahead log underneath.
+    pub fn wal(&self) -> &Wal<S> {
+        &self.wal
+    }
+
+    /// Appends `records` to `partition` with consecutive offsets, atomically,
+    /// and returns the first offset once the fsync policy is met.
+    pub async fn append(&self, partition: u64, records: &[Record]) -> Result<u64> {
+        let size = self.wal.check_batch(partition, records)?;
+        self.wal.wait_for_room(size).await?;
+        // From here to the encode nothing awaits, so offsets are assigned in
+        // the order batches enter the log.
+        let appended = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let part = st.partitions.entry(partition).or_default();
+            let info = BatchInfo {
                 partition,
-                base_offset,
-                floor_block,
-                records,
-                now_ms(),
+                base_offset: part.end,
+                ..BatchInfo::default()
+            };
+            let mut kept = None;
+            let a = self
+                .wal
+                .encode(info, records, size, |bytes| kept = Some(bytes.to_vec()))?;
+            part.end = a.base_offset + u64::from(a.record_count);
+            part.pending.push_back((a.group, part.end));
+            part.index.push(IndexEntry {
+                base_offset: a.base_offset,
+                segment: u32::try_from(a.segment).expect("segment sequence fits u32"),
+                position: u32::try_from(a.position).expect("segment size checked"),
+                length: a.length,
+                record_count: a.record_count,
+            });
+            st.memtable.insert(
+                Batch::encoded(kept.expect("encode shows the batch")),
+                a.group,
             );
-            st.open.len += size;
-            st.open.appends += 1;
-            st.pending_bytes += size;
-            st.next_offsets.insert(partition, header.end_offset());
-            let appended = Appended {
-                base_offset,
-                record_count: header.record_count,
-                segment: st.open.segment,
-                position,
-                length: header.length,
-            };
-            (appended, st.open.id)
+            a
         };
-        let c = &self.inner.counters;
-        bump(&c.appends, 1);
-        bump(&c.records, records.len() as u64);
-        bump(&c.bytes, size as u64);
-        self.inner.work.notify();
-        let watermark = match config.fsync {
-            FsyncPolicy::Always => &self.inner.durable,
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => &self.inner.written,
-        };
-        if watermark.wait_for(group_id).await {
-            Ok(appended)
-        } else {
-            Err(self.stopped_error())
-        }
+        self.wal.wait_committed(appended.group).await?;
+        let written = self.wal.watermarks().0;
+        self.state.borrow_mut().memtable.evict(written);
+        Ok(appended.base_offset)
     }
 
-    /// Writes everything appended so far and makes it durable.
+    /// The offsets of `partition`; a partition never written has all zero.
+    pub fn offsets(&self, partition: u64) -> Offsets {
+        let durable = self.wal.watermarks().1;
+        let mut st = self.state.borrow_mut();
+        st.partitions
+            .get_mut(&partition)
+            .map_or_else(Offsets::default, |p| p.offsets(durable))
+    }
+
+    /// Records of `partition` from `offset` on, up to `max_bytes` of keys,
+    /// values and headers, but always at least one record when `offset` is
+    /// below the end. Reading at the end returns nothing.
+    pub async fn read(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let o = self.check_offset(partition, offset)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut next = offset;
+        while next < o.end && (out.is_empty() || bytes < max_bytes) {
+            let (batch, batch_end) = self.batch_at(partition, next).await?;
+            let stop = batch_end.min(o.end);
+            for v in batch
+                .records()
+                .filter(|r| r.offset() >= next && r.offset() < stop)
+            {
+                let r = StoredRecord::from_view(&v);
+                if !out.is_empty() && bytes + r.payload_len() > max_bytes {
+                    return Ok(out);
+                }
+                bytes += r.payload_len();
+                out.push(r);
+            }
+            next = batch_end;
+        }
+        Ok(out)
+    }
+
+    /// Exactly the records of `partition` in `[start, end)`.
+    pub async fn read_range(
+        &self,
+        partition: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<StoredRecord>> {
+        let o = self.check_offset(partition, start)?;
+        if end < start || end > o.end {
+            return Err(out_of_range(partition, end, o));
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut next = start;
+        while next < end {
+            let (batch, batch_end) = self.batch_at(partition, next).await?;
+            let stop = batch_end.min(end);
+            out.extend(
+                batch
+                    .records()
+                    .filter(|r| r.offset() >= next && r.offset() < stop)
+                    .map(|v| StoredRecord::from_view(&v)),
+            );
+            next = batch_end;
+        }
+        Ok(out)
+    }
+
+    /// Advances the start of `partition` to `offset`, durably: earlier
+    /// records are no longer readable, and segments nothing needs any more
+    /// are deleted. An offset at or below the start changes nothing.
+    pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
+        let o = self.offsets(partition);
+        if offset > o.end {
+            return Err(out_of_range(partition, offset, o));
+        }
+        if offset <= o.start {
+            return Ok(());
+        }
+        self.control(partition, offset, CONTROL_DELETE_BEFORE)
+            .await?;
+        self.delete_unneeded_segments().await
+    }
+
+    /// Removes the offsets of `partition` from `from` on, durably; the next
+    /// append gets offset `from`. `from` at the end changes nothing.
+    pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
+        let o = self.offsets(partition);
+        if from < o.start || from > o.end {
+            return Err(out_of_range(partition, from, o));
+        }
+        if from == o.end {
+            return Ok(());
+        }
+        self.control(partition, from, CONTROL_TRUNCATE).await
+    }
+
+    /// Makes everything appended so far durable.
     pub async fn flush(&self) -> Result<()> {
-        let target = {
-            let mut st = self.inner.state.borrow_mut();
-            if let Some(e) = &st.failed {
-                return Err(Error::Failed(e.clone()));
-            }
-            let target = if st.open.len == 0 {
-                st.open.id - 1
-            } else {
-                st.open.id
-            };
-            st.sync_target = st.sync_target.max(target);
-            target
-        };
-        self.inner.work.notify();
-        if self.inner.durable.wait_for(target).await {
-            Ok(())
-        } else {
-            Err(self.stopped_error())
-        }
+        self.wal.flush().await
     }
 
-    /// Reads the batch of `length` bytes at `position` in `segment` and
-    /// verifies it. Only batches whose write completed can be read.
-    pub async fn read_batch(&self, segment: u64, position: u64, length: u32) -> Result<Batch> {
-        let (file, written) = {
-            let st = self.inner.state.borrow();
-            let file = st.segments.get(&segment).cloned();
-            (file, st.written_at)
-        };
-        let end = position + u64::from(length);
-        if (segment, end) > written {
-            return Err(Error::InvalidArgument(format!(
-                "segment {segment} position {position}: not written yet"
-            )));
-        }
-        let Some(file) = file else {
-            return Err(Error::InvalidArgument(format!(
-                "segment {segment} does not exist"
-            )));
-        };
-        let from = position - position % BLOCK_SIZE;
-        let buf = file.read_at(from, (align_up(end) - from) as usize).await?;
-        let skip = (position - from) as usize;
-        let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
-            Error::corrupted(file.path(), position, "segment ends inside the batch")
-        })?;
-        Batch::decode(
-            bytes.to_vec(),
-            crc_seed(self.inner.config.shard_id, segment),
-        )
-        .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))
-    }
-
-    /// Next offset of `partition` (0 for a partition never seen).
-    pub fn end_offset(&self, partition: u64) -> u64 {
-        let st = self.inner.state.borrow();
-        st.next_offsets.get(&partition).copied().unwrap_or(0)
-    }
-
-    /// A snapshot of the shard's counters and positions.
+    /// Counters of the WAL, with the memtable's size.
     pub fn stats(&self) -> ShardStats {
-        let c = &self.inner.counters;
-        let st = self.inner.state.borrow();
         ShardStats {
-            appends: c.appends.get(),
-            records: c.records.get(),
-            bytes: c.bytes.get(),
-            bytes_written: c.bytes_written.get(),
-            writes: c.writes.get(),
-            fdatasyncs: c.fdatasyncs.get(),
-            commits: c.commits.get(),
-            max_commit_appends: c.max_commit_appends.get(),
-            rolls: c.rolls.get(),
-            roll_waits: c.roll_waits.get(),
-            spare_ready: c.spare_ready.get(),
-            active_segment: st.written_at.0,
-            written_position: st.written_at.1,
-            durable_segment: st.durable_at.0,
-            durable_position: st.durable_at.1,
+            memtable_bytes: self.state.borrow().memtable.bytes() as u64,
+            ..self.wal.stats()
         }
     }
 
-    /// Paths of the segment files, oldest first.
-    pub fn segment_paths(&self) -> Vec<PathBuf> {
-        let st = self.inner.state.borrow();
-        st.segments
-            .values()
-            .map(|f| f.path().to_path_buf())
-            .collect()
-    }
-
-    /// Stops accepting appends, writes and syncs what is pending, records a
-    /// clean shutdown and closes the files. Later calls on any clone get
-    /// [`Error::Closed`].
+    /// Closes the shard (see [`Wal::close`]).
     pub async fn close(&self) -> Result<()> {
-        let committer = {
-            let mut st = self.inner.state.borrow_mut();
-            if st.closing {
-                return Err(Error::Closed);
-            }
-            st.closing = true;
-            st.committer.take()
-        };
-        self.inner.work.notify();
-        if let Some(task) = committer {
-            task.await;
-        }
-        commit::finish_close(&self.inner).await
+        self.wal.close().await
     }
 
-    fn check_usable(&self, st: &State<S::File>) -> Result<()> {
-        if let Some(e) = &st.failed {
-            return Err(Error::Failed(e.clone()));
+    /// Logs a control batch, applies it in memory before any other batch of
+    /// the partition can be logged after it, and waits until it is durable.
+    async fn control(&self, partition: u64, offset: u64, op: u8) -> Result<()> {
+        let records = [Record::new(vec![op]).with_timestamp(0)];
+        let size = self.wal.check_batch(partition, &records)?;
+        self.wal.wait_for_room(size).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let info = BatchInfo {
+                partition,
+                base_offset: offset,
+                flags: FLAG_CONTROL,
+                ..BatchInfo::default()
+            };
+            self.wal.encode(info, &records, size, |_| {})?;
+            let part = st.partitions.entry(partition).or_default();
+            match op {
+                CONTROL_TRUNCATE => {
+                    // Also the batch holding `offset`: the memtable keeps
+                    // whole batches only.
+                    let from = part.index.find(offset).map_or(offset, |e| e.base_offset);
+                    st.memtable.remove_range(partition, from, u64::MAX);
+                    part.truncate(offset);
+                }
+                _ => {
+                    st.memtable.remove_range(partition, 0, offset);
+                    part.delete_before(offset);
+                }
+            }
         }
-        if st.closing {
-            return Err(Error::Closed);
+        self.wal.flush().await
+    }
+
+    /// Deletes the oldest segments that hold no batch any partition needs,
+    /// after recording every partition's offsets in the checkpoint.
+    async fn delete_unneeded_segments(&self) -> Result<()> {
+        let segments = self.wal.segments();
+        let active = self.wal.stats().active_segment;
+        let needed = {
+            let st = self.state.borrow();
+            st.partitions
+                .values()
+                .filter_map(|p| p.index.first_segment())
+                .map(u64::from)
+                .min()
+                .unwrap_or(active)
+        };
+        let doomed: Vec<u64> = segments
+            .into_iter()
+            .take_while(|&s| s < needed && s < active)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let checkpoint = {
+            let st = self.state.borrow();
+            st.partitions
+                .iter()
+                .map(|(&p, part)| (p, (part.start, part.end)))
+                .collect()
+        };
+        checkpoint::store(self.wal.storage(), self.config(), &checkpoint).await?;
+        for s in doomed {
+            self.wal.remove_segment(s).await?;
         }
         Ok(())
     }
 
-    /// The error for a waiter released without its commit: the failure, or
-    /// the close.
-    fn stopped_error(&self) -> Error {
-        match &self.inner.state.borrow().failed {
-            Some(e) => Error::Failed(e.clone()),
-            None => Error::Closed,
+    /// Checks that `offset` can be read in `partition`; returns its offsets.
+    fn check_offset(&self, partition: u64, offset: u64) -> Result<Offsets> {
+        let o = self.offsets(partition);
+        if offset < o.start || offset > o.end {
+            return Err(out_of_range(partition, offset, o));
         }
+        Ok(o)
+    }
+
+    /// The batch of `partition` holding `offset`: from the memtable, or read
+    /// from disk and verified.
+    ///
+    /// Also returns where the batch's records end for the partition: before
+    /// the batch's own end when a truncation cut it short.
+    async fn batch_at(&self, partition: u64, offset: u64) -> Result<(Arc<Batch>, u64)> {
+        let entry = {
+            let st = self.state.borrow();
+            if let Some(b) = st.memtable.get(partition, offset) {
+                let end = b.header().end_offset();
+                return Ok((b, end));
+            }
+            st.partitions
+                .get(&partition)
+                .and_then(|p| p.index.find(offset))
+                .copied()
+        };
+        let Some(e) = entry else {
+            return Err(Error::corrupted(
+                self.config().dir.clone(),
+                0,
+                format!("partition {partition} offset {offset} is in no batch"),
+            ));
+        };
+        let batch = self
+            .wal
+            .read_batch(u64::from(e.segment), u64::from(e.position), e.length)
+            .await?;
+        let h = batch.header();
+        if h.partition != partition || h.base_offset != e.base_offset {
+            return Err(Error::corrupted(
+                self.wal.segment_path(u64::from(e.segment)),
+                u64::from(e.position),
+                format!("index points partition {partition} offset {offset} at another batch"),
+            ));
+        }
+        Ok((Arc::new(batch), e.end_offset()))
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+fn out_of_range(partition: u64, offset: u64, o: Offsets) -> Error {
+    Error::OffsetOutOfRange {
+        partition,
+        offset,
+        start: o.start,
+        end: o.end,
+    }
 }

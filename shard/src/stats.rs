@@ -25,8 +25,12 @@ pub struct ShardStats {
     pub rolls: u64,
     /// Rolls that had to wait for the spare segment to be ready.
     pub roll_waits: u64,
+    /// Batches read back from segment files (memtable misses).
+    pub batch_reads: u64,
     /// The next segment file is prepared and a roll will not wait for it.
     pub spare_ready: bool,
+    /// Bytes of batches held in the memtable.
+    pub memtable_bytes: u64,
     /// Segment currently written.
     pub active_segment: u64,
     /// Position up to which the active segment is written.
@@ -62,6 +66,7 @@ pub(crate) struct Counters {
     pub max_commit_appends: Cell<u64>,
     pub rolls: Cell<u64>,
     pub roll_waits: Cell<u64>,
+    pub batch_reads: Cell<u64>,
     pub spare_ready: Cell<bool>,
 }
 

@@ -3,7 +3,9 @@
 
 use std::{future::Future, path::Path};
 
-use corelog_shard::{FsyncPolicy, Record, ShardConfig};
+use std::{cell::RefCell, collections::HashMap};
+
+use corelog_shard::{storage::Storage, Appended, FsyncPolicy, Record, ShardConfig, Wal};
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// Runs `f` on a fresh glommio executor. Tests run on parallel threads and
@@ -68,4 +70,25 @@ pub fn assert_batch_holds(batch: &corelog_shard::Batch, base: u64, records: &[Re
         assert_eq!(Some(v.timestamp()), r.timestamp());
         assert!(v.headers().eq(r.headers()));
     }
+}
+
+thread_local! {
+    /// Next offset per partition for tests that drive the WAL directly.
+    static NEXT: RefCell<HashMap<u64, u64>> = RefCell::new(HashMap::new());
+}
+
+/// Appends a data batch to the WAL with the next offsets of `partition`
+/// (counted per test thread).
+pub async fn append<S: Storage>(
+    wal: &Wal<S>,
+    partition: u64,
+    records: &[Record],
+) -> corelog_shard::Result<Appended> {
+    let base = NEXT.with(|n| *n.borrow().get(&partition).unwrap_or(&0));
+    let a = wal.append(partition, base, 0, records).await?;
+    NEXT.with(|n| {
+        n.borrow_mut()
+            .insert(partition, base + records.len() as u64)
+    });
+    Ok(a)
 }

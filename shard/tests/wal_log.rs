@@ -5,8 +5,8 @@ mod common;
 
 use std::{cell::RefCell, rc::Rc};
 
-use common::{assert_batch_holds, records_for, run, small_config, test_dir};
-use corelog_shard::{Appended, Error, FsyncPolicy, Record, RecoveryMode, Shard};
+use common::{append, assert_batch_holds, records_for, run, small_config, test_dir};
+use corelog_shard::{Appended, Error, FsyncPolicy, Record, RecoveryMode, Wal};
 
 #[test]
 fn round_trip_across_segment_rolls() {
@@ -14,11 +14,11 @@ fn round_trip_across_segment_rolls() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let config = small_config(&path, FsyncPolicy::Never);
-        let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+        let (shard, rec) = Wal::open(config.clone()).await.unwrap();
         assert_eq!(rec.batches.len(), 0);
         let mut appended = Vec::new();
         for i in 0..400u64 {
-            let a = shard.append(i % 7, &records_for(i)).await.unwrap();
+            let a = append(&shard, i % 7, &records_for(i)).await.unwrap();
             appended.push((i, a));
         }
         let stats = shard.stats();
@@ -29,7 +29,7 @@ fn round_trip_across_segment_rolls() {
         );
         shard.close().await.unwrap();
 
-        let (shard, rec) = Shard::open(config).await.unwrap();
+        let (shard, rec) = Wal::open(config).await.unwrap();
         assert!(rec.report.clean_shutdown);
         assert_eq!(rec.report.torn_tail, None);
         assert_eq!(rec.batches.len(), appended.len());
@@ -43,34 +43,6 @@ fn round_trip_across_segment_rolls() {
                 .unwrap();
             assert_batch_holds(&batch, a.base_offset, &records_for(*i));
         }
-        // Offsets continue where they stopped, per partition.
-        let end = shard.end_offset(3);
-        let a = shard
-            .append(3, &[Record::new(b"next".to_vec())])
-            .await
-            .unwrap();
-        assert_eq!(a.base_offset, end);
-        shard.close().await.unwrap();
-    });
-}
-
-#[test]
-fn offsets_are_dense_per_partition() {
-    let dir = test_dir();
-    let path = dir.path().to_path_buf();
-    run(move || async move {
-        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Never))
-            .await
-            .unwrap();
-        let mut expect = [0u64; 3];
-        for i in 0..60u64 {
-            let p = i % 3;
-            let recs = records_for(i);
-            let a = shard.append(p, &recs).await.unwrap();
-            assert_eq!(a.base_offset, expect[p as usize]);
-            expect[p as usize] += recs.len() as u64;
-        }
-        assert_eq!(shard.end_offset(99), 0);
         shard.close().await.unwrap();
     });
 }
@@ -78,10 +50,10 @@ fn offsets_are_dense_per_partition() {
 /// Appends `n` batches to a fresh shard and abandons it without close.
 /// Returns what was acknowledged.
 async fn write_and_abandon(config: corelog_shard::ShardConfig, n: u64) -> Vec<Appended> {
-    let (shard, _) = Shard::open(config).await.unwrap();
+    let (shard, _) = Wal::open(config).await.unwrap();
     let mut out = Vec::new();
     for i in 0..n {
-        out.push(shard.append(1, &records_for(i)).await.unwrap());
+        out.push(append(&shard, 1, &records_for(i)).await.unwrap());
     }
     out
 }
@@ -107,7 +79,7 @@ fn torn_tail_at_every_byte_keeps_exactly_the_batches_before() {
                     damaged.truncate(cut);
                 }
                 std::fs::write(&seg, &damaged).unwrap();
-                let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+                let (shard, rec) = Wal::open(config.clone()).await.unwrap();
                 assert_eq!(rec.batches.len(), appended.len() - 1, "cut at {cut}");
                 // A cut exactly at the batch start looks like a clean end.
                 if cut > start {
@@ -115,13 +87,13 @@ fn torn_tail_at_every_byte_keeps_exactly_the_batches_before() {
                     assert_eq!(torn.position, last.position);
                     assert_eq!(torn.path, seg);
                 }
-                // The next append lands right after the surviving batches.
-                assert_eq!(shard.end_offset(1), last.base_offset);
+                let end = rec.batches.last().map(|b| b.header.end_offset());
+                assert_eq!(end, Some(last.base_offset));
                 drop(shard);
             }
         }
         std::fs::write(&seg, &original).unwrap();
-        let (_, rec) = Shard::open(config).await.unwrap();
+        let (_, rec) = Wal::open(config).await.unwrap();
         assert_eq!(rec.batches.len(), appended.len());
     });
 }
@@ -143,7 +115,7 @@ fn appends_after_a_torn_tail_recover_cleanly_in_absolute_mode() {
 
         // Absolute mode refuses the torn tail, naming file and position.
         config.recovery = RecoveryMode::AbsoluteConsistency;
-        match Shard::open(config.clone()).await {
+        match Wal::open(config.clone()).await {
             Err(Error::Corrupted {
                 path: p, position, ..
             }) => {
@@ -154,7 +126,7 @@ fn appends_after_a_torn_tail_recover_cleanly_in_absolute_mode() {
         }
         // The default mode cuts it, erases the garbage, and appends go on.
         config.recovery = RecoveryMode::TolerateTornTail;
-        let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+        let (shard, rec) = Wal::open(config.clone()).await.unwrap();
         assert_eq!(rec.batches.len(), 4);
         let torn = rec.report.torn_tail.unwrap();
         assert!(
@@ -162,12 +134,11 @@ fn appends_after_a_torn_tail_recover_cleanly_in_absolute_mode() {
             "cut {} bytes",
             torn.bytes
         );
-        let a = shard.append(1, &records_for(99)).await.unwrap();
-        assert_eq!(a.base_offset, last.base_offset);
+        append(&shard, 1, &records_for(99)).await.unwrap();
         drop(shard);
         // After the repair, even absolute mode finds a consistent log.
         config.recovery = RecoveryMode::AbsoluteConsistency;
-        let (_, rec) = Shard::open(config).await.unwrap();
+        let (_, rec) = Wal::open(config).await.unwrap();
         assert_eq!(rec.batches.len(), 5);
         assert_eq!(rec.report.torn_tail, None);
     });
@@ -204,11 +175,11 @@ fn a_write_torn_in_flight_is_cut_but_damage_to_completed_writes_is_not() {
         std::fs::write(&seg, &bytes).unwrap();
         config.recovery = RecoveryMode::AbsoluteConsistency;
         assert!(matches!(
-            Shard::open(config.clone()).await,
+            Wal::open(config.clone()).await,
             Err(Error::Corrupted { .. })
         ));
         config.recovery = RecoveryMode::TolerateTornTail;
-        let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+        let (shard, rec) = Wal::open(config.clone()).await.unwrap();
         assert_eq!(
             rec.batches.len(),
             4,
@@ -218,7 +189,6 @@ fn a_write_torn_in_flight_is_cut_but_damage_to_completed_writes_is_not() {
             rec.report.torn_tail.as_ref().unwrap().position,
             hole.position
         );
-        assert_eq!(shard.end_offset(1), hole.base_offset);
         drop(shard);
 
         // The same hole, but batch 5 was appended after batch 4's write had
@@ -229,7 +199,7 @@ fn a_write_torn_in_flight_is_cut_but_damage_to_completed_writes_is_not() {
             set_floor(&mut bytes, a.position as usize, floor, seed);
         }
         std::fs::write(&seg, &bytes).unwrap();
-        match Shard::open(config).await {
+        match Wal::open(config).await {
             Err(Error::Corrupted {
                 position, reason, ..
             }) => {
@@ -261,7 +231,7 @@ fn flipped_bits_are_detected_and_never_served() {
                 std::fs::write(&seg, &bytes).unwrap();
 
                 config.recovery = RecoveryMode::TolerateTornTail;
-                match Shard::open(config.clone()).await {
+                match Wal::open(config.clone()).await {
                     Ok((_, rec)) => {
                         // Only the last batch may be cut as a torn tail.
                         assert_eq!(victim, appended.len() - 1);
@@ -274,7 +244,7 @@ fn flipped_bits_are_detected_and_never_served() {
                 }
                 std::fs::write(&seg, &bytes).unwrap();
                 config.recovery = RecoveryMode::TolerateAnyCorruption;
-                let (shard, rec) = Shard::open(config.clone()).await.unwrap();
+                let (shard, rec) = Wal::open(config.clone()).await.unwrap();
                 let kept: Vec<u64> = rec.batches.iter().map(|b| b.header.base_offset).collect();
                 let expect: Vec<u64> = appended
                     .iter()
@@ -308,16 +278,16 @@ fn group_commit_shares_fdatasyncs() {
     let dir = test_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Always))
+        let (shard, _) = Wal::open(small_config(&path, FsyncPolicy::Always))
             .await
             .unwrap();
-        shard.append(0, &records_for(0)).await.unwrap(); // opens segment 1
+        append(&shard, 0, &records_for(0)).await.unwrap(); // opens segment 1
         let before = shard.stats();
         let tasks: Vec<_> = (0..64u64)
             .map(|i| {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
-                    shard.append(i, &[Record::new(vec![7u8; 100])]).await
+                    append(&shard, i, &[Record::new(vec![7u8; 100])]).await
                 })
             })
             .collect();
@@ -343,11 +313,11 @@ fn never_policy_syncs_only_on_roll_flush_and_close() {
     let dir = test_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Never))
+        let (shard, _) = Wal::open(small_config(&path, FsyncPolicy::Never))
             .await
             .unwrap();
         for i in 0..20 {
-            shard.append(0, &records_for(i)).await.unwrap();
+            append(&shard, 0, &records_for(i)).await.unwrap();
         }
         let s = shard.stats();
         // One sync per new segment header, one per sealed segment.
@@ -367,12 +337,12 @@ fn interval_policy_syncs_after_the_interval() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let interval = std::time::Duration::from_millis(20);
-        let (shard, _) = Shard::open(small_config(&path, FsyncPolicy::Interval(interval)))
+        let (shard, _) = Wal::open(small_config(&path, FsyncPolicy::Interval(interval)))
             .await
             .unwrap();
-        shard.append(0, &records_for(1)).await.unwrap();
+        append(&shard, 0, &records_for(1)).await.unwrap();
         let before = shard.stats().fdatasyncs;
-        shard.append(0, &records_for(2)).await.unwrap();
+        append(&shard, 0, &records_for(2)).await.unwrap();
         // The append returned after its write, before any sync; one follows.
         glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
         let s = shard.stats();
@@ -388,41 +358,39 @@ fn bad_input_is_refused_and_changes_nothing() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let config = small_config(&path, FsyncPolicy::Always);
-        let (shard, _) = Shard::open(config.clone()).await.unwrap();
-        shard.append(5, &records_for(0)).await.unwrap();
+        let (shard, _) = Wal::open(config.clone()).await.unwrap();
+        append(&shard, 5, &records_for(0)).await.unwrap();
         let before = shard.stats();
-        let end = shard.end_offset(5);
 
-        let err = shard.append(5, &[]).await.unwrap_err();
+        let err = append(&shard, 5, &[]).await.unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
         let big = Record::new(vec![0u8; config.max_record_bytes]);
-        let err = shard.append(5, &[big]).await.unwrap_err();
+        let err = append(&shard, 5, &[big]).await.unwrap_err();
         assert!(
             matches!(err, Error::TooLarge { what: "record", .. }),
             "{err}"
         );
         let many: Vec<Record> = (0..4).map(|_| Record::new(vec![1u8; 5000])).collect();
-        let err = shard.append(5, &many).await.unwrap_err();
+        let err = append(&shard, 5, &many).await.unwrap_err();
         assert!(
             matches!(err, Error::TooLarge { what: "batch", .. }),
             "{err}"
         );
 
         assert_eq!(shard.stats(), before);
-        assert_eq!(shard.end_offset(5), end);
         shard.close().await.unwrap();
-        let err = shard.append(5, &records_for(1)).await.unwrap_err();
+        let err = append(&shard, 5, &records_for(1)).await.unwrap_err();
         assert!(matches!(err, Error::Closed), "{err}");
         assert!(matches!(shard.close().await, Err(Error::Closed)));
 
-        let (_, rec) = Shard::open(config.clone()).await.unwrap();
+        let (_, rec) = Wal::open(config.clone()).await.unwrap();
         assert_eq!(rec.batches.len(), 1);
 
         // Bad configuration is refused before anything is created.
         let mut bad = config;
         bad.segment_bytes = 1000;
         assert!(matches!(
-            Shard::open(bad).await,
+            Wal::open(bad).await,
             Err(Error::InvalidArgument(_))
         ));
     });
@@ -435,7 +403,7 @@ fn abandoned_shard_keeps_every_acknowledged_batch_under_always() {
     let config = small_config(&path, FsyncPolicy::Always);
     let config2 = config.clone();
     let acked = run(move || async move {
-        let (shard, _) = Shard::open(config).await.unwrap();
+        let (shard, _) = Wal::open(config).await.unwrap();
         let acked = Rc::new(RefCell::new(Vec::new()));
         let tasks: Vec<_> = (0..16u64)
             .map(|t| {
@@ -444,7 +412,7 @@ fn abandoned_shard_keeps_every_acknowledged_batch_under_always() {
                 glommio::spawn_local(async move {
                     for i in 0..40u64 {
                         let n = t * 1000 + i;
-                        let a = shard.append(t, &records_for(n)).await.unwrap();
+                        let a = append(&shard, t, &records_for(n)).await.unwrap();
                         acked.borrow_mut().push((n, a));
                     }
                 })
@@ -459,7 +427,7 @@ fn abandoned_shard_keeps_every_acknowledged_batch_under_always() {
         // The shard and the other tasks are dropped with the executor.
     });
     run(move || async move {
-        let (shard, rec) = Shard::open(config2).await.unwrap();
+        let (shard, rec) = Wal::open(config2).await.unwrap();
         assert!(!rec.report.clean_shutdown);
         for (n, a) in &acked {
             let found = rec

@@ -1,0 +1,87 @@
+//! The memtable: the most recent batches of every partition, in memory, so
+//! reads at the tail need no I/O.
+//!
+//! A lock-free skip list (`crossbeam-skiplist`) keyed by (partition, base
+//! offset), bounded by a byte budget. Batches leave oldest first, and only
+//! once their commit group has been written, so a batch is always readable
+//! from memory or from disk. It is a cache: every batch is also in the WAL.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use crossbeam_skiplist::SkipMap;
+
+use crate::batch::Batch;
+
+/// Recent batches, by (partition, base offset).
+pub(crate) struct Memtable {
+    map: SkipMap<(u64, u64), Arc<Batch>>,
+    /// Insertion order, for eviction: key and commit group.
+    order: VecDeque<((u64, u64), u64)>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Memtable {
+    pub(crate) fn new(budget: usize) -> Self {
+        Memtable {
+            map: SkipMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// Bytes of batches held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds a batch carried by commit group `group`.
+    pub(crate) fn insert(&mut self, batch: Batch, group: u64) {
+        let key = (batch.header().partition, batch.header().base_offset);
+        self.bytes += batch.as_bytes().len();
+        if let Some(old) = self.map.get(&key) {
+            self.bytes -= old.value().as_bytes().len();
+        }
+        self.map.insert(key, Arc::new(batch));
+        self.order.push_back((key, group));
+    }
+
+    /// Evicts the oldest batches while over budget, as far as commit group
+    /// `written` (the last group whose write completed).
+    pub(crate) fn evict(&mut self, written: u64) {
+        while self.bytes > self.budget {
+            match self.order.front() {
+                Some(&(key, group)) if group <= written => {
+                    self.order.pop_front();
+                    if let Some(e) = self.map.remove(&key) {
+                        self.bytes -= e.value().as_bytes().len();
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The batch of `partition` holding `offset`, if it is here.
+    pub(crate) fn get(&self, partition: u64, offset: u64) -> Option<Arc<Batch>> {
+        let e = self.map.range(..=(partition, offset)).next_back()?;
+        let batch = e.value();
+        let h = batch.header();
+        (h.partition == partition && h.end_offset() > offset).then(|| batch.clone())
+    }
+
+    /// Drops the batches of `partition` in `[from, to)` by base offset.
+    pub(crate) fn remove_range(&mut self, partition: u64, from: u64, to: u64) {
+        let keys: Vec<(u64, u64)> = self
+            .map
+            .range((partition, from)..(partition, to))
+            .map(|e| *e.key())
+            .collect();
+        for key in keys {
+            if let Some(e) = self.map.remove(&key) {
+                self.bytes -= e.value().as_bytes().len();
+            }
+        }
+    }
+}

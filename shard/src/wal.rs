@@ -1,0 +1,587 @@
+//! The write-ahead log of one shard: open (with recovery), append a batch,
+//! flush, read a batch back, close. The commit loop that turns appends into
+//! writes and fdatasyncs lives in [`crate::commit`]. Offsets are the
+//! caller's business: the partition layer ([`crate::Wal`]) assigns them.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, VecDeque},
+    path::PathBuf,
+    rc::Rc,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use glommio::task::JoinHandle;
+
+use crate::{
+    batch::{encode_batch, encoded_batch_len, Batch, BatchInfo},
+    commit,
+    config::{FsyncPolicy, ShardConfig},
+    dma::DmaStorage,
+    error::{Error, Result},
+    record::Record,
+    recovery::{recover, RecoveredBatch, RecoveryReport},
+    segment::{align_up, crc_seed, BLOCK_SIZE},
+    stats::{bump, Counters, ShardStats},
+    storage::{IoBuffer, Storage, StorageFile},
+    watermark::{Signal, Watermark},
+};
+
+/// Where an acknowledged batch lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record of the batch.
+    pub base_offset: u64,
+    /// Number of records.
+    pub record_count: u32,
+    /// Segment sequence holding the batch.
+    pub segment: u64,
+    /// Byte position of the batch in the segment.
+    pub position: u64,
+    /// Encoded length of the batch in bytes.
+    pub length: u32,
+    /// Commit group that carries the batch (see [`Wal::watermarks`]).
+    pub group: u64,
+}
+
+/// What [`Wal::open`] found on disk.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Figures and damage.
+    pub report: RecoveryReport,
+    /// Every surviving batch, in log order.
+    pub batches: Vec<RecoveredBatch>,
+}
+
+/// One core's write-ahead log: a sequence of segment files written with
+/// O_DIRECT, with group commit under the configured fsync policy.
+///
+/// A `Wal` lives on one glommio executor and is cheap to clone there; all
+/// clones share the same log.
+///
+/// Dropping the last handle without [`Wal::close`] abandons the shard as
+/// a crash would: its tasks stop, nothing more is written or synced.
+pub struct Wal<S: Storage = DmaStorage> {
+    inner: Rc<Inner<S>>,
+    _owner: Rc<Owner<S>>,
+}
+
+impl<S: Storage> Clone for Wal<S> {
+    fn clone(&self) -> Self {
+        Wal {
+            inner: self.inner.clone(),
+            _owner: self._owner.clone(),
+        }
+    }
+}
+
+/// Held only by [`Wal`] handles: when the last one goes, the background
+/// tasks (which hold `Inner` themselves) are cancelled.
+struct Owner<S: Storage>(Rc<Inner<S>>);
+
+impl<S: Storage> Drop for Owner<S> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.borrow_mut();
+        st.closing = true;
+        if let Some(task) = st.committer.take() {
+            task.cancel();
+        }
+        if let Some(task) = st.spare.take() {
+            task.cancel();
+        }
+        drop(st);
+        self.0.written.stop();
+        self.0.durable.stop();
+    }
+}
+
+/// State shared by the shard's handles and its commit task.
+pub(crate) struct Inner<S: Storage> {
+    pub config: ShardConfig,
+    pub storage: S,
+    pub state: RefCell<State<S::File>>,
+    /// Id of the last commit group written.
+    pub written: Watermark,
+    /// Id of the last commit group covered by an fdatasync.
+    pub durable: Watermark,
+    /// Wakes the commit task.
+    pub work: Signal,
+    pub counters: Counters,
+}
+
+/// Appends gathered for one write. Groups are numbered from 1 in the order
+/// they are written; a group never spans two segments. Batches are encoded
+/// straight into the group's I/O buffer, which the write then takes.
+#[derive(Debug)]
+pub(crate) struct Group<B> {
+    pub id: u64,
+    pub segment: u64,
+    /// Block-aligned position of the group in its segment.
+    pub start: u64,
+    /// The batches, encoded back to back; allocated by the first append.
+    pub buf: Option<B>,
+    /// Bytes of `buf` holding batches.
+    pub len: usize,
+    pub appends: u64,
+}
+
+impl<B: IoBuffer> Group<B> {
+    /// An empty group at `start` of `segment`.
+    pub(crate) fn new(id: u64, segment: u64, start: u64) -> Self {
+        Group {
+            id,
+            segment,
+            start,
+            buf: None,
+            len: 0,
+            appends: 0,
+        }
+    }
+
+    /// The group written after this one, in the same segment.
+    pub(crate) fn successor(&self) -> Self {
+        Group::new(
+            self.id + 1,
+            self.segment,
+            align_up(self.start + self.len as u64),
+        )
+    }
+
+    /// Bytes the buffer can still take.
+    pub(crate) fn room(&self) -> usize {
+        self.buf
+            .as_ref()
+            .map_or(0, |b| b.as_slice().len() - self.len)
+    }
+}
+
+/// Mutable shard state; only the shard's thread touches it.
+pub(crate) struct State<F: StorageFile> {
+    /// Open segment files by sequence; the last one is written.
+    pub segments: BTreeMap<u64, Rc<F>>,
+    /// The group that accepts appends.
+    pub open: Group<F::Buffer>,
+    /// Groups closed to appends, waiting to be written, oldest first.
+    pub sealed: VecDeque<Group<F::Buffer>>,
+    /// Bytes in `open` and `sealed`.
+    pub pending_bytes: usize,
+    /// Highest group id a flush asked to make durable.
+    pub sync_target: u64,
+    /// The first I/O failure; sticky.
+    pub failed: Option<Arc<Error>>,
+    /// Set by close: no new appends.
+    pub closing: bool,
+    /// The spare segment being prepared in the background.
+    pub spare: Option<JoinHandle<Result<()>>>,
+    /// The commit task.
+    pub committer: Option<JoinHandle<()>>,
+    /// Segment and position written, and made durable.
+    pub written_at: (u64, u64),
+    pub durable_at: (u64, u64),
+}
+
+impl Wal<DmaStorage> {
+    /// Opens (creating if needed) the shard in `config.dir` on the real disk,
+    /// recovering what is there. Must run on a glommio executor.
+    pub async fn open(config: ShardConfig) -> Result<(Self, Recovery)> {
+        Self::open_with(DmaStorage, config).await
+    }
+}
+
+impl<S: Storage> Wal<S> {
+    /// Opens the shard on the given storage.
+    pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
+        config.validate()?;
+        storage.prepare_dir(&config.dir).await?;
+        let clean_end = commit::take_clean_marker(&storage, &config).await?;
+        let spare = crate::segment::spare_path(&config.dir);
+        if storage
+            .list(&config.dir)?
+            .iter()
+            .any(|n| config.dir.join(n) == spare)
+        {
+            storage.remove(&spare).await?;
+        }
+        let recovered = recover(&storage, &config, clean_end).await?;
+        let (segment, start) = match &recovered.tail {
+            Some(t) => {
+                let file = &recovered.segments.last().expect("tail has a segment").1;
+                commit::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
+                // What recovery found is durable from here on.
+                file.fdatasync().await?;
+                (t.sequence, align_up(t.valid_end))
+            }
+            // No segment yet: the first append rolls into segment 1.
+            None => (0, 0),
+        };
+        let state = State {
+            segments: recovered.segments.into_iter().collect(),
+            open: Group::new(1, segment, start),
+            sealed: VecDeque::new(),
+            pending_bytes: 0,
+            sync_target: 0,
+            failed: None,
+            closing: false,
+            spare: None,
+            committer: None,
+            written_at: (segment, start),
+            durable_at: (segment, start),
+        };
+        let inner = Rc::new(Inner {
+            config,
+            storage,
+            state: RefCell::new(state),
+            written: Watermark::default(),
+            durable: Watermark::default(),
+            work: Signal::default(),
+            counters: Counters::default(),
+        });
+        commit::start(&inner);
+        let recovery = Recovery {
+            report: recovered.report,
+            batches: recovered.batches,
+        };
+        let shard = Wal {
+            _owner: Rc::new(Owner(inner.clone())),
+            inner,
+        };
+        Ok((shard, recovery))
+    }
+
+    /// The storage the WAL runs on.
+    pub fn storage(&self) -> &S {
+        &self.inner.storage
+    }
+
+    /// Path of segment `segment`.
+    pub fn segment_path(&self, segment: u64) -> PathBuf {
+        crate::segment::segment_path(&self.inner.config.dir, segment)
+    }
+
+    /// The configuration the shard was opened with.
+    pub fn config(&self) -> &ShardConfig {
+        &self.inner.config
+    }
+
+    /// Appends `records` as one batch of `partition` whose first record has
+    /// offset `base_offset`, and completes when the fsync policy says the
+    /// batch is safe. Data batches pass `flags` 0 (see [`BatchInfo::flags`]).
+    ///
+    /// Bad input (no records, a record or batch over the limits) is refused
+    /// with nothing written.
+    pub async fn append(
+        &self,
+        partition: u64,
+        base_offset: u64,
+        flags: u16,
+        records: &[Record],
+    ) -> Result<Appended> {
+        let size = self.check_batch(partition, records)?;
+        self.wait_for_room(size).await?;
+        let info = BatchInfo {
+            partition,
+            base_offset,
+            flags,
+            floor_block: 0,
+        };
+        let appended = self.encode(info, records, size, |_| {})?;
+        self.wait_committed(appended.group).await?;
+        Ok(appended)
+    }
+
+    /// Checks `records` against the limits; returns the encoded batch size.
+    /// The first step of an append, with [`Wal::wait_for_room`],
+    /// [`Wal::encode`] and [`Wal::wait_committed`].
+    pub fn check_batch(&self, partition: u64, records: &[Record]) -> Result<usize> {
+        let config = &self.inner.config;
+        if records.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "empty batch for partition {partition}"
+            )));
+        }
+        let Some((size, largest)) = encoded_batch_len(records) else {
+            return Err(Error::TooLarge {
+                what: "record",
+                size: usize::MAX,
+                max: config.max_record_bytes,
+            });
+        };
+        if largest > config.max_record_bytes {
+            return Err(Error::TooLarge {
+                what: "record",
+                size: largest,
+                max: config.max_record_bytes,
+            });
+        }
+        if size > config.max_batch_bytes {
+            return Err(Error::TooLarge {
+                what: "batch",
+                size,
+                max: config.max_batch_bytes,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Backpressure: waits while too many bytes are queued for writing.
+    pub async fn wait_for_room(&self, size: usize) -> Result<()> {
+        let config = &self.inner.config;
+        loop {
+            let (pending, next_written) = {
+                let st = self.inner.state.borrow();
+                self.check_usable(&st)?;
+                (st.pending_bytes, self.inner.written.get() + 1)
+            };
+            if pending + size <= commit::max_pending_bytes(config) || pending == 0 {
+                return Ok(());
+            }
+            self.inner.written.wait_for(next_written).await;
+        }
+    }
+
+    /// Encodes a batch of `size` bytes (from [`Wal::check_batch`]) into the
+    /// open commit group, without waiting: batches are logged in the order
+    /// of these calls. `keep` sees the encoded batch. `info.floor_block` is
+    /// filled in here.
+    pub fn encode(
+        &self,
+        mut info: BatchInfo,
+        records: &[Record],
+        size: usize,
+        keep: impl FnOnce(&[u8]),
+    ) -> Result<Appended> {
+        let config = &self.inner.config;
+        if info.base_offset.checked_add(records.len() as u64).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "partition {} would pass the last offset",
+                info.partition
+            )));
+        }
+        let appended = {
+            let mut st = self.inner.state.borrow_mut();
+            self.check_usable(&st)?;
+            commit::make_room(&mut st, config, size);
+            if st.open.room() < size {
+                // Invariant: make_room left the open group empty if the
+                // batch does not fit its buffer.
+                assert_eq!(st.open.len, 0);
+                let capacity = config.max_write_bytes.max(align_up(size as u64) as usize);
+                st.open.buf = Some(self.inner.storage.alloc(capacity));
+            }
+            let seed = crc_seed(config.shard_id, st.open.segment);
+            let position = st.open.start + st.open.len as u64;
+            let floor = if st.written_at.0 == st.open.segment {
+                st.written_at.1
+            } else {
+                BLOCK_SIZE
+            };
+            info.floor_block = u32::try_from(floor / BLOCK_SIZE).expect("segment size checked");
+            let at = st.open.len;
+            let buf = st.open.buf.as_mut().expect("allocated above");
+            let bytes = &mut buf.as_mut_slice()[at..at + size];
+            let header = encode_batch(bytes, seed, info, records, now_ms());
+            keep(bytes);
+            st.open.len += size;
+            st.open.appends += 1;
+            st.pending_bytes += size;
+            Appended {
+                base_offset: info.base_offset,
+                record_count: header.record_count,
+                segment: st.open.segment,
+                position,
+                length: header.length,
+                group: st.open.id,
+            }
+        };
+        let c = &self.inner.counters;
+        bump(&c.appends, 1);
+        bump(&c.records, records.len() as u64);
+        bump(&c.bytes, size as u64);
+        self.inner.work.notify();
+        Ok(appended)
+    }
+
+    /// Waits until commit group `group` is safe under the fsync policy:
+    /// durable under `Always`, written otherwise.
+    pub async fn wait_committed(&self, group: u64) -> Result<()> {
+        let watermark = match self.inner.config.fsync {
+            FsyncPolicy::Always => &self.inner.durable,
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => &self.inner.written,
+        };
+        if watermark.wait_for(group).await {
+            Ok(())
+        } else {
+            Err(self.stopped_error())
+        }
+    }
+
+    /// Writes everything appended so far and makes it durable.
+    pub async fn flush(&self) -> Result<()> {
+        let target = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(e) = &st.failed {
+                return Err(Error::Failed(e.clone()));
+            }
+            let target = if st.open.len == 0 {
+                st.open.id - 1
+            } else {
+                st.open.id
+            };
+            st.sync_target = st.sync_target.max(target);
+            target
+        };
+        self.inner.work.notify();
+        if self.inner.durable.wait_for(target).await {
+            Ok(())
+        } else {
+            Err(self.stopped_error())
+        }
+    }
+
+    /// Reads the batch of `length` bytes at `position` in `segment` and
+    /// verifies it. Only batches whose write completed can be read.
+    pub async fn read_batch(&self, segment: u64, position: u64, length: u32) -> Result<Batch> {
+        let (file, written) = {
+            let st = self.inner.state.borrow();
+            let file = st.segments.get(&segment).cloned();
+            (file, st.written_at)
+        };
+        let end = position + u64::from(length);
+        if (segment, end) > written {
+            return Err(Error::InvalidArgument(format!(
+                "segment {segment} position {position}: not written yet"
+            )));
+        }
+        let Some(file) = file else {
+            return Err(Error::InvalidArgument(format!(
+                "segment {segment} does not exist"
+            )));
+        };
+        let from = position - position % BLOCK_SIZE;
+        bump(&self.inner.counters.batch_reads, 1);
+        let buf = file.read_at(from, (align_up(end) - from) as usize).await?;
+        let skip = (position - from) as usize;
+        let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
+            Error::corrupted(file.path(), position, "segment ends inside the batch")
+        })?;
+        Batch::decode(
+            bytes.to_vec(),
+            crc_seed(self.inner.config.shard_id, segment),
+        )
+        .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))
+    }
+
+    /// Id of the last commit group whose write completed, and of the last
+    /// one made durable. An [`Appended`] batch is written (durable) once the
+    /// first (second) reaches its `group`.
+    pub fn watermarks(&self) -> (u64, u64) {
+        (self.inner.written.get(), self.inner.durable.get())
+    }
+
+    /// A snapshot of the shard's counters and positions.
+    pub fn stats(&self) -> ShardStats {
+        let c = &self.inner.counters;
+        let st = self.inner.state.borrow();
+        ShardStats {
+            appends: c.appends.get(),
+            records: c.records.get(),
+            bytes: c.bytes.get(),
+            bytes_written: c.bytes_written.get(),
+            writes: c.writes.get(),
+            fdatasyncs: c.fdatasyncs.get(),
+            commits: c.commits.get(),
+            max_commit_appends: c.max_commit_appends.get(),
+            rolls: c.rolls.get(),
+            roll_waits: c.roll_waits.get(),
+            batch_reads: c.batch_reads.get(),
+            spare_ready: c.spare_ready.get(),
+            memtable_bytes: 0,
+            active_segment: st.written_at.0,
+            written_position: st.written_at.1,
+            durable_segment: st.durable_at.0,
+            durable_position: st.durable_at.1,
+        }
+    }
+
+    /// Removes sealed segment `segment` from disk (its batches are no longer
+    /// needed). The segment being written is never removed.
+    pub async fn remove_segment(&self, segment: u64) -> Result<()> {
+        let file = {
+            let mut st = self.inner.state.borrow_mut();
+            if segment >= st.written_at.0 {
+                return Err(Error::InvalidArgument(format!(
+                    "segment {segment} is being written and cannot be removed"
+                )));
+            }
+            st.segments.remove(&segment)
+        };
+        let Some(file) = file else {
+            return Ok(());
+        };
+        let path = file.path().to_path_buf();
+        if let Ok(file) = Rc::try_unwrap(file) {
+            file.close().await?;
+        }
+        self.inner.storage.remove(&path).await?;
+        self.inner.storage.sync_dir(&self.inner.config.dir).await
+    }
+
+    /// Sequences of the segments on disk, oldest first.
+    pub fn segments(&self) -> Vec<u64> {
+        self.inner.state.borrow().segments.keys().copied().collect()
+    }
+
+    /// Paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        let st = self.inner.state.borrow();
+        st.segments
+            .values()
+            .map(|f| f.path().to_path_buf())
+            .collect()
+    }
+
+    /// Stops accepting appends, writes and syncs what is pending, records a
+    /// clean shutdown and closes the files. Later calls on any clone get
+    /// [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        let committer = {
+            let mut st = self.inner.state.borrow_mut();
+            if st.closing {
+                return Err(Error::Closed);
+            }
+            st.closing = true;
+            st.committer.take()
+        };
+        self.inner.work.notify();
+        if let Some(task) = committer {
+            task.await;
+        }
+        commit::finish_close(&self.inner).await
+    }
+
+    fn check_usable(&self, st: &State<S::File>) -> Result<()> {
+        if let Some(e) = &st.failed {
+            return Err(Error::Failed(e.clone()));
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The error for a waiter released without its commit: the failure, or
+    /// the close.
+    fn stopped_error(&self) -> Error {
+        match &self.inner.state.borrow().failed {
+            Some(e) => Error::Failed(e.clone()),
+            None => Error::Closed,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,283 @@
+//! Partition logs through the shard's public API: offsets, reads from the
+//! memtable and from disk, delete-before, truncate, reopen.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{run, small_config, test_dir};
+use corelog_shard::{Error, FsyncPolicy, Offsets, Record, Shard, ShardConfig};
+
+fn config(dir: &std::path::Path) -> ShardConfig {
+    let mut c = small_config(dir, FsyncPolicy::Always);
+    c.memtable_bytes = 16 << 10;
+    c
+}
+
+/// The value of record `offset` of `partition`.
+fn value(partition: u64, offset: u64) -> Vec<u8> {
+    let len = ((partition * 31 + offset * 7) % 200) as usize;
+    let mut v = format!("p{partition}-o{offset}-").into_bytes();
+    v.resize(v.len() + len, (offset % 251) as u8);
+    v
+}
+
+fn records(partition: u64, from: u64, n: u64) -> Vec<Record> {
+    (from..from + n)
+        .map(|o| Record::new(value(partition, o)).with_key(format!("k{o}")))
+        .collect()
+}
+
+async fn assert_reads_back(shard: &Shard, partition: u64, from: u64, end: u64) {
+    let got = shard.read_range(partition, from, end).await.unwrap();
+    assert_eq!(got.len() as u64, end - from, "partition {partition}");
+    for (i, r) in got.iter().enumerate() {
+        let o = from + i as u64;
+        assert_eq!(r.offset(), o);
+        assert_eq!(
+            r.value(),
+            value(partition, o),
+            "partition {partition} offset {o}"
+        );
+        assert_eq!(r.key(), Some(format!("k{o}").as_bytes()));
+    }
+}
+
+#[test]
+fn interleaved_partitions_read_back_from_memory_disk_and_after_reopen() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        let mut ends = BTreeMap::new();
+        for i in 0..300u64 {
+            let p = (i * 7) % 13;
+            let end = ends.entry(p).or_insert(0u64);
+            let n = 1 + i % 4;
+            let base = shard.append(p, &records(p, *end, n)).await.unwrap();
+            assert_eq!(base, *end, "dense offsets");
+            *end += n;
+        }
+        let s = shard.stats();
+        assert!(s.rolls >= 2, "{s:?}");
+        assert!(s.memtable_bytes <= 16 << 10, "memtable over budget: {s:?}");
+        // The tail is in memory: reading it does no I/O.
+        let (&p, &end) = ends.iter().next().unwrap();
+        let before = shard.stats().batch_reads;
+        let tail = shard.read(p, end - 1, 1 << 20).await.unwrap();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(shard.stats().batch_reads, before, "tail read went to disk");
+        // Old records were evicted: they come from disk, verified.
+        for (&p, &end) in &ends {
+            assert_reads_back(&shard, p, 0, end).await;
+            let o = shard.offsets(p);
+            assert_eq!(
+                o,
+                Offsets {
+                    start: 0,
+                    end,
+                    high_watermark: end
+                }
+            );
+        }
+        assert!(shard.stats().batch_reads > before);
+        shard.close().await.unwrap();
+
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        for (&p, &end) in &ends {
+            assert_eq!(shard.offsets(p).end, end);
+            assert_reads_back(&shard, p, 0, end).await;
+            // Appends continue where they stopped.
+            assert_eq!(shard.append(p, &records(p, end, 1)).await.unwrap(), end);
+        }
+        assert_eq!(
+            shard.offsets(999),
+            Offsets::default(),
+            "a partition never seen"
+        );
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn max_bytes_and_range_rules() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        shard
+            .append(
+                1,
+                &[Record::new(vec![1u8; 100]), Record::new(vec![2u8; 100])],
+            )
+            .await
+            .unwrap();
+        shard
+            .append(1, &[Record::new(vec![3u8; 5000])])
+            .await
+            .unwrap();
+        shard
+            .append(1, &[Record::new(vec![4u8; 10])])
+            .await
+            .unwrap();
+        // Trimmed to the first requested record, then up to max_bytes.
+        let r = shard.read(1, 1, 150).await.unwrap();
+        assert_eq!(r.iter().map(|r| r.offset()).collect::<Vec<_>>(), vec![1]);
+        // One record larger than max_bytes still comes back alone.
+        let r = shard.read(1, 2, 10).await.unwrap();
+        assert_eq!((r.len(), r[0].value().len()), (1, 5000));
+        let r = shard.read(1, 0, 1 << 20).await.unwrap();
+        assert_eq!(r.len(), 4);
+        // At the end: empty. Past it, or below the start: out of range.
+        assert!(shard.read(1, 4, 100).await.unwrap().is_empty());
+        let err = shard.read(1, 5, 100).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::OffsetOutOfRange {
+                    partition: 1,
+                    offset: 5,
+                    start: 0,
+                    end: 4
+                }
+            ),
+            "{err}"
+        );
+        assert!(shard.read(2, 0, 100).await.unwrap().is_empty());
+        assert!(matches!(
+            shard.read(2, 1, 100).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(shard.read_range(1, 1, 3).await.unwrap().len(), 2);
+        assert!(matches!(
+            shard.read_range(1, 3, 9).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn delete_before_survives_reopen_and_frees_segments() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        let mut end = 0;
+        for _ in 0..200 {
+            shard.append(3, &records(3, end, 2)).await.unwrap();
+            shard.append(4, &records(4, end, 2)).await.unwrap();
+            end += 2;
+        }
+        let segments_before = shard.wal().segments();
+        assert!(segments_before.len() >= 4, "{segments_before:?}");
+        let first = segments_before[0];
+        let first_path = shard.wal().segment_path(first);
+        shard.delete_before(3, 300).await.unwrap();
+        // Partition 4 still needs the old segments.
+        assert!(first_path.exists());
+        shard.delete_before(4, 300).await.unwrap();
+        assert!(!first_path.exists(), "segment {first} should be gone");
+        assert!(shard.wal().segments().len() < segments_before.len());
+        assert!(matches!(
+            shard.read(3, 299, 10).await,
+            Err(Error::OffsetOutOfRange { start: 300, .. })
+        ));
+        assert_reads_back(&shard, 3, 300, end).await;
+        assert!(matches!(
+            shard.delete_before(3, end + 1).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        drop(shard); // a crash: no clean close
+
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        for p in [3, 4] {
+            assert_eq!(
+                shard.offsets(p),
+                Offsets {
+                    start: 300,
+                    end,
+                    high_watermark: end
+                }
+            );
+            assert_reads_back(&shard, p, 300, end).await;
+        }
+        // Everything deleted: the offsets are still not reused.
+        shard.delete_before(3, end).await.unwrap();
+        shard.delete_before(4, end).await.unwrap();
+        shard.close().await.unwrap();
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        assert_eq!(
+            shard.offsets(3),
+            Offsets {
+                start: end,
+                end,
+                high_watermark: end
+            }
+        );
+        assert_eq!(shard.append(3, &records(3, end, 1)).await.unwrap(), end);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncate_survives_reopen_and_appends_continue() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        shard.append(7, &records(7, 0, 5)).await.unwrap();
+        shard.append(7, &records(7, 5, 5)).await.unwrap();
+        // Cut in the middle of the second batch.
+        shard.truncate(7, 7).await.unwrap();
+        assert_eq!(shard.offsets(7).end, 7);
+        assert_reads_back(&shard, 7, 0, 7).await;
+        // New records at 7.. differ from the old ones.
+        let fresh = [
+            Record::new(b"new-7".to_vec()),
+            Record::new(b"new-8".to_vec()),
+        ];
+        assert_eq!(shard.append(7, &fresh).await.unwrap(), 7);
+        let check = |r: Vec<corelog_shard::StoredRecord>| {
+            assert_eq!(r.len(), 9);
+            assert_eq!(r[6].value(), value(7, 6));
+            assert_eq!(r[7].value(), b"new-7");
+            assert_eq!(r[8].value(), b"new-8");
+        };
+        check(shard.read_range(7, 0, 9).await.unwrap());
+        assert!(matches!(
+            shard.truncate(7, 10).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        drop(shard);
+
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        assert_eq!(shard.offsets(7).end, 9);
+        check(shard.read_range(7, 0, 9).await.unwrap());
+        // And from disk only, with an empty memtable after reopen.
+        check(shard.read(7, 0, 1 << 20).await.unwrap());
+        assert_eq!(shard.append(7, &records(7, 9, 1)).await.unwrap(), 9);
+        shard.close().await.unwrap();
+    });
+}
+
+/// The seed's defect: a read on a reopened segment moved the file position
+/// and the next append overwrote a record.
+#[test]
+fn reads_after_reopen_do_not_disturb_appends() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        shard.append(1, &records(1, 0, 3)).await.unwrap();
+        shard.close().await.unwrap();
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        assert_reads_back(&shard, 1, 0, 3).await;
+        shard.append(1, &records(1, 3, 3)).await.unwrap();
+        assert_reads_back(&shard, 1, 0, 6).await;
+        shard.close().await.unwrap();
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        assert_reads_back(&shard, 1, 0, 6).await;
+        shard.close().await.unwrap();
+    });
+}
