@@ -334,6 +334,7 @@ async fn sync<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
 async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
     let config = &inner.config;
     sync(inner).await?;
+    write_sidecar(inner, sequence - 1).await?;
     let spare = inner.state.borrow_mut().spare.take();
     let mut spare = spare.expect("a spare is always being prepared");
     let ready = match future::poll_once(&mut spare).await {
@@ -371,6 +372,20 @@ async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes the sidecar of sealed segment `segment` from the batches logged
+/// in it (nothing for segment 0, which does not exist).
+async fn write_sidecar<S: Storage>(inner: &Rc<Inner<S>>, segment: u64) -> Result<()> {
+    if segment == 0 {
+        return Ok(());
+    }
+    let batches: Vec<_> = {
+        let mut st = inner.state.borrow_mut();
+        let split = st.unsealed.partition_point(|b| b.segment <= segment);
+        st.unsealed.drain(..split).collect()
+    };
+    crate::sidecar::write(&inner.storage, &inner.config, segment, &batches).await
+}
+
 /// Records the first failure and releases every waiter with it.
 fn fail<S: Storage>(inner: &Rc<Inner<S>>, error: Error) {
     inner
@@ -404,6 +419,9 @@ pub(crate) async fn finish_close<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()>
         return Err(Error::Failed(e));
     }
     if written_at.0 > 0 {
+        // With the last segment's sidecar and the marker, the next open
+        // scans nothing.
+        write_sidecar(inner, written_at.0).await?;
         write_clean_marker(inner, written_at).await?;
     }
     for (_, file) in segments {

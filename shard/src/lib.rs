@@ -23,6 +23,7 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 mod shard;
+mod sidecar;
 mod stats;
 pub mod storage;
 mod wal;

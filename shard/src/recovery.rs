@@ -22,6 +22,7 @@ use crate::{
     config::{RecoveryMode, ShardConfig},
     error::{Error, Result},
     segment::{align_up, crc_seed, parse_segment_name, segment_path, SegmentHeader, BLOCK_SIZE},
+    sidecar,
     storage::{Storage, StorageFile},
 };
 
@@ -61,6 +62,10 @@ pub struct RecoveryReport {
     pub batches: u64,
     /// Bytes read from disk while scanning.
     pub bytes_scanned: u64,
+    /// Sealed segments whose batches came from their sidecar index, unscanned.
+    pub sidecars_loaded: usize,
+    /// Sidecars that were missing or damaged and rebuilt by a scan.
+    pub sidecars_rebuilt: usize,
     /// The previous run closed cleanly, so the tail needed no probing.
     pub clean_shutdown: bool,
     /// A torn tail cut from the last segment.
@@ -114,11 +119,35 @@ pub(crate) async fn recover<S: Storage>(
         },
         tail: None,
     };
+    let names = storage.list(&config.dir)?;
     for (i, &seq) in seqs.iter().enumerate() {
         let is_last = i + 1 == seqs.len();
         let path = segment_path(&config.dir, seq);
         let file = storage.open(&path, false).await?;
         let clean = clean_end.filter(|&(s, _)| s == seq).map(|(_, end)| end);
+        // A sealed segment, or the last one after a clean shutdown, has a
+        // sidecar that spares the scan.
+        if !is_last || clean.is_some() {
+            if let Some(batches) = sidecar::load(storage, config, seq, &names).await? {
+                let end = batches
+                    .last()
+                    .map_or(BLOCK_SIZE, |b| b.position + u64::from(b.header.length));
+                if clean.is_none_or(|c| c == align_up(end)) {
+                    if is_last {
+                        out.tail = Some(Tail {
+                            sequence: seq,
+                            valid_end: end,
+                            dirty_end: end,
+                        });
+                    }
+                    out.report.sidecars_loaded += 1;
+                    out.batches.extend(batches);
+                    out.segments.push((seq, Rc::new(file)));
+                    continue;
+                }
+            }
+        }
+        let first_batch = out.batches.len();
         let kept = Scan {
             config,
             path: path.clone(),
@@ -136,6 +165,10 @@ pub(crate) async fn recover<S: Storage>(
                         valid_end,
                         dirty_end,
                     });
+                } else {
+                    // The sidecar was missing or damaged: rebuild it.
+                    sidecar::write(storage, config, seq, &out.batches[first_batch..]).await?;
+                    out.report.sidecars_rebuilt += 1;
                 }
                 out.segments.push((seq, Rc::new(file)));
             }

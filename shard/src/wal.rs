@@ -176,6 +176,9 @@ pub(crate) struct State<F: StorageFile> {
     pub spare: Option<JoinHandle<Result<()>>>,
     /// The commit task.
     pub committer: Option<JoinHandle<()>>,
+    /// Batches of the segments that have no sidecar yet (the active one,
+    /// and the next when a group waits for the roll), in log order.
+    pub unsealed: Vec<RecoveredBatch>,
     /// Segment and position written, and made durable.
     pub written_at: (u64, u64),
     pub durable_at: (u64, u64),
@@ -215,7 +218,14 @@ impl<S: Storage> Wal<S> {
             // No segment yet: the first append rolls into segment 1.
             None => (0, 0),
         };
+        let unsealed = recovered
+            .batches
+            .iter()
+            .filter(|b| b.segment == segment)
+            .copied()
+            .collect();
         let state = State {
+            unsealed,
             segments: recovered.segments.into_iter().collect(),
             open: Group::new(1, segment, start),
             sealed: VecDeque::new(),
@@ -382,6 +392,12 @@ impl<S: Storage> Wal<S> {
             let bytes = &mut buf.as_mut_slice()[at..at + size];
             let header = encode_batch(bytes, seed, info, records, now_ms());
             keep(bytes);
+            let segment = st.open.segment;
+            st.unsealed.push(RecoveredBatch {
+                segment,
+                position,
+                header,
+            });
             st.open.len += size;
             st.open.appends += 1;
             st.pending_bytes += size;
@@ -522,6 +538,17 @@ impl<S: Storage> Wal<S> {
         let path = file.path().to_path_buf();
         if let Ok(file) = Rc::try_unwrap(file) {
             file.close().await?;
+        }
+        // The sidecar first: a segment without one is simply scanned.
+        let sidecar = crate::sidecar::sidecar_path(&self.inner.config.dir, segment);
+        if self
+            .inner
+            .storage
+            .list(&self.inner.config.dir)?
+            .iter()
+            .any(|n| sidecar.ends_with(n))
+        {
+            self.inner.storage.remove(&sidecar).await?;
         }
         self.inner.storage.remove(&path).await?;
         self.inner.storage.sync_dir(&self.inner.config.dir).await

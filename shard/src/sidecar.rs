@@ -1,0 +1,131 @@
+//! Sidecar index files: when a segment is sealed, the location and header
+//! of every batch in it go to `<sequence>.idx`, so that a restart loads the
+//! sidecar instead of scanning the segment. A missing or damaged sidecar is
+//! rebuilt by scanning its segment.
+//!
+//! Layout (little-endian), padded with zeros to a block multiple:
+//!
+//! ```text
+//! 0   8   magic "CLIDX001"
+//! 8   4   shard id
+//! 12  4   reserved, 0
+//! 16  8   segment sequence
+//! 24  8   entry count n
+//! 32  72n per batch: position u64, then its 64-byte batch header
+//! ..  4   CRC32C of everything before it
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    batch::{BatchHeader, BATCH_HEADER_LEN},
+    config::ShardConfig,
+    error::{Error, Result},
+    recovery::RecoveredBatch,
+    segment::{align_up, BLOCK_SIZE},
+    storage::{IoBuffer, Storage, StorageFile},
+};
+
+const MAGIC: &[u8; 8] = b"CLIDX001";
+const HEAD: usize = 32;
+const ENTRY: usize = 8 + BATCH_HEADER_LEN;
+
+/// Path of the sidecar of segment `sequence`.
+pub(crate) fn sidecar_path(dir: &Path, sequence: u64) -> PathBuf {
+    dir.join(format!("{sequence:020}.idx"))
+}
+
+/// Writes the sidecar of segment `sequence`, durably.
+pub(crate) async fn write<S: Storage>(
+    storage: &S,
+    config: &ShardConfig,
+    sequence: u64,
+    batches: &[RecoveredBatch],
+) -> Result<()> {
+    let end = HEAD + ENTRY * batches.len();
+    let len = (align_up(end as u64 + 4) as usize).max(BLOCK_SIZE as usize);
+    let mut buf = storage.alloc(len);
+    let bytes = buf.as_mut_slice();
+    bytes.fill(0);
+    bytes[..8].copy_from_slice(MAGIC);
+    bytes[8..12].copy_from_slice(&config.shard_id.to_le_bytes());
+    bytes[16..24].copy_from_slice(&sequence.to_le_bytes());
+    bytes[24..32].copy_from_slice(&(batches.len() as u64).to_le_bytes());
+    for (i, b) in batches.iter().enumerate() {
+        // Invariant: a sidecar describes its own segment only.
+        assert_eq!(b.segment, sequence);
+        let at = HEAD + ENTRY * i;
+        bytes[at..at + 8].copy_from_slice(&b.position.to_le_bytes());
+        bytes[at + 8..at + ENTRY].copy_from_slice(bytemuck::bytes_of(&b.header));
+    }
+    let crc = crc32c::crc32c(&bytes[..end]);
+    bytes[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+    let path = sidecar_path(&config.dir, sequence);
+    let file = storage.open(&path, true).await?;
+    let written = file.write_at(buf, 0).await?;
+    if written != len {
+        return Err(Error::ShortWrite {
+            path,
+            position: 0,
+            expected: len,
+            written,
+        });
+    }
+    file.fdatasync().await?;
+    file.close().await
+}
+
+/// Loads the sidecar of segment `sequence`; `None` when it is missing or
+/// does not validate (the caller then scans the segment).
+pub(crate) async fn load<S: Storage>(
+    storage: &S,
+    config: &ShardConfig,
+    sequence: u64,
+    names: &[String],
+) -> Result<Option<Vec<RecoveredBatch>>> {
+    let path = sidecar_path(&config.dir, sequence);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if !names.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    let file = storage.open(&path, false).await?;
+    let size = file.size().await?;
+    let bytes = file.read_at(0, align_up(size) as usize).await?;
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+    let valid = bytes.len() >= HEAD + 4
+        && &bytes[..8] == MAGIC
+        && bytes[8..12] == config.shard_id.to_le_bytes()
+        && u64_at(16) == sequence;
+    let count = if valid { u64_at(24) } else { 0 };
+    let end = count
+        .checked_mul(ENTRY as u64)
+        .and_then(|n| n.checked_add(HEAD as u64))
+        .filter(|&e| e + 4 <= bytes.len() as u64);
+    let batches = match end {
+        Some(end) if valid => {
+            let end = end as usize;
+            let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap());
+            (crc32c::crc32c(&bytes[..end]) == crc).then(|| {
+                (0..count as usize)
+                    .map(|i| {
+                        let at = HEAD + ENTRY * i;
+                        RecoveredBatch {
+                            segment: sequence,
+                            position: u64_at(at),
+                            header: bytemuck::pod_read_unaligned::<BatchHeader>(
+                                &bytes[at + 8..at + ENTRY],
+                            ),
+                        }
+                    })
+                    .collect()
+            })
+        }
+        _ => None,
+    };
+    drop(bytes);
+    file.close().await?;
+    Ok(batches)
+}
