@@ -51,7 +51,22 @@ impl OffsetIndex {
     }
 
     /// The batch holding `offset`, if any.
+    ///
+    /// Offsets are dense and batches usually alike, so the first probe
+    /// guesses the position by interpolation; a binary search settles the
+    /// rest.
     pub fn find(&self, offset: u64) -> Option<&IndexEntry> {
+        let (first, last) = (self.entries.first()?, self.entries.last()?);
+        if offset < first.base_offset || offset >= last.end_offset() {
+            return None;
+        }
+        let span = last.end_offset() - first.base_offset;
+        let guess = ((offset - first.base_offset) as u128 * self.entries.len() as u128
+            / span as u128) as usize;
+        let e = &self.entries[guess.min(self.entries.len() - 1)];
+        if e.base_offset <= offset && offset < e.end_offset() {
+            return Some(e);
+        }
         let i = self.entries.partition_point(|e| e.end_offset() <= offset);
         self.entries.get(i).filter(|e| e.base_offset <= offset)
     }

@@ -18,7 +18,7 @@ mod config;
 mod dma;
 mod error;
 pub mod index;
-mod memtable;
+pub mod memtable;
 pub mod record;
 pub mod recovery;
 pub mod segment;

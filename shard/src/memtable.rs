@@ -6,14 +6,14 @@
 //! once their commit group has been written, so a batch is always readable
 //! from memory or from disk. It is a cache: every batch is also in the WAL.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, ops::Bound, sync::Arc};
 
 use crossbeam_skiplist::SkipMap;
 
 use crate::batch::Batch;
 
 /// Recent batches, by (partition, base offset).
-pub(crate) struct Memtable {
+pub struct Memtable {
     map: SkipMap<(u64, u64), Arc<Batch>>,
     /// Insertion order, for eviction: key and commit group.
     order: VecDeque<((u64, u64), u64)>,
@@ -22,7 +22,8 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
-    pub(crate) fn new(budget: usize) -> Self {
+    /// An empty memtable holding at most `budget` bytes of written batches.
+    pub fn new(budget: usize) -> Self {
         Memtable {
             map: SkipMap::new(),
             order: VecDeque::new(),
@@ -32,24 +33,24 @@ impl Memtable {
     }
 
     /// Bytes of batches held.
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Adds a batch carried by commit group `group`.
-    pub(crate) fn insert(&mut self, batch: Batch, group: u64) {
+    pub fn insert(&mut self, batch: Batch, group: u64) {
         let key = (batch.header().partition, batch.header().base_offset);
+        // Invariant: an offset is logged once until a truncation, which
+        // removes its batch from here first.
+        debug_assert!(!self.map.contains_key(&key), "batch {key:?} cached twice");
         self.bytes += batch.as_bytes().len();
-        if let Some(old) = self.map.get(&key) {
-            self.bytes -= old.value().as_bytes().len();
-        }
         self.map.insert(key, Arc::new(batch));
         self.order.push_back((key, group));
     }
 
     /// Evicts the oldest batches while over budget, as far as commit group
     /// `written` (the last group whose write completed).
-    pub(crate) fn evict(&mut self, written: u64) {
+    pub fn evict(&mut self, written: u64) {
         while self.bytes > self.budget {
             match self.order.front() {
                 Some(&(key, group)) if group <= written => {
@@ -64,15 +65,28 @@ impl Memtable {
     }
 
     /// The batch of `partition` holding `offset`, if it is here.
-    pub(crate) fn get(&self, partition: u64, offset: u64) -> Option<Arc<Batch>> {
-        let e = self.map.range(..=(partition, offset)).next_back()?;
+    pub fn get(&self, partition: u64, offset: u64) -> Option<Arc<Batch>> {
+        let e = self
+            .map
+            .upper_bound(Bound::Included(&(partition, offset)))?;
         let batch = e.value();
         let h = batch.header();
         (h.partition == partition && h.end_offset() > offset).then(|| batch.clone())
     }
 
+    /// The batches of `partition` from the one holding `from` on, in offset
+    /// order.
+    pub fn range(&self, partition: u64, from: u64) -> impl Iterator<Item = Arc<Batch>> + '_ {
+        let start = self
+            .get(partition, from)
+            .map_or(from, |b| b.header().base_offset);
+        self.map
+            .range((partition, start)..=(partition, u64::MAX))
+            .map(|e| e.value().clone())
+    }
+
     /// Drops the batches of `partition` in `[from, to)` by base offset.
-    pub(crate) fn remove_range(&mut self, partition: u64, from: u64, to: u64) {
+    pub fn remove_range(&mut self, partition: u64, from: u64, to: u64) {
         let keys: Vec<(u64, u64)> = self
             .map
             .range((partition, from)..(partition, to))

@@ -37,6 +37,9 @@ const CONTROL_DELETE_BEFORE: u8 = 1;
 /// offsets from the batch's base offset on.
 const CONTROL_TRUNCATE: u8 = 2;
 
+/// Batches taken from the memtable at once by a read.
+const MEMTABLE_RUN: usize = 64;
+
 /// The offsets of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Offsets {
@@ -311,20 +314,21 @@ impl<S: Storage> Shard<S> {
         let mut bytes = 0;
         let mut next = offset;
         while next < o.end && (out.is_empty() || bytes < max_bytes) {
-            let (batch, batch_end) = self.batch_at(partition, next).await?;
-            let stop = batch_end.min(o.end);
-            for v in batch
-                .records()
-                .filter(|r| r.offset() >= next && r.offset() < stop)
-            {
-                let r = StoredRecord::from_view(&v);
-                if !out.is_empty() && bytes + r.payload_len() > max_bytes {
-                    return Ok(out);
+            for (batch, batch_end) in self.batches_at(partition, next).await? {
+                let stop = batch_end.min(o.end);
+                for v in batch
+                    .records()
+                    .filter(|r| r.offset() >= next && r.offset() < stop)
+                {
+                    let r = StoredRecord::from_view(&v);
+                    if !out.is_empty() && bytes + r.payload_len() > max_bytes {
+                        return Ok(out);
+                    }
+                    bytes += r.payload_len();
+                    out.push(r);
                 }
-                bytes += r.payload_len();
-                out.push(r);
+                next = batch_end;
             }
-            next = batch_end;
         }
         Ok(out)
     }
@@ -343,15 +347,19 @@ impl<S: Storage> Shard<S> {
         let mut out = Vec::with_capacity((end - start) as usize);
         let mut next = start;
         while next < end {
-            let (batch, batch_end) = self.batch_at(partition, next).await?;
-            let stop = batch_end.min(end);
-            out.extend(
-                batch
-                    .records()
-                    .filter(|r| r.offset() >= next && r.offset() < stop)
-                    .map(|v| StoredRecord::from_view(&v)),
-            );
-            next = batch_end;
+            for (batch, batch_end) in self.batches_at(partition, next).await? {
+                let stop = batch_end.min(end);
+                out.extend(
+                    batch
+                        .records()
+                        .filter(|r| r.offset() >= next && r.offset() < stop)
+                        .map(|v| StoredRecord::from_view(&v)),
+                );
+                next = batch_end;
+                if next >= end {
+                    break;
+                }
+            }
         }
         Ok(out)
     }
@@ -481,17 +489,27 @@ impl<S: Storage> Shard<S> {
         Ok(o)
     }
 
-    /// The batch of `partition` holding `offset`: from the memtable, or read
-    /// from disk and verified.
+    /// The batch of `partition` holding `offset` and, when it is in the
+    /// memtable, the batches that follow it there: from memory, or one batch
+    /// read from disk and verified.
     ///
-    /// Also returns where the batch's records end for the partition: before
-    /// the batch's own end when a truncation cut it short.
-    async fn batch_at(&self, partition: u64, offset: u64) -> Result<(Arc<Batch>, u64)> {
+    /// With each batch comes where its records end for the partition:
+    /// before the batch's own end when a truncation cut it short.
+    async fn batches_at(&self, partition: u64, offset: u64) -> Result<Vec<(Arc<Batch>, u64)>> {
         let entry = {
             let st = self.state.borrow();
-            if let Some(b) = st.memtable.get(partition, offset) {
-                let end = b.header().end_offset();
-                return Ok((b, end));
+            let mut cached = Vec::new();
+            let mut next = offset;
+            for b in st.memtable.range(partition, offset).take(MEMTABLE_RUN) {
+                let h = *b.header();
+                if h.base_offset > next || h.end_offset() <= next {
+                    break;
+                }
+                next = h.end_offset();
+                cached.push((b, next));
+            }
+            if !cached.is_empty() {
+                return Ok(cached);
             }
             st.partitions
                 .get(&partition)
@@ -517,7 +535,7 @@ impl<S: Storage> Shard<S> {
                 format!("index points partition {partition} offset {offset} at another batch"),
             ));
         }
-        Ok((Arc::new(batch), e.end_offset()))
+        Ok(vec![(Arc::new(batch), e.end_offset())])
     }
 }
 

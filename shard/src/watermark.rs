@@ -6,6 +6,7 @@
 
 use std::{
     cell::{Cell, RefCell},
+    collections::BTreeMap,
     future::poll_fn,
     task::{Poll, Waker},
 };
@@ -17,7 +18,9 @@ pub(crate) struct Watermark {
     /// Set when the counter will never move again (failure or close); every
     /// waiter is released and checks the shard state.
     stopped: Cell<bool>,
-    waiters: RefCell<Vec<(u64, Waker)>>,
+    /// Parked waiters by the value they wait for. A waiter polled twice may
+    /// appear twice; waking it twice is harmless.
+    waiters: RefCell<BTreeMap<u64, Vec<Waker>>>,
 }
 
 impl Watermark {
@@ -30,21 +33,21 @@ impl Watermark {
         // Invariant: watermarks never move backwards.
         assert!(value >= self.value.get(), "watermark moved backwards");
         self.value.set(value);
-        self.waiters.borrow_mut().retain(|(target, waker)| {
-            if *target <= value {
-                waker.wake_by_ref();
-                false
-            } else {
-                true
-            }
-        });
+        let mut waiters = self.waiters.borrow_mut();
+        let later = waiters.split_off(&(value + 1));
+        let ready = std::mem::replace(&mut *waiters, later);
+        drop(waiters);
+        for waker in ready.into_values().flatten() {
+            waker.wake();
+        }
     }
 
     /// Releases every waiter for good.
     pub(crate) fn stop(&self) {
         self.stopped.set(true);
-        for (_, w) in self.waiters.borrow_mut().drain(..) {
-            w.wake();
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waker in waiters.into_values().flatten() {
+            waker.wake();
         }
     }
 
@@ -58,10 +61,7 @@ impl Watermark {
                 Poll::Ready(false)
             } else {
                 let mut waiters = self.waiters.borrow_mut();
-                match waiters.iter_mut().find(|(_, w)| w.will_wake(cx.waker())) {
-                    Some(slot) => slot.0 = slot.0.min(target),
-                    None => waiters.push((target, cx.waker().clone())),
-                }
+                waiters.entry(target).or_default().push(cx.waker().clone());
                 Poll::Pending
             }
         })

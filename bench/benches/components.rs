@@ -1,0 +1,239 @@
+#![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
+//! The rows of the seed's benchmark table (StreamBus milestone 1.1), one
+//! bench each, doing the same work per iteration as the seed's. Figures
+//! side by side are in docs/BENCHMARKS.md.
+
+use std::{
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use corelog_bench::{records, OpenShard};
+use corelog_shard::{
+    batch::{encode_batch, encoded_batch_len, Batch, BatchInfo},
+    index::{IndexEntry, OffsetIndex},
+    memtable::Memtable,
+    FsyncPolicy, Record,
+};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use std::hint::black_box;
+
+fn entry(i: u64) -> IndexEntry {
+    IndexEntry {
+        base_offset: i,
+        segment: 1,
+        position: (i * 128) as u32,
+        length: 128,
+        record_count: 1,
+    }
+}
+
+/// Index Add: one entry appended to a partition's index.
+/// Index Lookup: one offset looked up in an index of 10,000 batches.
+fn index(c: &mut Criterion) {
+    c.bench_function("index/add", |b| {
+        b.iter_batched_ref(
+            || (OffsetIndex::default(), 0u64),
+            |(ix, next)| {
+                ix.push(entry(*next));
+                *next += 1;
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let mut ix = OffsetIndex::default();
+    for i in 0..10_000 {
+        ix.push(entry(i));
+    }
+    let mut i = 0u64;
+    c.bench_function("index/lookup", |b| {
+        b.iter(|| {
+            i = (i + 7919) & 8191;
+            black_box(ix.find(black_box(i)));
+        })
+    });
+}
+
+/// A one-record batch of `partition` at `offset` with a 100-byte value.
+fn batch(partition: u64, offset: u64) -> Batch {
+    let recs = [Record::new(vec![7u8; 100]).with_key(format!("key-{offset}"))];
+    let mut bytes = vec![0; encoded_batch_len(&recs).unwrap().0];
+    let info = BatchInfo {
+        partition,
+        base_offset: offset,
+        ..BatchInfo::default()
+    };
+    encode_batch(&mut bytes, 0, info, &recs, 0);
+    Batch::decode(bytes, 0).unwrap()
+}
+
+/// MemTable Put: one batch inserted. Get: one batch found by offset.
+/// Iterator: 1,000 batches walked in order.
+fn memtable(c: &mut Criterion) {
+    let prepared: Vec<Batch> = (0..200_000).map(|i| batch(i % 8, i / 8)).collect();
+    c.bench_function("memtable/put", |b| {
+        b.iter_custom(|iters| {
+            let batches: Vec<Batch> = prepared
+                .iter()
+                .cycle()
+                .take(iters as usize)
+                .cloned()
+                .collect();
+            let mut mt = Memtable::new(usize::MAX);
+            let started = Instant::now();
+            for (i, batch) in batches.into_iter().enumerate() {
+                if i % prepared.len() == 0 {
+                    mt = Memtable::new(usize::MAX);
+                }
+                mt.insert(batch, 0);
+            }
+            started.elapsed()
+        })
+    });
+    let mut mt = Memtable::new(usize::MAX);
+    for b in prepared.iter().take(100_000) {
+        mt.insert(b.clone(), 0);
+    }
+    let mut i = 0u64;
+    c.bench_function("memtable/get", |b| {
+        b.iter(|| {
+            i = (i + 7919) & 8191;
+            black_box(mt.get(i % 8, black_box(i)));
+        })
+    });
+    c.bench_function("memtable/iterator_1000", |b| {
+        b.iter(|| {
+            let n = mt
+                .range(3, 5_000)
+                .take(1_000)
+                .map(|b| b.header().record_count)
+                .sum::<u32>();
+            assert_eq!(n, 1_000);
+        })
+    });
+}
+
+/// `iters` appends of `records` through the WAL with explicit offsets. With
+/// `pipelined`, one producer hands batches to the log without waiting for
+/// each (the seed's append returns once its record is in a buffer) and
+/// waits once, at the end, until all are written; otherwise one producer
+/// waits for every append.
+fn wal_appends(shard: &OpenShard, pipelined: bool, recs: &Rc<Vec<Record>>, iters: u64) -> Duration {
+    let wal = shard.shard.wal().clone();
+    let recs = recs.clone();
+    shard.run(async move {
+        let started = Instant::now();
+        let mut last = 0;
+        for i in 0..iters {
+            if pipelined {
+                let size = wal.check_batch(1000, &recs).expect("valid batch");
+                wal.wait_for_room(size).await.expect("room");
+                let info = BatchInfo {
+                    partition: 1000,
+                    base_offset: i * recs.len() as u64,
+                    ..BatchInfo::default()
+                };
+                last = wal.encode(info, &recs, size, |_| {}).expect("encode").group;
+            } else {
+                wal.append(1000, i * recs.len() as u64, 0, &recs)
+                    .await
+                    .expect("append");
+            }
+        }
+        wal.wait_committed(last).await.expect("written");
+        started.elapsed()
+    })
+}
+
+/// WAL Append: one 100-byte record appended, `Never`, pipelined (see
+/// `wal_appends`); the time includes waiting until every write completed.
+/// WAL Append+Sync: the same under `Always`, one appender.
+/// WAL Read: one batch read back from the segment file by its location,
+/// checksum verified (O_DIRECT: from the device, no page cache).
+fn wal(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wal_component");
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    let one = records(1, 100);
+    let never = OpenShard::new(FsyncPolicy::Never, |_| {});
+    g.bench_function("append", |b| {
+        b.iter_custom(|iters| wal_appends(&never, true, &one, iters))
+    });
+    let always = OpenShard::new(FsyncPolicy::Always, |_| {});
+    g.bench_function("append_sync", |b| {
+        b.iter_custom(|iters| wal_appends(&always, false, &one, iters))
+    });
+    let appended = never
+        .run(never.shard.wal().append(7, 0, 0, &one))
+        .expect("append");
+    g.bench_function("read", |b| {
+        b.iter_custom(|iters| {
+            let wal = never.shard.wal().clone();
+            never.run(async move {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let batch = wal
+                        .read_batch(appended.segment, appended.position, appended.length)
+                        .await
+                        .expect("read");
+                    black_box(batch);
+                }
+                started.elapsed()
+            })
+        })
+    });
+    g.finish();
+    for s in [never, always] {
+        s.run(s.shard.close()).expect("close");
+    }
+}
+
+/// Log Append: one 100-byte record through the shard (offsets, index,
+/// memtable, WAL), `Never`, from one task that keeps 256 appends in flight
+/// (the seed's append returns once its record is in a buffer). Log
+/// AppendBatch: five records.
+fn log(c: &mut Criterion) {
+    let mut g = c.benchmark_group("log");
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    let shard = OpenShard::new(FsyncPolicy::Never, |_| {});
+    for (name, n) in [("append", 1), ("append_batch_5", 5)] {
+        let recs = records(n, 100);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let (s, recs) = (shard.shard.clone(), recs.clone());
+                shard.run(async move {
+                    let started = Instant::now();
+                    let mut left = iters;
+                    while left > 0 {
+                        let window = left.min(256);
+                        let appends = (0..window).map(|_| s.append(0, &recs));
+                        for r in futures::future::join_all(appends).await {
+                            r.expect("append");
+                        }
+                        left -= window;
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    // Partition 0 now holds many records; read 120 from its tail.
+    let end = shard.shard.offsets(0).end;
+    g.bench_function("read_120", |b| {
+        b.iter_custom(|iters| {
+            let s = shard.shard.clone();
+            shard.run(async move {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let got = s.read(0, end - 120, 120 * 100).await.expect("read");
+                    assert_eq!(got.len(), 120);
+                }
+                started.elapsed()
+            })
+        })
+    });
+    g.finish();
+    shard.run(shard.shard.close()).expect("close");
+}
+
+criterion_group!(benches, index, memtable, wal, log);
+criterion_main!(benches);
