@@ -60,6 +60,12 @@ pub struct ShardConfig {
     pub recovery: RecoveryMode,
     /// Byte budget of the memtable of recent batches.
     pub memtable_bytes: usize,
+    /// Keep at most this many bytes of segments; the oldest go first, and
+    /// partitions' start offsets move past what they held. The segment
+    /// being written always stays.
+    pub retention_bytes: Option<u64>,
+    /// Drop sealed segments whose newest record is older than this.
+    pub retention_age: Option<std::time::Duration>,
     /// Fill each new segment with zeros ahead of use so that steady-state
     /// writes overwrite written blocks and fdatasync does not journal extent
     /// changes. Ignored under [`FsyncPolicy::Never`], where no append waits
@@ -81,6 +87,8 @@ impl ShardConfig {
             max_write_bytes: 1 << 20,
             recovery: RecoveryMode::default(),
             memtable_bytes: 64 << 20,
+            retention_bytes: None,
+            retention_age: None,
             prezero_segments: true,
         }
     }

@@ -90,6 +90,12 @@ impl OffsetIndex {
         self.entries.drain(..drop);
     }
 
+    /// End offset of the last batch held in segment `segment` or older.
+    pub fn end_through_segment(&self, segment: u32) -> Option<u64> {
+        let n = self.entries.partition_point(|e| e.segment <= segment);
+        n.checked_sub(1).map(|i| self.entries[i].end_offset())
+    }
+
     /// The oldest segment holding an indexed batch.
     pub fn first_segment(&self) -> Option<u32> {
         self.entries.first().map(|e| e.segment)

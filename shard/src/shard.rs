@@ -10,7 +10,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     rc::Rc,
     sync::Arc,
 };
@@ -167,6 +167,12 @@ impl<S: Storage> Clone for Shard<S> {
 struct ShardState {
     partitions: HashMap<u64, Partition>,
     memtable: Memtable,
+    /// Newest record timestamp in each segment, for retention by age.
+    segment_max_ts: BTreeMap<u64, i64>,
+    /// Active segment when retention was last enforced.
+    retention_checked: u64,
+    /// Segment deletion is under way; a second one waits its turn.
+    deleting: bool,
 }
 
 impl Shard<DmaStorage> {
@@ -230,11 +236,23 @@ impl<S: Storage> Shard<S> {
         for part in partitions.values_mut() {
             part.high_watermark = part.end;
         }
+        let mut segment_max_ts = BTreeMap::new();
+        for b in recovery
+            .batches
+            .iter()
+            .filter(|b| b.header.flags & FLAG_CONTROL == 0)
+        {
+            let ts = segment_max_ts.entry(b.segment).or_insert(i64::MIN);
+            *ts = (*ts).max(b.header.max_timestamp);
+        }
         let shard = Shard {
             wal,
             state: Rc::new(RefCell::new(ShardState {
                 partitions,
                 memtable: Memtable::new(memtable_bytes),
+                segment_max_ts,
+                retention_checked: 0,
+                deleting: false,
             })),
         };
         Ok((shard, recovery.report))
@@ -283,11 +301,22 @@ impl<S: Storage> Shard<S> {
                 Batch::encoded(kept.expect("encode shows the batch")),
                 a.group,
             );
+            let ts = st.segment_max_ts.entry(a.segment).or_insert(i64::MIN);
+            *ts = (*ts).max(a.max_timestamp);
             a
         };
         self.wal.wait_committed(appended.group).await?;
         let written = self.wal.watermarks().0;
-        self.state.borrow_mut().memtable.evict(written);
+        let rolled = {
+            let mut st = self.state.borrow_mut();
+            st.memtable.evict(written);
+            let active = self.wal.stats().active_segment;
+            std::mem::replace(&mut st.retention_checked, active) != active
+        };
+        let config = self.config();
+        if rolled && (config.retention_bytes.is_some() || config.retention_age.is_some()) {
+            self.enforce_retention().await?;
+        }
         Ok(appended.base_offset)
     }
 
@@ -445,9 +474,54 @@ impl<S: Storage> Shard<S> {
         self.wal.flush().await
     }
 
+    /// Applies the retention limits of the configuration: drops the oldest
+    /// sealed segments while the shard holds more than `retention_bytes` of
+    /// segments, or while their newest record is older than
+    /// `retention_age`. Partitions that had records there see their start
+    /// move past them, durably. Runs by itself whenever a segment is sealed.
+    pub async fn enforce_retention(&self) -> Result<()> {
+        let config = self.config();
+        let segments = self.wal.segments();
+        let active = self.wal.stats().active_segment;
+        let oldest_kept_ms = config
+            .retention_age
+            .map(|age| crate::wal::now_ms().saturating_sub(age.as_millis() as i64));
+        let mut total = segments.len() as u64 * config.segment_bytes;
+        {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            for s in segments.into_iter().take_while(|&s| s < active) {
+                let too_big = config.retention_bytes.is_some_and(|max| total > max);
+                let newest = st.segment_max_ts.get(&s).copied().unwrap_or(i64::MIN);
+                let too_old = oldest_kept_ms.is_some_and(|oldest| newest < oldest);
+                if !(too_big || too_old) {
+                    break;
+                }
+                total -= config.segment_bytes;
+                let s32 = u32::try_from(s).expect("segment sequence fits u32");
+                for (&p, part) in st.partitions.iter_mut() {
+                    if let Some(end) = part.index.end_through_segment(s32) {
+                        part.delete_before(end);
+                        st.memtable.remove_range(p, 0, end);
+                    }
+                }
+            }
+        }
+        self.delete_unneeded_segments().await
+    }
+
     /// Deletes the oldest segments that hold no batch any partition needs,
     /// after recording every partition's offsets in the checkpoint.
     async fn delete_unneeded_segments(&self) -> Result<()> {
+        if std::mem::replace(&mut self.state.borrow_mut().deleting, true) {
+            return Ok(());
+        }
+        let result = self.delete_unneeded_segments_now().await;
+        self.state.borrow_mut().deleting = false;
+        result
+    }
+
+    async fn delete_unneeded_segments_now(&self) -> Result<()> {
         let segments = self.wal.segments();
         let active = self.wal.stats().active_segment;
         let needed = {
@@ -476,6 +550,7 @@ impl<S: Storage> Shard<S> {
         checkpoint::store(self.wal.storage(), self.config(), &checkpoint).await?;
         for s in doomed {
             self.wal.remove_segment(s).await?;
+            self.state.borrow_mut().segment_max_ts.remove(&s);
         }
         Ok(())
     }

@@ -43,6 +43,8 @@ pub struct Appended {
     pub length: u32,
     /// Commit group that carries the batch (see [`Wal::watermarks`]).
     pub group: u64,
+    /// Largest record timestamp in the batch.
+    pub max_timestamp: i64,
 }
 
 /// What [`Wal::open`] found on disk.
@@ -408,6 +410,7 @@ impl<S: Storage> Wal<S> {
                 position,
                 length: header.length,
                 group: st.open.id,
+                max_timestamp: header.max_timestamp,
             }
         };
         let c = &self.inner.counters;
@@ -607,7 +610,8 @@ impl<S: Storage> Wal<S> {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -329,3 +329,66 @@ fn sidecars_spare_the_scan_and_are_rebuilt_when_missing_or_damaged() {
         assert_eq!(report.sidecars_rebuilt, 0, "the rebuilt sidecars are used");
     });
 }
+
+#[test]
+fn retention_by_bytes_and_by_age_drops_the_oldest_segments() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut c = config(&path);
+        c.retention_bytes = Some(3 * c.segment_bytes);
+        let (shard, _) = Shard::open(c.clone()).await.unwrap();
+        for i in 0..600u64 {
+            shard
+                .append(i % 2, &records(i % 2, i / 2, 1))
+                .await
+                .unwrap();
+        }
+        let segments = shard.wal().segments();
+        assert!(segments.len() <= 4, "retention kept {segments:?}");
+        assert!(segments[0] > 1, "the oldest segments are gone");
+        for p in 0..2 {
+            let o = shard.offsets(p);
+            assert!(o.start > 0 && o.end == 300, "{o:?}");
+            assert!(matches!(
+                shard.read(p, o.start - 1, 10).await,
+                Err(Error::OffsetOutOfRange { .. })
+            ));
+            assert_reads_back(&shard, p, o.start, o.end).await;
+        }
+        let starts = [shard.offsets(0).start, shard.offsets(1).start];
+        drop(shard);
+        let (shard, _) = Shard::open(c).await.unwrap();
+        assert_eq!([shard.offsets(0).start, shard.offsets(1).start], starts);
+        shard.close().await.unwrap();
+    });
+
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut c = config(&path);
+        c.retention_age = Some(std::time::Duration::from_secs(3600));
+        let (shard, _) = Shard::open(c.clone()).await.unwrap();
+        let day_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            - 86_400_000;
+        // Old records fill the first segments, then fresh ones follow.
+        for i in 0..200u64 {
+            let r = Record::new(value(5, i))
+                .with_key(format!("k{i}"))
+                .with_timestamp(day_ago);
+            shard.append(5, &[r]).await.unwrap();
+        }
+        let old_end = 200;
+        for i in 0..200u64 {
+            shard.append(5, &records(5, old_end + i, 1)).await.unwrap();
+        }
+        shard.enforce_retention().await.unwrap();
+        let o = shard.offsets(5);
+        assert!(o.start > 0 && o.start <= old_end, "{o:?}");
+        assert_reads_back(&shard, 5, old_end, o.end).await;
+        shard.close().await.unwrap();
+    });
+}
