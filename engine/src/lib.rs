@@ -1,7 +1,35 @@
 //! corelog: an embedded, thread-per-core storage engine for partitioned
-//! append-only logs.
+//! append-only logs (Kafka-style partitions, Raft logs, event streams).
 //!
-//! The multi-shard runtime and the cross-thread handle arrive with the issue
-//! "Engine"; today this crate re-exports the single-core storage layer.
+//! [`Engine::open`] starts one shard per core: a glommio executor pinned to
+//! the core that alone owns its write-ahead log, offset index and memtable.
+//! Partitions go to shards by a stable hash of their id ([`shard_for`]).
+//! Any thread holds a cheap, cloneable [`Handle`] whose async methods run
+//! on any executor (plain threads with `futures::executor::block_on`,
+//! tokio, glommio).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), corelog::Error> {
+//! let engine = corelog::Engine::open(corelog::Config::new("/var/lib/mylog"))?;
+//! let log = engine.handle();
+//! let offset = futures_lite::future::block_on(
+//!     log.append(7, vec![corelog::Record::new(b"hello".to_vec())]),
+//! )?;
+//! engine.close()?;
+//! # Ok(()) }
+//! ```
 
-pub use corelog_shard::*;
+mod config;
+mod engine;
+mod error;
+mod request;
+mod routing;
+mod runtime;
+
+pub use config::Config;
+pub use corelog_shard::{
+    FsyncPolicy, Offsets, Record, RecoveryMode, RecoveryReport, ShardStats, StoredRecord,
+};
+pub use engine::{Engine, EngineStats, Handle};
+pub use error::{Error, Result};
+pub use routing::shard_for;

@@ -96,7 +96,7 @@ impl ShardConfig {
     /// Checks that the values fit together; returns the reason when not.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidArgument(msg));
-        if self.segment_bytes % BLOCK_SIZE != 0 || self.segment_bytes < 4 * BLOCK_SIZE {
+        if !self.segment_bytes.is_multiple_of(BLOCK_SIZE) || self.segment_bytes < 4 * BLOCK_SIZE {
             return bad(format!(
                 "segment_bytes {} must be a multiple of {BLOCK_SIZE} and at least {}",
                 self.segment_bytes,
@@ -122,7 +122,7 @@ impl ShardConfig {
                 self.max_batch_bytes
             ));
         }
-        if self.max_write_bytes as u64 % BLOCK_SIZE != 0 || self.max_write_bytes == 0 {
+        if !(self.max_write_bytes as u64).is_multiple_of(BLOCK_SIZE) || self.max_write_bytes == 0 {
             return bad(format!(
                 "max_write_bytes {} must be a positive multiple of {BLOCK_SIZE}",
                 self.max_write_bytes

@@ -316,7 +316,7 @@ impl<F: StorageFile> Scan<'_, F> {
             return Ok(Step::End);
         }
         if head[..4] == [0; 4] {
-            if pos % BLOCK_SIZE == 0 {
+            if pos.is_multiple_of(BLOCK_SIZE) {
                 return Ok(Step::End);
             }
             // Padding must be zeros up to the block boundary.

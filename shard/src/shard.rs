@@ -11,8 +11,11 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap, VecDeque},
+    future::poll_fn,
     rc::Rc,
     sync::Arc,
+    task::{Poll, Waker},
+    time::Duration,
 };
 
 use crate::{
@@ -116,6 +119,10 @@ struct Partition {
     index: OffsetIndex,
     /// Ends of appended batches not yet known durable: (commit group, end).
     pending: VecDeque<(u64, u64)>,
+    /// End of the appends acknowledged so far (their policy was met).
+    acked_end: u64,
+    /// Tasks waiting in [`Shard::wait_for`] for `acked_end` to move.
+    tail_waiters: Vec<Waker>,
 }
 
 impl Partition {
@@ -134,8 +141,20 @@ impl Partition {
         }
     }
 
+    /// Records that appends up to `end` are acknowledged, waking tail
+    /// readers.
+    fn acknowledge(&mut self, end: u64) {
+        if end > self.acked_end {
+            self.acked_end = end;
+            for w in self.tail_waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
     fn truncate(&mut self, from: u64) {
         self.index.truncate(from);
+        self.acked_end = self.acked_end.min(from);
         self.end = from;
         self.high_watermark = self.high_watermark.min(from);
         self.pending.retain(|&(_, end)| end <= from);
@@ -235,6 +254,7 @@ impl<S: Storage> Shard<S> {
         }
         for part in partitions.values_mut() {
             part.high_watermark = part.end;
+            part.acked_end = part.end;
         }
         let mut segment_max_ts = BTreeMap::new();
         for b in recovery
@@ -310,6 +330,9 @@ impl<S: Storage> Shard<S> {
         let rolled = {
             let mut st = self.state.borrow_mut();
             st.memtable.evict(written);
+            if let Some(part) = st.partitions.get_mut(&partition) {
+                part.acknowledge(appended.base_offset + u64::from(appended.record_count));
+            }
             let active = self.wal.stats().active_segment;
             std::mem::replace(&mut st.retention_checked, active) != active
         };
@@ -327,6 +350,32 @@ impl<S: Storage> Shard<S> {
         st.partitions
             .get_mut(&partition)
             .map_or_else(Offsets::default, |p| p.offsets(durable))
+    }
+
+    /// Waits until an acknowledged append takes the end of `partition` past
+    /// `offset`, or until `timeout` passes. Returns whether the end passed
+    /// `offset`. This is the long poll of a consumer following the tail; it
+    /// parks, it does not spin.
+    pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> bool {
+        let passed = poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            let part = st.partitions.entry(partition).or_default();
+            if part.acked_end > offset {
+                Poll::Ready(true)
+            } else {
+                // A waiter that timed out leaves its waker behind until the
+                // next append; do not let a polling loop pile them up.
+                if !part.tail_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    part.tail_waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        });
+        let expired = async {
+            glommio::timer::sleep(timeout).await;
+            false
+        };
+        futures_lite::future::or(passed, expired).await
     }
 
     /// Records of `partition` from `offset` on, up to `max_bytes` of keys,

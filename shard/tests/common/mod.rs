@@ -48,10 +48,10 @@ pub fn records_for(i: u64) -> Vec<Record> {
             let len = ((i * 37 + j as u64 * 11) % 300) as usize;
             let value: Vec<u8> = (0..len).map(|b| (b as u64 ^ i) as u8).collect();
             let mut r = Record::new(value).with_timestamp(1_000 + i as i64);
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 r = r.with_key(format!("key-{i}-{j}"));
             }
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 r = r.with_header("h", vec![j as u8; 3]);
             }
             r

@@ -1,0 +1,346 @@
+//! The engine: shard threads, the data directory's lock and layout, and the
+//! handle callers use from any thread.
+
+use std::{
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc},
+    time::Duration,
+};
+
+use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
+use futures_channel::oneshot;
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    request::{Reply, Request},
+    routing::shard_for,
+    runtime::{self, ShardThread},
+};
+
+/// Name of the lock file in the data directory.
+const LOCK_FILE: &str = "LOCK";
+/// Name of the file that records the shard count.
+const LAYOUT_FILE: &str = "engine.layout";
+
+/// A running engine: one shard per core, each on its own thread.
+///
+/// Dropping it closes it as [`Engine::close`] does, ignoring errors.
+pub struct Engine {
+    handle: Handle,
+    threads: Vec<ShardThread>,
+    _lock: File,
+}
+
+/// A cheap, cloneable way to reach the engine from any thread or async
+/// runtime. Its futures do not depend on the executor that polls them.
+#[derive(Clone)]
+pub struct Handle {
+    senders: Arc<[async_channel::Sender<Request>]>,
+}
+
+/// Counters of every shard, with what its recovery did on open.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    /// Per shard, in shard order.
+    pub shards: Vec<(ShardStats, RecoveryReport)>,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the engine in `config`'s directory and
+    /// starts its shards, which recover in parallel. Blocks until all are
+    /// ready.
+    pub fn open(config: Config) -> Result<Engine> {
+        if config.shards == 0 {
+            return Err(Error::InvalidArgument("shards must be at least 1".into()));
+        }
+        if config.queue_depth == 0 {
+            return Err(Error::InvalidArgument(
+                "queue_depth must be at least 1".into(),
+            ));
+        }
+        config.shard_config(0).validate()?;
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| Error::io("create directory", &config.dir, e))?;
+        let lock = lock_dir(&config.dir)?;
+        check_layout(&config.dir, config.shards)?;
+        let cores: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(config.shards);
+        for id in 0..config.shards {
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            match runtime::start(&config, id, core, ready_tx.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    stop(threads);
+                    return Err(e);
+                }
+            }
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..config.shards {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((_, Err(e))) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert(Error::Runtime {
+                        shard: threads.len(),
+                        reason: "a shard thread exited before it was ready".into(),
+                    });
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            let reasons = stop(threads);
+            return Err(match e {
+                Error::Runtime { shard, .. } => Error::Runtime {
+                    shard,
+                    reason: reasons.unwrap_or_else(|| "unknown".into()),
+                },
+                other => other,
+            });
+        }
+        let senders = threads.iter().map(|t| t.sender.clone()).collect();
+        Ok(Engine {
+            handle: Handle { senders },
+            threads,
+            _lock: lock,
+        })
+    }
+
+    /// A handle for callers; clone it freely.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Counters of every shard (blocking).
+    pub fn stats(&self) -> Result<EngineStats> {
+        let h = &self.handle;
+        let shards = (0..h.senders.len())
+            .map(|s| futures_lite::future::block_on(h.call(s, |reply| Request::Stats { reply })))
+            .collect::<Result<_>>()?;
+        Ok(EngineStats { shards })
+    }
+
+    /// Stops accepting requests, finishes those in progress, syncs, records
+    /// clean shutdowns and joins the shard threads (blocking). Later calls
+    /// on any handle get [`Error::Closed`].
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let threads = std::mem::take(&mut self.threads);
+        let mut first = None;
+        for t in &threads {
+            t.sender.close();
+        }
+        for t in threads {
+            let result = t.join.join().map_err(|e| Error::Runtime {
+                shard: 0,
+                reason: e.to_string(),
+            });
+            if let Err(e) = result.and_then(|r| r) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Closes the queues of `threads` and joins them; returns the first
+/// thread's error text, if any.
+fn stop(threads: Vec<ShardThread>) -> Option<String> {
+    for t in &threads {
+        t.sender.close();
+    }
+    let mut reason = None;
+    for t in threads {
+        let text = match t.join.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        reason.get_or_insert(text);
+    }
+    reason
+}
+
+/// Takes the directory's lock file, refusing if another process holds it.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+/// Records the shard count on first open; refuses another count later.
+fn check_layout(dir: &Path, shards: usize) -> Result<()> {
+    let path: PathBuf = dir.join(LAYOUT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found = text
+                .trim()
+                .strip_prefix("shards=")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| Error::Corrupted {
+                    path: path.clone(),
+                    position: 0,
+                    reason: format!("expected `shards=N`, found {text:?}"),
+                })?;
+            if found != shards {
+                return Err(Error::ShardCountMismatch {
+                    dir: dir.to_path_buf(),
+                    found,
+                    configured: shards,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            f.write_all(format!("shards={shards}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io("write", &path, e))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io("fsync directory", dir, e))
+        }
+        Err(e) => Err(Error::io("read", &path, e)),
+    }
+}
+
+impl Handle {
+    /// Sends a request to shard `shard` and waits for its reply.
+    async fn call<T>(&self, shard: usize, request: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.senders[shard]
+            .send(request(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn shard(&self, partition: u64) -> usize {
+        shard_for(partition, self.senders.len())
+    }
+
+    /// Appends `records` to `partition` with consecutive offsets, all or
+    /// none, and returns the first offset once the fsync policy is met.
+    /// Waits (does not fail) while the shard's queue is full.
+    pub async fn append(&self, partition: u64, records: Vec<Record>) -> Result<u64> {
+        self.call(self.shard(partition), |reply| Request::Append {
+            partition,
+            records,
+            reply,
+        })
+        .await
+    }
+
+    /// Records from `offset` on, up to `max_bytes` (at least one record when
+    /// `offset` is below the end).
+    pub async fn read(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        self.call(self.shard(partition), |reply| Request::Read {
+            partition,
+            offset,
+            max_bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// Exactly the records in `[start, end)`.
+    pub async fn read_range(
+        &self,
+        partition: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<StoredRecord>> {
+        self.call(self.shard(partition), |reply| Request::ReadRange {
+            partition,
+            start,
+            end,
+            reply,
+        })
+        .await
+    }
+
+    /// Start, end and high-water mark of `partition` (all zero if unknown).
+    pub async fn offsets(&self, partition: u64) -> Result<Offsets> {
+        self.call(self.shard(partition), |reply| Request::Offsets {
+            partition,
+            reply,
+        })
+        .await
+    }
+
+    /// Moves the start of `partition` to `offset`, durably.
+    pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
+        self.call(self.shard(partition), |reply| Request::DeleteBefore {
+            partition,
+            offset,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes offsets `from` and above of `partition`, durably.
+    pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
+        self.call(self.shard(partition), |reply| Request::Truncate {
+            partition,
+            from,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes everything appended so far, on every shard, durable.
+    pub async fn flush(&self) -> Result<()> {
+        for shard in 0..self.senders.len() {
+            self.call(shard, |reply| Request::Flush { reply }).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the end of `partition` passes `offset` (an acknowledged
+    /// append reached it) or `timeout` expires; returns whether it passed.
+    /// The long poll of a consumer at the tail: it parks, never spins.
+    pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> Result<bool> {
+        self.call(self.shard(partition), |reply| Request::WaitFor {
+            partition,
+            offset,
+            timeout,
+            reply,
+        })
+        .await
+    }
+}

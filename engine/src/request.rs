@@ -1,0 +1,59 @@
+//! Requests that travel from a [`crate::Handle`] to a shard's thread, each
+//! with the channel its reply goes back on.
+
+use std::time::Duration;
+
+use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
+use futures_channel::oneshot;
+
+use crate::error::Result;
+
+/// Where a reply goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// One operation on a shard.
+pub(crate) enum Request {
+    Append {
+        partition: u64,
+        records: Vec<Record>,
+        reply: Reply<u64>,
+    },
+    Read {
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+        reply: Reply<Vec<StoredRecord>>,
+    },
+    ReadRange {
+        partition: u64,
+        start: u64,
+        end: u64,
+        reply: Reply<Vec<StoredRecord>>,
+    },
+    Offsets {
+        partition: u64,
+        reply: Reply<Offsets>,
+    },
+    DeleteBefore {
+        partition: u64,
+        offset: u64,
+        reply: Reply<()>,
+    },
+    Truncate {
+        partition: u64,
+        from: u64,
+        reply: Reply<()>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+    WaitFor {
+        partition: u64,
+        offset: u64,
+        timeout: Duration,
+        reply: Reply<bool>,
+    },
+    Stats {
+        reply: Reply<(ShardStats, RecoveryReport)>,
+    },
+}

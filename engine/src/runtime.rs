@@ -1,0 +1,168 @@
+//! A shard's thread: a glommio executor that opens the shard (recovering
+//! it), then serves requests from its queue, each in its own task so that
+//! concurrent appends share commits.
+
+use std::{
+    cell::Cell,
+    future::poll_fn,
+    rc::Rc,
+    sync::mpsc,
+    task::{Poll, Waker},
+};
+
+use corelog_shard::Shard;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    request::Request,
+};
+
+/// A running shard thread and its request queue.
+pub(crate) struct ShardThread {
+    pub sender: async_channel::Sender<Request>,
+    pub join: ExecutorJoinHandle<Result<()>>,
+}
+
+/// Starts shard `id` on its thread; it reports on `ready` once recovered.
+pub(crate) fn start(
+    config: &Config,
+    id: usize,
+    core: Option<usize>,
+    ready: mpsc::Sender<(usize, Result<()>)>,
+) -> Result<ShardThread> {
+    let (sender, receiver) = async_channel::bounded(config.queue_depth);
+    let placement = match core {
+        Some(core) if config.pin_threads => Placement::Fixed(core),
+        _ => Placement::Unbound,
+    };
+    let shard_config = config.shard_config(id);
+    let join = LocalExecutorBuilder::new(placement)
+        .name(&format!("corelog-shard-{id}"))
+        .io_memory(config.io_memory)
+        .spawn(move || async move {
+            let (shard, report) = match Shard::open(shard_config).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    let e = Error::from(e);
+                    let _ = ready.send((id, Err(e.clone())));
+                    return Err(e);
+                }
+            };
+            let _ = ready.send((id, Ok(())));
+            serve(shard, Rc::new(report), receiver).await
+        })
+        .map_err(|e| Error::Runtime {
+            shard: id,
+            reason: e.to_string(),
+        })?;
+    Ok(ShardThread { sender, join })
+}
+
+/// Serves requests until the queue is closed and drained, waits for the
+/// requests in progress, then closes the shard.
+async fn serve(
+    shard: Shard,
+    report: Rc<corelog_shard::RecoveryReport>,
+    receiver: async_channel::Receiver<Request>,
+) -> Result<()> {
+    let in_progress = Rc::new(InProgress::default());
+    while let Ok(request) = receiver.recv().await {
+        let (shard, report, guard) = (shard.clone(), report.clone(), in_progress.enter());
+        glommio::spawn_local(async move {
+            handle(&shard, &report, request).await;
+            drop(guard);
+        })
+        .detach();
+    }
+    in_progress.idle().await;
+    shard.close().await.map_err(Error::from)
+}
+
+/// Runs one request and sends its reply (a caller that went away is fine).
+async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: Request) {
+    fn send<T>(reply: crate::request::Reply<T>, result: corelog_shard::Result<T>) {
+        let _ = reply.send(result.map_err(Error::from));
+    }
+    match request {
+        Request::Append {
+            partition,
+            records,
+            reply,
+        } => send(reply, shard.append(partition, &records).await),
+        Request::Read {
+            partition,
+            offset,
+            max_bytes,
+            reply,
+        } => send(reply, shard.read(partition, offset, max_bytes).await),
+        Request::ReadRange {
+            partition,
+            start,
+            end,
+            reply,
+        } => send(reply, shard.read_range(partition, start, end).await),
+        Request::Offsets { partition, reply } => send(reply, Ok(shard.offsets(partition))),
+        Request::DeleteBefore {
+            partition,
+            offset,
+            reply,
+        } => send(reply, shard.delete_before(partition, offset).await),
+        Request::Truncate {
+            partition,
+            from,
+            reply,
+        } => send(reply, shard.truncate(partition, from).await),
+        Request::Flush { reply } => send(reply, shard.flush().await),
+        Request::WaitFor {
+            partition,
+            offset,
+            timeout,
+            reply,
+        } => send(reply, Ok(shard.wait_for(partition, offset, timeout).await)),
+        Request::Stats { reply } => send(reply, Ok((shard.stats(), report.clone()))),
+    }
+}
+
+/// Counts requests in progress on this thread, and wakes whoever waits for
+/// none to be left.
+#[derive(Default)]
+struct InProgress {
+    count: Cell<usize>,
+    waiter: Cell<Option<Waker>>,
+}
+
+/// Held by a request's task while it runs.
+struct Entered(Rc<InProgress>);
+
+impl InProgress {
+    fn enter(self: &Rc<Self>) -> Entered {
+        self.count.set(self.count.get() + 1);
+        Entered(self.clone())
+    }
+
+    async fn idle(&self) {
+        poll_fn(|cx| {
+            if self.count.get() == 0 {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let left = self.0.count.get() - 1;
+        self.0.count.set(left);
+        if left == 0 {
+            if let Some(w) = self.0.waiter.take() {
+                w.wake();
+            }
+        }
+    }
+}

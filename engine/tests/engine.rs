@@ -1,0 +1,235 @@
+//! The embedding API from plain threads and from tokio.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use corelog::{Config, Engine, Error, FsyncPolicy, Record};
+use futures::executor::block_on;
+
+fn test_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+}
+
+/// A small, test-sized configuration: two unpinned shards.
+fn config(dir: &std::path::Path) -> Config {
+    Config::new(dir)
+        .shards(2)
+        .pin_threads(false)
+        .io_memory(1 << 20)
+        .segment_bytes(256 << 10)
+        .max_batch_bytes(64 << 10)
+        .max_record_bytes(16 << 10)
+}
+
+fn value(partition: u64, producer: u64, seq: u64) -> Vec<u8> {
+    format!("p{partition}/w{producer}/s{seq}").into_bytes()
+}
+
+/// Acknowledged appends: partition -> offset -> value.
+type Acked = Arc<Mutex<BTreeMap<u64, BTreeMap<u64, Vec<u8>>>>>;
+
+fn check_acked(engine: &Engine, acked: &Acked) {
+    let log = engine.handle();
+    for (&p, records) in acked.lock().unwrap().iter() {
+        let end = *records.keys().last().unwrap() + 1;
+        assert_eq!(
+            records.len() as u64,
+            end,
+            "offsets of partition {p} are dense"
+        );
+        let got = block_on(log.read_range(p, 0, end)).unwrap();
+        for r in got {
+            assert_eq!(
+                r.value(),
+                records[&r.offset()].as_slice(),
+                "partition {p} offset {}",
+                r.offset()
+            );
+        }
+    }
+}
+
+#[test]
+fn eight_threads_two_hundred_partitions_then_reopen() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let acked: Acked = Arc::default();
+    let threads: Vec<_> = (0..8u64)
+        .map(|w| {
+            let log = engine.handle();
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+                for seq in 0..150u64 {
+                    let p = (w * 37 + seq * 13) % 200;
+                    let recs = vec![
+                        Record::new(value(p, w, seq)),
+                        Record::new(value(p, w, seq + 1000)),
+                    ];
+                    let base = block_on(log.append(p, recs)).unwrap();
+                    // Per partition, this caller's appends land in its order.
+                    if let Some(&prev) = last.get(&p) {
+                        assert!(base > prev);
+                    }
+                    last.insert(p, base);
+                    let mut a = acked.lock().unwrap();
+                    let m = a.entry(p).or_default();
+                    assert!(m.insert(base, value(p, w, seq)).is_none(), "offset reused");
+                    assert!(
+                        m.insert(base + 1, value(p, w, seq + 1000)).is_none(),
+                        "offset reused"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    check_acked(&engine, &acked);
+    engine.close().unwrap();
+
+    let engine = Engine::open(config(dir.path())).unwrap();
+    check_acked(&engine, &acked);
+    // A clean close let every shard skip the scan.
+    for (_, report) in engine.stats().unwrap().shards {
+        assert!(report.clean_shutdown);
+        assert_eq!(report.bytes_scanned, 0, "{report:?}");
+    }
+    engine.close().unwrap();
+}
+
+#[test]
+fn appends_from_a_tokio_runtime() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path()).fsync(FsyncPolicy::Never)).unwrap();
+    let log = engine.handle();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let acked: Acked = Arc::default();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..16u64)
+            .map(|w| {
+                let (log, acked) = (log.clone(), acked.clone());
+                tokio::spawn(async move {
+                    for seq in 0..50u64 {
+                        let p = (w + seq) % 20;
+                        let base = log
+                            .append(p, vec![Record::new(value(p, w, seq))])
+                            .await
+                            .unwrap();
+                        acked
+                            .lock()
+                            .unwrap()
+                            .entry(p)
+                            .or_default()
+                            .insert(base, value(p, w, seq));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        log.flush().await.unwrap();
+    });
+    check_acked(&engine, &acked);
+    drop(engine); // Drop closes too.
+    let engine = Engine::open(config(dir.path())).unwrap();
+    check_acked(&engine, &acked);
+    engine.close().unwrap();
+}
+
+#[test]
+fn wait_for_wakes_on_append_and_times_out() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let waiter = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let passed = block_on(log.wait_for(9, 0, Duration::from_secs(10))).unwrap();
+            (passed, Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    block_on(log.append(9, vec![Record::new(b"x".to_vec())])).unwrap();
+    let acked_at = Instant::now();
+    let (passed, woke_at) = waiter.join().unwrap();
+    assert!(passed);
+    // Generous bound for a shared machine; the bench measures the real figure.
+    let late = woke_at.saturating_duration_since(acked_at);
+    assert!(
+        late < Duration::from_millis(500),
+        "woke {late:?} after the append"
+    );
+    // Nothing past offset 0 arrives: it times out cleanly.
+    let started = Instant::now();
+    assert!(!block_on(log.wait_for(9, 1, Duration::from_millis(50))).unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    engine.close().unwrap();
+}
+
+#[test]
+fn errors_a_caller_can_act_on() {
+    let dir = test_dir();
+    assert!(matches!(
+        Engine::open(config(dir.path()).shards(0)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Engine::open(config(dir.path()).segment_bytes(1000)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let engine = Engine::open(config(dir.path())).unwrap();
+    // The directory is locked while open.
+    assert!(matches!(
+        Engine::open(config(dir.path())),
+        Err(Error::Locked { .. })
+    ));
+    let log = engine.handle();
+    assert!(matches!(
+        block_on(log.append(1, vec![])),
+        Err(Error::InvalidArgument(_))
+    ));
+    let big = vec![Record::new(vec![0u8; 20 << 10])];
+    assert!(matches!(
+        block_on(log.append(1, big)),
+        Err(Error::RecordTooLarge { what: "record", .. })
+    ));
+    assert!(matches!(
+        block_on(log.read(1, 5, 100)),
+        Err(Error::OffsetOutOfRange {
+            partition: 1,
+            offset: 5,
+            start: 0,
+            end: 0
+        })
+    ));
+    assert_eq!(
+        block_on(log.offsets(1)).unwrap(),
+        corelog::Offsets::default()
+    );
+    engine.close().unwrap();
+    // A closed engine refuses work.
+    assert!(matches!(
+        block_on(log.append(1, vec![Record::new(b"x".to_vec())])),
+        Err(Error::Closed)
+    ));
+    // Another shard count is refused, naming the fix.
+    match Engine::open(config(dir.path()).shards(3)) {
+        Err(Error::ShardCountMismatch {
+            found: 2,
+            configured: 3,
+            ..
+        }) => {}
+        Err(e) => panic!("expected a shard count mismatch, got {e}"),
+        Ok(_) => panic!("expected a shard count mismatch"),
+    }
+}
