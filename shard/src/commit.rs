@@ -333,6 +333,12 @@ async fn sync<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
 /// from the prepared spare file.
 async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
     let config = &inner.config;
+    // Invariant: a roll never reuses a sequence; the rename below would
+    // replace a segment holding data.
+    assert!(
+        inner.state.borrow().segments.keys().all(|&s| s < sequence),
+        "roll to segment {sequence}, which is not past every existing segment"
+    );
     sync(inner).await?;
     write_sidecar(inner, sequence - 1).await?;
     let spare = inner.state.borrow_mut().spare.take();

@@ -71,6 +71,19 @@ impl OffsetIndex {
         self.entries.get(i).filter(|e| e.base_offset <= offset)
     }
 
+    /// The batch holding `offset` and every later one, in offset order.
+    pub fn from_offset(&self, offset: u64) -> &[IndexEntry] {
+        match self.find(offset) {
+            Some(e) => {
+                let i = self
+                    .entries
+                    .partition_point(|x| x.base_offset < e.base_offset);
+                &self.entries[i..]
+            }
+            None => &[],
+        }
+    }
+
     /// Drops every offset from `from` on: batches that start there or later
     /// go, and a batch holding `from` is cut short (its later records stay on
     /// disk but are no longer part of the partition).

@@ -14,7 +14,8 @@ use crate::batch::Batch;
 
 /// Recent batches, by (partition, base offset).
 pub struct Memtable {
-    map: SkipMap<(u64, u64), Arc<Batch>>,
+    /// Batch and the commit group that carries it.
+    map: SkipMap<(u64, u64), (u64, Arc<Batch>)>,
     /// Insertion order, for eviction: key and commit group.
     order: VecDeque<((u64, u64), u64)>,
     bytes: usize,
@@ -44,7 +45,7 @@ impl Memtable {
         // removes its batch from here first.
         debug_assert!(!self.map.contains_key(&key), "batch {key:?} cached twice");
         self.bytes += batch.as_bytes().len();
-        self.map.insert(key, Arc::new(batch));
+        self.map.insert(key, (group, Arc::new(batch)));
         self.order.push_back((key, group));
     }
 
@@ -55,8 +56,11 @@ impl Memtable {
             match self.order.front() {
                 Some(&(key, group)) if group <= written => {
                     self.order.pop_front();
-                    if let Some(e) = self.map.remove(&key) {
-                        self.bytes -= e.value().as_bytes().len();
+                    // The key may have been removed by a truncation and
+                    // reused by a newer batch: evict only the one queued.
+                    if let Some(e) = self.map.get(&key).filter(|e| e.value().0 == group) {
+                        self.bytes -= e.value().1.as_bytes().len();
+                        e.remove();
                     }
                 }
                 _ => return,
@@ -69,7 +73,7 @@ impl Memtable {
         let e = self
             .map
             .upper_bound(Bound::Included(&(partition, offset)))?;
-        let batch = e.value();
+        let batch = &e.value().1;
         let h = batch.header();
         (h.partition == partition && h.end_offset() > offset).then(|| batch.clone())
     }
@@ -82,19 +86,29 @@ impl Memtable {
             .map_or(from, |b| b.header().base_offset);
         self.map
             .range((partition, start)..=(partition, u64::MAX))
-            .map(|e| e.value().clone())
+            .map(|e| e.value().1.clone())
     }
 
-    /// Drops the batches of `partition` in `[from, to)` by base offset.
-    pub fn remove_range(&mut self, partition: u64, from: u64, to: u64) {
+    /// Drops the batches of `partition` that end at or before `offset`.
+    pub fn remove_before(&mut self, partition: u64, offset: u64) {
+        self.remove_where(partition, 0, |b| b.header().end_offset() <= offset);
+    }
+
+    /// Drops the batches of `partition` that start at or after `from`.
+    pub fn remove_from(&mut self, partition: u64, from: u64) {
+        self.remove_where(partition, from, |_| true);
+    }
+
+    fn remove_where(&mut self, partition: u64, from: u64, doomed: impl Fn(&Batch) -> bool) {
         let keys: Vec<(u64, u64)> = self
             .map
-            .range((partition, from)..(partition, to))
+            .range((partition, from)..=(partition, u64::MAX))
+            .filter(|e| doomed(&e.value().1))
             .map(|e| *e.key())
             .collect();
         for key in keys {
             if let Some(e) = self.map.remove(&key) {
-                self.bytes -= e.value().as_bytes().len();
+                self.bytes -= e.value().1.as_bytes().len();
             }
         }
     }

@@ -181,6 +181,25 @@ pub(crate) async fn recover<S: Storage>(
             }
         }
     }
+    if out.tail.is_none() {
+        // The last segment was dropped (its creation was torn): appends go
+        // on in the last segment kept, after its last batch. Never leave
+        // the tail unset while segments exist, or the next roll would reuse
+        // a sequence that is still on disk.
+        if let Some(&(sequence, _)) = out.segments.last() {
+            let end = out
+                .batches
+                .iter()
+                .rev()
+                .find(|b| b.segment == sequence)
+                .map_or(BLOCK_SIZE, |b| b.position + u64::from(b.header.length));
+            out.tail = Some(Tail {
+                sequence,
+                valid_end: end,
+                dirty_end: end,
+            });
+        }
+    }
     out.report.batches = out.batches.len() as u64;
     out.report.duration_us = started.elapsed().as_micros() as u64;
     Ok(out)
@@ -277,6 +296,11 @@ impl<F: StorageFile> Scan<'_, F> {
                         bytes: dirty_end.saturating_sub(pos),
                         reason,
                     };
+                    if clean_end.is_some() {
+                        // Everything was synced before the clean shutdown:
+                        // damage here is corruption, never a torn write.
+                        return Err(Error::corrupted(&self.path, pos, damage.reason));
+                    }
                     match self.config.recovery {
                         RecoveryMode::TolerateAnyCorruption => {
                             if let Some(next) = probe.first_valid {

@@ -42,6 +42,10 @@ const CONTROL_TRUNCATE: u8 = 2;
 
 /// Batches taken from the memtable at once by a read.
 const MEMTABLE_RUN: usize = 64;
+/// A cold read also fetches the partition's next batches in the same
+/// segment, up to this many bytes past the first and this many batches.
+const READ_AHEAD_BYTES: u64 = 256 << 10;
+const READ_AHEAD_BATCHES: usize = 256;
 
 /// The offsets of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,6 +148,9 @@ impl Partition {
     /// Records that appends up to `end` are acknowledged, waking tail
     /// readers.
     fn acknowledge(&mut self, end: u64) {
+        // An append that completes after a truncation acknowledges offsets
+        // that are gone.
+        let end = end.min(self.end);
         if end > self.acked_end {
             self.acked_end = end;
             for w in self.tail_waiters.drain(..) {
@@ -192,6 +199,8 @@ struct ShardState {
     retention_checked: u64,
     /// Segment deletion is under way; a second one waits its turn.
     deleting: bool,
+    /// The last failure of retention run after an append.
+    retention_error: Option<Error>,
 }
 
 impl Shard<DmaStorage> {
@@ -273,6 +282,7 @@ impl<S: Storage> Shard<S> {
                 segment_max_ts,
                 retention_checked: 0,
                 deleting: false,
+                retention_error: None,
             })),
         };
         Ok((shard, recovery.report))
@@ -338,7 +348,11 @@ impl<S: Storage> Shard<S> {
         };
         let config = self.config();
         if rolled && (config.retention_bytes.is_some() || config.retention_age.is_some()) {
-            self.enforce_retention().await?;
+            // The append itself succeeded; a failure to apply retention is
+            // kept for `take_retention_error`, not reported as the append's.
+            if let Err(e) = self.enforce_retention().await {
+                self.state.borrow_mut().retention_error = Some(e);
+            }
         }
         Ok(appended.base_offset)
     }
@@ -392,7 +406,8 @@ impl<S: Storage> Shard<S> {
         let mut bytes = 0;
         let mut next = offset;
         while next < o.end && (out.is_empty() || bytes < max_bytes) {
-            for (batch, batch_end) in self.batches_at(partition, next).await? {
+            let want = max_bytes.saturating_sub(bytes) as u64;
+            for (batch, batch_end) in self.batches_at(partition, next, want).await? {
                 let stop = batch_end.min(o.end);
                 for v in batch
                     .records()
@@ -422,10 +437,10 @@ impl<S: Storage> Shard<S> {
         if end < start || end > o.end {
             return Err(out_of_range(partition, end, o));
         }
-        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut out = Vec::with_capacity((end - start).min(4096) as usize);
         let mut next = start;
         while next < end {
-            for (batch, batch_end) in self.batches_at(partition, next).await? {
+            for (batch, batch_end) in self.batches_at(partition, next, u64::MAX).await? {
                 let stop = batch_end.min(end);
                 out.extend(
                     batch
@@ -498,6 +513,24 @@ impl<S: Storage> Shard<S> {
         {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
+            let part = st.partitions.entry(partition).or_default();
+            // Check again: other operations ran while we waited for room.
+            let o = Offsets {
+                start: part.start,
+                end: part.end,
+                high_watermark: part.high_watermark,
+            };
+            match op {
+                CONTROL_TRUNCATE if offset < o.start || offset > o.end => {
+                    return Err(out_of_range(partition, offset, o))
+                }
+                CONTROL_DELETE_BEFORE if offset > o.end => {
+                    return Err(out_of_range(partition, offset, o))
+                }
+                CONTROL_TRUNCATE if offset == o.end => return Ok(()),
+                CONTROL_DELETE_BEFORE if offset <= o.start => return Ok(()),
+                _ => {}
+            }
             let info = BatchInfo {
                 partition,
                 base_offset: offset,
@@ -505,19 +538,14 @@ impl<S: Storage> Shard<S> {
                 ..BatchInfo::default()
             };
             self.wal.encode(info, &records, size, |_| {})?;
-            let part = st.partitions.entry(partition).or_default();
-            match op {
-                CONTROL_TRUNCATE => {
-                    // Also the batch holding `offset`: the memtable keeps
-                    // whole batches only.
-                    let from = part.index.find(offset).map_or(offset, |e| e.base_offset);
-                    st.memtable.remove_range(partition, from, u64::MAX);
-                    part.truncate(offset);
-                }
-                _ => {
-                    st.memtable.remove_range(partition, 0, offset);
-                    part.delete_before(offset);
-                }
+            // A cached batch holding `offset` stays (it may not be written
+            // yet); reads stop where its index entry ends.
+            if op == CONTROL_TRUNCATE {
+                st.memtable.remove_from(partition, offset);
+                part.truncate(offset);
+            } else {
+                st.memtable.remove_before(partition, offset);
+                part.delete_before(offset);
             }
         }
         self.wal.flush().await
@@ -551,12 +579,18 @@ impl<S: Storage> Shard<S> {
                 for (&p, part) in st.partitions.iter_mut() {
                     if let Some(end) = part.index.end_through_segment(s32) {
                         part.delete_before(end);
-                        st.memtable.remove_range(p, 0, end);
+                        st.memtable.remove_before(p, end);
                     }
                 }
             }
         }
         self.delete_unneeded_segments().await
+    }
+
+    /// The last error of the retention that appends run when a segment is
+    /// sealed, if any (the appends themselves succeeded).
+    pub fn take_retention_error(&self) -> Option<Error> {
+        self.state.borrow_mut().retention_error.take()
     }
 
     /// Deletes the oldest segments that hold no batch any partition needs,
@@ -565,9 +599,16 @@ impl<S: Storage> Shard<S> {
         if std::mem::replace(&mut self.state.borrow_mut().deleting, true) {
             return Ok(());
         }
-        let result = self.delete_unneeded_segments_now().await;
-        self.state.borrow_mut().deleting = false;
-        result
+        /// Clears the flag however the deletion ends, even if its future is
+        /// dropped half way.
+        struct Deleting<'a>(&'a RefCell<ShardState>);
+        impl Drop for Deleting<'_> {
+            fn drop(&mut self) {
+                self.0.borrow_mut().deleting = false;
+            }
+        }
+        let _deleting = Deleting(&self.state);
+        self.delete_unneeded_segments_now().await
     }
 
     async fn delete_unneeded_segments_now(&self) -> Result<()> {
@@ -589,11 +630,19 @@ impl<S: Storage> Shard<S> {
         if doomed.is_empty() {
             return Ok(());
         }
+        // The checkpoint must hold only durable ends: an end counting
+        // appends that a crash could still lose would point at offsets no
+        // batch holds. Sync, then take each partition's high-water mark.
+        self.wal.flush().await?;
+        let durable = self.wal.watermarks().1;
         let checkpoint = {
-            let st = self.state.borrow();
+            let mut st = self.state.borrow_mut();
             st.partitions
-                .iter()
-                .map(|(&p, part)| (p, (part.start, part.end)))
+                .iter_mut()
+                .map(|(&p, part)| {
+                    let o = part.offsets(durable);
+                    (p, (o.start, o.high_watermark.max(o.start)))
+                })
                 .collect()
         };
         checkpoint::store(self.wal.storage(), self.config(), &checkpoint).await?;
@@ -619,47 +668,90 @@ impl<S: Storage> Shard<S> {
     ///
     /// With each batch comes where its records end for the partition:
     /// before the batch's own end when a truncation cut it short.
-    async fn batches_at(&self, partition: u64, offset: u64) -> Result<Vec<(Arc<Batch>, u64)>> {
+    /// `want_bytes` bounds the read-ahead.
+    async fn batches_at(
+        &self,
+        partition: u64,
+        offset: u64,
+        want_bytes: u64,
+    ) -> Result<Vec<(Arc<Batch>, u64)>> {
         let entry = {
             let st = self.state.borrow();
             let mut cached = Vec::new();
             let mut next = offset;
+            let index = st.partitions.get(&partition).map(|p| &p.index);
             for b in st.memtable.range(partition, offset).take(MEMTABLE_RUN) {
                 let h = *b.header();
-                if h.base_offset > next || h.end_offset() <= next {
-                    break;
+                // The index says where the batch's records end for the
+                // partition (a truncation may have cut it short).
+                let end = index
+                    .and_then(|ix| ix.find(h.base_offset))
+                    .filter(|e| e.base_offset == h.base_offset)
+                    .map(|e| e.end_offset());
+                match end {
+                    Some(end) if h.base_offset <= next && end > next => {
+                        next = end;
+                        cached.push((b, end));
+                    }
+                    _ => break,
                 }
-                next = h.end_offset();
-                cached.push((b, next));
             }
             if !cached.is_empty() {
                 return Ok(cached);
             }
-            st.partitions
+            // Read ahead: the batch holding `offset` and the partition's
+            // next batches in the same segment, within one read.
+            let entries = st
+                .partitions
                 .get(&partition)
-                .and_then(|p| p.index.find(offset))
-                .copied()
+                .map_or(&[][..], |p| p.index.from_offset(offset));
+            let first = entries.first().copied();
+            let limit = READ_AHEAD_BYTES.min(want_bytes);
+            let run: Vec<IndexEntry> = entries
+                .iter()
+                .take(READ_AHEAD_BATCHES)
+                .enumerate()
+                .take_while(|&(i, e)| {
+                    first.is_some_and(|f| {
+                        i == 0
+                            || (e.segment == f.segment
+                                && u64::from(e.position) + u64::from(e.length)
+                                    <= u64::from(f.position) + limit)
+                    })
+                })
+                .map(|(_, e)| *e)
+                .collect();
+            run
         };
-        let Some(e) = entry else {
+        let Some(first) = entry.first().copied() else {
             return Err(Error::corrupted(
                 self.config().dir.clone(),
                 0,
                 format!("partition {partition} offset {offset} is in no batch"),
             ));
         };
-        let batch = self
-            .wal
-            .read_batch(u64::from(e.segment), u64::from(e.position), e.length)
-            .await?;
-        let h = batch.header();
-        if h.partition != partition || h.base_offset != e.base_offset {
-            return Err(Error::corrupted(
-                self.wal.segment_path(u64::from(e.segment)),
-                u64::from(e.position),
-                format!("index points partition {partition} offset {offset} at another batch"),
-            ));
+        let segment = u64::from(first.segment);
+        let spans: Vec<(u64, u32)> = entry
+            .iter()
+            .map(|e| (u64::from(e.position), e.length))
+            .collect();
+        let batches = self.wal.read_batches(segment, &spans).await?;
+        let mut out = Vec::with_capacity(batches.len());
+        for (batch, e) in batches.into_iter().zip(&entry) {
+            let h = batch.header();
+            if h.partition != partition || h.base_offset != e.base_offset {
+                return Err(Error::corrupted(
+                    self.wal.segment_path(segment),
+                    u64::from(e.position),
+                    format!(
+                        "index points partition {partition} offset {} at another batch",
+                        e.base_offset
+                    ),
+                ));
+            }
+            out.push((Arc::new(batch), e.end_offset()));
         }
-        Ok(vec![(Arc::new(batch), e.end_offset())])
+        Ok(out)
     }
 }
 

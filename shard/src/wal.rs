@@ -364,6 +364,12 @@ impl<S: Storage> Wal<S> {
         keep: impl FnOnce(&[u8]),
     ) -> Result<Appended> {
         let config = &self.inner.config;
+        if info.flags & !crate::batch::FLAG_CONTROL != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "unknown batch flags {:#x}",
+                info.flags
+            )));
+        }
         if info.base_offset.checked_add(records.len() as u64).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "partition {} would pass the last offset",
@@ -383,8 +389,10 @@ impl<S: Storage> Wal<S> {
             }
             let seed = crc_seed(config.shard_id, st.open.segment);
             let position = st.open.start + st.open.len as u64;
-            let floor = if st.written_at.0 == st.open.segment {
-                st.written_at.1
+            // The floor is what an fdatasync covered, not merely what the
+            // kernel completed: a device cache may reorder unsynced writes.
+            let floor = if st.durable_at.0 == st.open.segment {
+                st.durable_at.1
             } else {
                 BLOCK_SIZE
             };
@@ -461,15 +469,26 @@ impl<S: Storage> Wal<S> {
     /// Reads the batch of `length` bytes at `position` in `segment` and
     /// verifies it. Only batches whose write completed can be read.
     pub async fn read_batch(&self, segment: u64, position: u64, length: u32) -> Result<Batch> {
+        let mut batches = self.read_batches(segment, &[(position, length)]).await?;
+        Ok(batches.pop().expect("one batch asked, one read"))
+    }
+
+    /// Reads the batches at `spans` (position, length; in position order)
+    /// of `segment` with one read covering them all, and verifies each.
+    /// Cold reads of a partition use it to read ahead.
+    pub async fn read_batches(&self, segment: u64, spans: &[(u64, u32)]) -> Result<Vec<Batch>> {
+        let (Some(&(first, _)), Some(&(last, last_len))) = (spans.first(), spans.last()) else {
+            return Ok(Vec::new());
+        };
         let (file, written) = {
             let st = self.inner.state.borrow();
             let file = st.segments.get(&segment).cloned();
             (file, st.written_at)
         };
-        let end = position + u64::from(length);
+        let end = last + u64::from(last_len);
         if (segment, end) > written {
             return Err(Error::InvalidArgument(format!(
-                "segment {segment} position {position}: not written yet"
+                "segment {segment} position {last}: not written yet"
             )));
         }
         let Some(file) = file else {
@@ -477,18 +496,21 @@ impl<S: Storage> Wal<S> {
                 "segment {segment} does not exist"
             )));
         };
-        let from = position - position % BLOCK_SIZE;
-        bump(&self.inner.counters.batch_reads, 1);
+        let from = first - first % BLOCK_SIZE;
+        bump(&self.inner.counters.batch_reads, spans.len() as u64);
         let buf = file.read_at(from, (align_up(end) - from) as usize).await?;
-        let skip = (position - from) as usize;
-        let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
-            Error::corrupted(file.path(), position, "segment ends inside the batch")
-        })?;
-        Batch::decode(
-            bytes.to_vec(),
-            crc_seed(self.inner.config.shard_id, segment),
-        )
-        .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))
+        let seed = crc_seed(self.inner.config.shard_id, segment);
+        spans
+            .iter()
+            .map(|&(position, length)| {
+                let skip = (position - from) as usize;
+                let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
+                    Error::corrupted(file.path(), position, "segment ends inside the batch")
+                })?;
+                Batch::decode(bytes.to_vec(), seed)
+                    .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))
+            })
+            .collect()
     }
 
     /// Id of the last commit group whose write completed, and of the last
