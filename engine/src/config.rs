@@ -12,7 +12,8 @@ pub struct Config {
     pub(crate) shards: usize,
     pub(crate) shard: ShardConfig,
     pub(crate) queue_depth: usize,
-    pub(crate) io_memory: usize,
+    /// `None`: as much as fits the memlock limit, up to 8 MiB a shard.
+    pub(crate) io_memory: Option<usize>,
     pub(crate) pin_threads: bool,
 }
 
@@ -26,7 +27,7 @@ impl Config {
             dir,
             shards: cores,
             queue_depth: 1024,
-            io_memory: 8 << 20,
+            io_memory: None,
             pin_threads: true,
         }
     }
@@ -93,9 +94,10 @@ impl Config {
     }
 
     /// I/O memory each shard's executor registers with io_uring (counts
-    /// against the memlock limit).
+    /// against the memlock limit). By default, as much as fits the limit
+    /// shared by all shards, up to 8 MiB each.
     pub fn io_memory(mut self, bytes: usize) -> Self {
-        self.io_memory = bytes;
+        self.io_memory = Some(bytes);
         self
     }
 

@@ -107,6 +107,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// The memlock limit is below the I/O memory the shards register with
+    /// io_uring.
+    #[error("the memlock limit ({limit} bytes) is below the {needed} bytes of io_uring I/O memory the shards need; raise it (ulimit -l, LimitMEMLOCK= in a systemd unit, or CAP_IPC_LOCK) or lower Config::io_memory")]
+    MemlockTooLow {
+        /// The soft RLIMIT_MEMLOCK, bytes.
+        limit: u64,
+        /// Shards times their configured I/O memory, bytes.
+        needed: u64,
+    },
+
     /// An earlier I/O failure stopped the shard; the inner error is the
     /// original one. Close and reopen.
     #[error("the shard stopped after an earlier failure: {0}")]

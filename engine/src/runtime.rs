@@ -40,7 +40,7 @@ pub(crate) fn start(
     let shard_config = config.shard_config(id);
     let join = LocalExecutorBuilder::new(placement)
         .name(&format!("corelog-shard-{id}"))
-        .io_memory(config.io_memory)
+        .io_memory(config.io_memory.expect("settled by Engine::open"))
         .spawn(move || async move {
             let (shard, report) = match Shard::open(shard_config).await {
                 Ok(opened) => opened,
