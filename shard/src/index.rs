@@ -24,6 +24,26 @@ pub struct IndexEntry {
 const _: () = assert!(std::mem::size_of::<IndexEntry>() == 24);
 
 impl IndexEntry {
+    /// The entry of a batch of `record_count` records from `base_offset`,
+    /// `length` bytes at `position` in segment `segment`.
+    pub fn new(
+        base_offset: u64,
+        segment: u64,
+        position: u64,
+        length: u32,
+        record_count: u32,
+    ) -> Self {
+        IndexEntry {
+            base_offset,
+            // Invariant: config validation keeps segments under 4 GiB, and
+            // 2^32 segments of at least 16 KiB exceed any disk.
+            segment: u32::try_from(segment).expect("segment sequence fits u32"),
+            position: u32::try_from(position).expect("segment size checked"),
+            length,
+            record_count,
+        }
+    }
+
     /// Offset one past the batch's last record.
     pub fn end_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)

@@ -252,13 +252,13 @@ impl<S: Storage> Shard<S> {
                 // After a replayed truncation the index may hold batches
                 // at or past this one from before it; they were dropped.
                 part.index.truncate(h.base_offset);
-                part.index.push(IndexEntry {
-                    base_offset: h.base_offset,
-                    segment: u32::try_from(b.segment).expect("segment sequence fits u32"),
-                    position: u32::try_from(b.position).expect("segment size checked"),
-                    length: h.length,
-                    record_count: h.record_count,
-                });
+                part.index.push(IndexEntry::new(
+                    h.base_offset,
+                    b.segment,
+                    b.position,
+                    h.length,
+                    h.record_count,
+                ));
             }
         }
         for part in partitions.values_mut() {
@@ -320,13 +320,13 @@ impl<S: Storage> Shard<S> {
                 .encode(info, records, size, |bytes| kept = Some(bytes.to_vec()))?;
             part.end = a.base_offset + u64::from(a.record_count);
             part.pending.push_back((a.group, part.end));
-            part.index.push(IndexEntry {
-                base_offset: a.base_offset,
-                segment: u32::try_from(a.segment).expect("segment sequence fits u32"),
-                position: u32::try_from(a.position).expect("segment size checked"),
-                length: a.length,
-                record_count: a.record_count,
-            });
+            part.index.push(IndexEntry::new(
+                a.base_offset,
+                a.segment,
+                a.position,
+                a.length,
+                a.record_count,
+            ));
             st.memtable.insert(
                 Batch::encoded(kept.expect("encode shows the batch")),
                 a.group,
