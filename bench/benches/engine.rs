@@ -10,7 +10,7 @@ use std::{
 };
 
 use corelog::{Config, Engine, FsyncPolicy, Record};
-use corelog_bench::{bench_dir, OpenShard};
+use corelog_bench::bench_dir;
 use futures::{
     executor::block_on,
     stream::{FuturesUnordered, StreamExt},
@@ -59,18 +59,17 @@ fn routing_cost() {
     });
     let pipelined = started.elapsed() / N;
     println!("request cost with 1,024 in flight from one thread: {pipelined:?}");
-    e.close().unwrap();
-
-    let local = OpenShard::new(FsyncPolicy::Never, |_| {});
-    let shard = local.shard.clone();
-    let on_shard = local.run(async move {
+    // The local fast path: code sent once to the shard calls it directly.
+    let on_shard = block_on(log.run_on_shard(1, |shard| async move {
         let started = Instant::now();
         for _ in 0..N {
             std::hint::black_box(shard.offsets(1));
         }
         started.elapsed() / N
-    });
-    println!("request round trip (offsets, no I/O): cross-thread {cross:?}, on the shard's executor {on_shard:?}");
+    }))
+    .unwrap();
+    println!("request round trip (offsets, no I/O): cross-thread {cross:?}, local fast path {on_shard:?}");
+    e.close().unwrap();
 }
 
 /// Appends of 64 × 100 B from 8 threads, each keeping 64 appends in

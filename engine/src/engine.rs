@@ -381,6 +381,29 @@ impl Handle {
         Ok(())
     }
 
+    /// Runs `task` on the executor of the shard that owns `partition`, with
+    /// that shard, and returns its output. Code in `task` calls the
+    /// [`Shard`](corelog_shard::Shard) directly: the local fast path, with
+    /// no thread crossing per operation. `task` itself is sent once.
+    pub async fn run_on_shard<F, Fut, T>(&self, partition: u64, task: F) -> Result<T>
+    where
+        F: FnOnce(corelog_shard::Shard) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let local: crate::request::LocalTask = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = tx.send(task(shard).await);
+            })
+        });
+        self.senders[self.shard(partition)]
+            .send(Request::Run(local))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
     /// Waits until the end of `partition` passes `offset` (an acknowledged
     /// append reached it) or `timeout` expires; returns whether it passed.
     /// The long poll of a consumer at the tail: it parks, never spins.

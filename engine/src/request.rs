@@ -2,8 +2,9 @@
 //! with the channel its reply goes back on.
 
 use std::time::Duration;
+use std::{future::Future, pin::Pin};
 
-use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
+use corelog_shard::{Offsets, Record, RecoveryReport, Shard, ShardStats, StoredRecord};
 use futures_channel::oneshot;
 
 use crate::error::Result;
@@ -56,4 +57,9 @@ pub(crate) enum Request {
     Stats {
         reply: Reply<(ShardStats, RecoveryReport)>,
     },
+    /// Runs caller code on the shard's executor with the shard itself.
+    Run(LocalTask),
 }
+
+/// Caller code sent to a shard: it builds a future on the shard's thread.
+pub(crate) type LocalTask = Box<dyn FnOnce(Shard) -> Pin<Box<dyn Future<Output = ()>>> + Send>;

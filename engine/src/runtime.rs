@@ -122,6 +122,7 @@ async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: 
             reply,
         } => send(reply, Ok(shard.wait_for(partition, offset, timeout).await)),
         Request::Stats { reply } => send(reply, Ok((shard.stats(), report.clone()))),
+        Request::Run(task) => task(shard.clone()).await,
     }
 }
 

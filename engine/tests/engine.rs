@@ -233,3 +233,35 @@ fn errors_a_caller_can_act_on() {
         Ok(_) => panic!("expected a shard count mismatch"),
     }
 }
+
+#[test]
+fn code_on_a_shard_uses_the_local_fast_path() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    // Runs on partition 3's shard: appends and reads without crossing threads.
+    let (first, read_back) = block_on(log.run_on_shard(3, |shard| async move {
+        let first = shard
+            .append(3, &[Record::new(b"local".to_vec())])
+            .await
+            .unwrap();
+        shard
+            .append(3, &[Record::new(b"again".to_vec())])
+            .await
+            .unwrap();
+        let values: Vec<Vec<u8>> = shard
+            .read(3, first, 1 << 20)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.value().to_vec())
+            .collect();
+        (first, values)
+    }))
+    .unwrap();
+    assert_eq!(first, 0);
+    assert_eq!(read_back, vec![b"local".to_vec(), b"again".to_vec()]);
+    // The same data seen through the handle.
+    assert_eq!(block_on(log.offsets(3)).unwrap().end, 2);
+    engine.close().unwrap();
+}
