@@ -1,6 +1,8 @@
 //! corelog development tasks, run as `cargo xtask <task>`:
 //!
-//! - `demo`: builds with the release profile and runs the shard demo in a
+//! - `load [ARGS]`: builds the load generator with the release profile and
+//!   runs it (`cargo xtask load --help` lists its options).
+//! - `demo`: builds with the release profile and runs the engine demo in a
 //!   temporary directory under the current one.
 //! - `disk [--dir DIR]`: measures the disk under DIR (default
 //!   `target/disk-baseline`) with fio, the baseline every throughput and
@@ -14,6 +16,20 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => run_cargo(&["run", "--release", "-p", "corelog", "--example", "demo"]),
+        Some("load") => {
+            let mut cargo = vec![
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "corelog-bench",
+                "--bin",
+                "load",
+                "--",
+            ];
+            cargo.extend(args[1..].iter().map(String::as_str));
+            run_cargo(&cargo)
+        }
         Some("disk") => {
             let dir = match args.get(1..) {
                 Some([flag, dir]) if flag == "--dir" => dir.clone(),
@@ -31,7 +47,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cargo xtask demo | cargo xtask disk [--dir DIR]");
+    eprintln!("usage: cargo xtask load [ARGS] | cargo xtask demo | cargo xtask disk [--dir DIR]");
     exit(2);
 }
 

@@ -1,0 +1,537 @@
+//! The load generator behind `cargo xtask load`: drives an embedded engine
+//! with concurrent producers (and optional tail consumers), reports
+//! throughput, latency percentiles, fdatasyncs, write amplification, CPU
+//! time and peak memory, then reads every record back and checks it.
+//!
+//! Every record's value starts with a 32-byte header (producer, sequence,
+//! partition, send time in ns since the start) followed by bytes derived
+//! from the producer and sequence, so verification needs no copy of what
+//! was written: each producer's acknowledged sequences must each appear
+//! exactly once, intact, in the partition they were sent to.
+
+use std::{
+    cell::RefCell,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use corelog::{Config, Engine, FsyncPolicy, Handle, Record};
+use futures::{executor::block_on, stream::FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+
+/// Drive an embedded corelog engine and report what it does on this disk.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "cargo xtask load")]
+struct Args {
+    /// Data directory to use and keep (default: a temporary directory under
+    /// the current one, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Shards (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Partitions written.
+    #[arg(long, default_value_t = 64)]
+    partitions: u64,
+    /// Concurrent appenders, each with one append in flight.
+    #[arg(long, default_value_t = 64)]
+    producers: u64,
+    /// Bytes per record value (at least 32).
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Records per append.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// always, never, or interval:<ms>.
+    #[arg(long, default_value = "always")]
+    fsync: String,
+    /// Seconds to run (ignored with --records).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many records instead of after --duration.
+    #[arg(long)]
+    records: Option<u64>,
+    /// Tail readers using wait_for, measuring append-to-read latency.
+    #[arg(long, default_value_t = 0)]
+    consumers: u64,
+    /// Write every figure and the configuration to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed of the record contents.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip reading everything back.
+    #[arg(long)]
+    no_verify: bool,
+    /// Client threads the producers run on.
+    #[arg(long, default_value_t = 2)]
+    threads: u64,
+}
+
+const HEADER: usize = 32;
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    match s {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        _ => s
+            .strip_prefix("interval:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("--fsync {s}: expected always, never or interval:<ms>")),
+    }
+}
+
+/// A 64-bit mix (splitmix64), for record contents.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Byte `i` of the body of record (`producer`, `seq`).
+fn body_byte(seed: u64, producer: u64, seq: u64, i: usize) -> u8 {
+    (mix(seed ^ (producer << 40) ^ seq) >> ((i % 8) * 8)) as u8 ^ (i / 8) as u8
+}
+
+fn value(args: &Args, producer: u64, seq: u64, partition: u64, sent_ns: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(args.record_bytes);
+    for x in [producer, seq, partition, sent_ns] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.extend((HEADER..args.record_bytes).map(|i| body_byte(args.seed, producer, seq, i)));
+    v
+}
+
+/// Figures gathered while the load runs.
+struct Shared {
+    started: Instant,
+    stop: AtomicBool,
+    records: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    end_to_end: Mutex<Histogram<u64>>,
+    errors: Mutex<Vec<String>>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs one producer: appends batches to its partitions in turn until told
+/// to stop or its share of records is done. Returns how many records (by
+/// sequence, from 0) were acknowledged.
+async fn produce(
+    args: &Args,
+    log: &Handle,
+    shared: &Shared,
+    producer: u64,
+    budget: Option<u64>,
+) -> u64 {
+    // Producers split the partitions; with fewer partitions, they share.
+    let mine: Vec<u64> = if args.partitions >= args.producers {
+        (0..args.partitions)
+            .filter(|p| p % args.producers == producer)
+            .collect()
+    } else {
+        vec![producer % args.partitions]
+    };
+    let mut seq = 0u64;
+    let mut round = 0usize;
+    while !shared.stop.load(Ordering::Relaxed) && budget.is_none_or(|b| seq < b) {
+        let partition = mine[round % mine.len()];
+        round += 1;
+        let n = budget.map_or(args.batch as u64, |b| (b - seq).min(args.batch as u64));
+        let sent = shared.started.elapsed().as_nanos() as u64;
+        let records = (seq..seq + n)
+            .map(|s| Record::new(value(args, producer, s, partition, sent)))
+            .collect();
+        let t = Instant::now();
+        match log.append(partition, records).await {
+            Ok(_) => {
+                let ns = t.elapsed().as_nanos() as u64;
+                shared.latency.lock().unwrap().record(ns.max(1)).ok();
+                shared.records.fetch_add(n, Ordering::Relaxed);
+                seq += n;
+            }
+            Err(e) => {
+                shared
+                    .errors
+                    .lock()
+                    .unwrap()
+                    .push(format!("producer {producer}, partition {partition}: {e}"));
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    seq
+}
+
+/// Follows partitions `p ≡ consumer (mod consumers)` from their start with
+/// `wait_for`, recording append-to-read latency, until told to stop.
+fn consume(log: Handle, shared: Arc<Shared>, args: Args, consumer: u64) {
+    let mine: Vec<u64> = (0..args.partitions)
+        .filter(|p| p % args.consumers == consumer)
+        .collect();
+    let mut next = vec![0u64; mine.len()];
+    let local = RefCell::new(histogram());
+    block_on(async {
+        while !shared.stop.load(Ordering::Relaxed) {
+            for (i, &p) in mine.iter().enumerate() {
+                if !log
+                    .wait_for(p, next[i], Duration::from_millis(20))
+                    .await
+                    .unwrap_or(false)
+                {
+                    continue;
+                }
+                let Ok(records) = log.read(p, next[i], 1 << 20).await else {
+                    continue;
+                };
+                let now = shared.started.elapsed().as_nanos() as u64;
+                for r in &records {
+                    let sent = u64::from_le_bytes(r.value()[24..32].try_into().unwrap());
+                    local
+                        .borrow_mut()
+                        .record(now.saturating_sub(sent).max(1))
+                        .ok();
+                }
+                next[i] += records.len() as u64;
+            }
+        }
+    });
+    shared.end_to_end.lock().unwrap().add(&*local.borrow()).ok();
+}
+
+/// Reads every partition back; returns a description of each difference.
+fn verify(args: &Args, log: &Handle, acked: &[u64]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen: Vec<Vec<bool>> = acked.iter().map(|&n| vec![false; n as usize]).collect();
+    for p in 0..args.partitions {
+        let o = match block_on(log.offsets(p)) {
+            Ok(o) => o,
+            Err(e) => {
+                problems.push(format!("partition {p}: offsets failed: {e}"));
+                continue;
+            }
+        };
+        let mut next = o.start;
+        while next < o.end {
+            let records = match block_on(log.read(p, next, 4 << 20)) {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(format!("partition {p} offset {next}: read failed: {e}"));
+                    break;
+                }
+            };
+            for r in &records {
+                let v = r.value();
+                let field = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
+                if v.len() != args.record_bytes {
+                    problems.push(format!(
+                        "partition {p} offset {}: {} bytes, expected {}",
+                        r.offset(),
+                        v.len(),
+                        args.record_bytes
+                    ));
+                    continue;
+                }
+                let (producer, seq, partition) = (field(0), field(1), field(2));
+                let body_ok =
+                    (HEADER..v.len()).all(|i| v[i] == body_byte(args.seed, producer, seq, i));
+                if partition != p || !body_ok {
+                    problems.push(format!("partition {p} offset {}: content differs (says producer {producer}, seq {seq}, partition {partition})", r.offset()));
+                    continue;
+                }
+                match seen
+                    .get_mut(producer as usize)
+                    .and_then(|s| s.get_mut(seq as usize))
+                {
+                    Some(slot) if !*slot => *slot = true,
+                    Some(_) => problems.push(format!(
+                        "partition {p} offset {}: producer {producer} seq {seq} stored twice",
+                        r.offset()
+                    )),
+                    // Written but not acknowledged before the run stopped: fine.
+                    None => {}
+                }
+            }
+            next += records.len() as u64;
+        }
+    }
+    for (producer, s) in seen.iter().enumerate() {
+        if let Some(seq) = s.iter().position(|&x| !x) {
+            let missing = s.iter().filter(|&&x| !x).count();
+            problems.push(format!("producer {producer}: {missing} acknowledged records missing, the first is seq {seq}"));
+        }
+    }
+    problems
+}
+
+/// CPU seconds this process used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which ends with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 here,
+    // in clock ticks of 1/100 s on Linux.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory in bytes (VmHWM).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<bool, String> {
+    let fsync = parse_fsync(&args.fsync)?;
+    if args.record_bytes < HEADER
+        || args.batch == 0
+        || args.producers == 0
+        || args.partitions == 0
+        || args.threads == 0
+    {
+        return Err(format!("--record-bytes must be at least {HEADER}; --batch, --producers, --partitions and --threads at least 1"));
+    }
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            // Under the current directory: tmpfs (often /tmp) has no O_DIRECT.
+            temp = tempfile::tempdir_in(".").map_err(|e| format!("temporary directory: {e}"))?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut config = Config::new(&dir)
+        .fsync(fsync)
+        .max_batch_bytes(8 << 20)
+        .max_record_bytes(4 << 20);
+    if let Some(n) = args.shards {
+        config = config.shards(n);
+    }
+    let engine = Engine::open(config.clone()).map_err(|e| e.to_string())?;
+    let log = engine.handle();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!(
+        "corelog load ({profile} build): {} producers on {} threads, {} partitions, {} B records × {} per append, fsync {}, {}",
+        args.producers,
+        args.threads,
+        args.partitions,
+        args.record_bytes,
+        args.batch,
+        args.fsync,
+        args.records.map_or(format!("{} s", args.duration), |r| format!("{r} records")),
+    );
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        stop: AtomicBool::new(false),
+        records: AtomicU64::new(0),
+        latency: Mutex::new(histogram()),
+        end_to_end: Mutex::new(histogram()),
+        errors: Mutex::new(Vec::new()),
+    });
+    let cpu_before = cpu_seconds();
+    let budget = args.records.map(|r| r.div_ceil(args.producers));
+    let workers: Vec<_> = (0..args.threads)
+        .map(|t| {
+            let (args, log, shared) = (args.clone(), log.clone(), shared.clone());
+            std::thread::spawn(move || {
+                let producers: Vec<u64> = (0..args.producers)
+                    .filter(|p| p % args.threads == t)
+                    .collect();
+                block_on(async {
+                    let runs: FuturesUnordered<_> = producers
+                        .iter()
+                        .map(|&p| {
+                            let (args, log, shared) = (&args, &log, &shared);
+                            async move { (p, produce(args, log, shared, p, budget).await) }
+                        })
+                        .collect();
+                    runs.collect::<Vec<_>>().await
+                })
+            })
+        })
+        .collect();
+    let consumers: Vec<_> = (0..args.consumers)
+        .map(|c| {
+            let (args, log, shared) = (args.clone(), log.clone(), shared.clone());
+            std::thread::spawn(move || consume(log, shared, args, c))
+        })
+        .collect();
+    let bar = indicatif::ProgressBar::new_spinner();
+    let deadline = shared.started + Duration::from_secs_f64(args.duration);
+    let mut timeline = Vec::new();
+    let mut last = (Instant::now(), 0u64);
+    while !workers.iter().all(|w| w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(250));
+        if args.records.is_none() && Instant::now() >= deadline {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let records = shared.records.load(Ordering::Relaxed);
+        let rate = (records - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        let p99 = shared.latency.lock().unwrap().value_at_quantile(0.99) as f64 / 1e3;
+        timeline.push((shared.started.elapsed().as_secs_f64(), rate));
+        bar.set_message(format!(
+            "{:>10.0} records/s  {:>8.1} MB/s  append p99 {:>8.0} us  ({records} records)",
+            rate,
+            rate * args.record_bytes as f64 / 1e6,
+            p99
+        ));
+        bar.tick();
+        last = (now, records);
+    }
+    bar.finish_and_clear();
+    let elapsed = shared.started.elapsed().as_secs_f64();
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut acked = vec![0u64; args.producers as usize];
+    for w in workers {
+        for (p, n) in w.join().map_err(|_| "a producer thread panicked")? {
+            acked[p as usize] = n;
+        }
+    }
+    for c in consumers {
+        c.join().map_err(|_| "a consumer thread panicked")?;
+    }
+    let cpu = cpu_seconds() - cpu_before;
+    let stats = engine.stats().map_err(|e| e.to_string())?;
+    let sum =
+        |f: fn(&corelog::ShardStats) -> u64| stats.shards.iter().map(|(s, _)| f(s)).sum::<u64>();
+    let (fdatasyncs, commits, appends, batch_bytes, disk_bytes) = (
+        sum(|s| s.fdatasyncs),
+        sum(|s| s.commits),
+        sum(|s| s.appends),
+        sum(|s| s.bytes),
+        sum(|s| s.bytes_written),
+    );
+    let records: u64 = acked.iter().sum();
+    let payload = records * args.record_bytes as u64;
+    let lat = shared.latency.lock().unwrap().clone();
+    let e2e = shared.end_to_end.lock().unwrap().clone();
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let errors = shared.errors.lock().unwrap().clone();
+    println!(
+        "throughput       {:.0} records/s, {:.1} MB/s over {elapsed:.2} s ({records} records)",
+        records as f64 / elapsed,
+        payload as f64 / elapsed / 1e6
+    );
+    println!(
+        "append latency   p50 {:.0} us  p90 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us",
+        us(&lat, 0.5),
+        us(&lat, 0.9),
+        us(&lat, 0.99),
+        us(&lat, 0.999),
+        us(&lat, 1.0)
+    );
+    if args.consumers > 0 {
+        println!(
+            "end to end       p50 {:.0} us  p90 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us  ({} records read)",
+            us(&e2e, 0.5), us(&e2e, 0.9), us(&e2e, 0.99), us(&e2e, 0.999), us(&e2e, 1.0), e2e.len()
+        );
+    }
+    println!(
+        "fdatasyncs       {:.0}/s, {:.1} appends per commit",
+        fdatasyncs as f64 / elapsed,
+        appends as f64 / commits.max(1) as f64
+    );
+    println!(
+        "write amplif.    {:.3} disk bytes per payload byte ({:.3} per encoded byte)",
+        disk_bytes as f64 / payload.max(1) as f64,
+        disk_bytes as f64 / batch_bytes.max(1) as f64
+    );
+    println!(
+        "cpu              {:.2} us per record ({cpu:.2} s)",
+        cpu * 1e6 / records.max(1) as f64
+    );
+    println!(
+        "memory           peak rss {:.1} MiB, memtables {:.1} MiB",
+        peak_rss() as f64 / (1 << 20) as f64,
+        sum(|s| s.memtable_bytes) as f64 / (1 << 20) as f64
+    );
+    for e in &errors {
+        println!("error            {e}");
+    }
+    let problems = if args.no_verify {
+        Vec::new()
+    } else {
+        let started = Instant::now();
+        let problems = verify(&args, &log, &acked);
+        println!(
+            "verification     {} in {:.2} s: {records} acknowledged records read back",
+            if problems.is_empty() {
+                "passed"
+            } else {
+                "FAILED"
+            },
+            started.elapsed().as_secs_f64()
+        );
+        for p in problems.iter().take(20) {
+            println!("  {p}");
+        }
+        println!(
+            "peak rss after verification {:.1} MiB",
+            peak_rss() as f64 / (1 << 20) as f64
+        );
+        problems
+    };
+    engine.close().map_err(|e| e.to_string())?;
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "profile": profile,
+            "config": {
+                "shards": stats.shards.len(), "partitions": args.partitions, "producers": args.producers,
+                "threads": args.threads, "consumers": args.consumers, "record_bytes": args.record_bytes,
+                "batch": args.batch, "fsync": args.fsync, "duration_s": args.duration, "records": args.records,
+                "seed": args.seed, "dir": dir.display().to_string(),
+            },
+            "elapsed_s": elapsed,
+            "records": records,
+            "records_per_s": records as f64 / elapsed,
+            "mb_per_s": payload as f64 / elapsed / 1e6,
+            "append_latency_us": {"p50": us(&lat, 0.5), "p90": us(&lat, 0.9), "p99": us(&lat, 0.99), "p999": us(&lat, 0.999), "max": us(&lat, 1.0)},
+            "end_to_end_latency_us": {"count": e2e.len(), "p50": us(&e2e, 0.5), "p90": us(&e2e, 0.9), "p99": us(&e2e, 0.99), "p999": us(&e2e, 0.999), "max": us(&e2e, 1.0)},
+            "fdatasyncs_per_s": fdatasyncs as f64 / elapsed,
+            "appends_per_commit": appends as f64 / commits.max(1) as f64,
+            "write_amplification": disk_bytes as f64 / payload.max(1) as f64,
+            "cpu_us_per_record": cpu * 1e6 / records.max(1) as f64,
+            "peak_rss_bytes": peak_rss(),
+            "throughput_timeline": timeline.iter().map(|(t, r)| serde_json::json!([t, r])).collect::<Vec<_>>(),
+            "errors": errors,
+            "verified": !args.no_verify,
+            "verification_problems": problems,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("json"))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(errors.is_empty() && problems.is_empty())
+}
