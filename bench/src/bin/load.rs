@@ -97,9 +97,14 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Byte `i` of the body of record (`producer`, `seq`).
-fn body_byte(seed: u64, producer: u64, seq: u64, i: usize) -> u8 {
-    (mix(seed ^ (producer << 40) ^ seq) >> ((i % 8) * 8)) as u8 ^ (i / 8) as u8
+/// The key of the body bytes of record (`producer`, `seq`).
+fn body_key(seed: u64, producer: u64, seq: u64) -> u64 {
+    mix(seed ^ (producer << 40) ^ seq)
+}
+
+/// Byte `i` of a record body with key `key`.
+fn body_byte(key: u64, i: usize) -> u8 {
+    (key >> ((i % 8) * 8)) as u8 ^ (i / 8) as u8
 }
 
 fn value(args: &Args, producer: u64, seq: u64, partition: u64, sent_ns: u64) -> Vec<u8> {
@@ -107,7 +112,8 @@ fn value(args: &Args, producer: u64, seq: u64, partition: u64, sent_ns: u64) -> 
     for x in [producer, seq, partition, sent_ns] {
         v.extend_from_slice(&x.to_le_bytes());
     }
-    v.extend((HEADER..args.record_bytes).map(|i| body_byte(args.seed, producer, seq, i)));
+    let key = body_key(args.seed, producer, seq);
+    v.extend((HEADER..args.record_bytes).map(|i| body_byte(key, i)));
     v
 }
 
@@ -244,8 +250,8 @@ fn verify(args: &Args, log: &Handle, acked: &[u64]) -> Vec<String> {
                     continue;
                 }
                 let (producer, seq, partition) = (field(0), field(1), field(2));
-                let body_ok =
-                    (HEADER..v.len()).all(|i| v[i] == body_byte(args.seed, producer, seq, i));
+                let key = body_key(args.seed, producer, seq);
+                let body_ok = (HEADER..v.len()).all(|i| v[i] == body_byte(key, i));
                 if partition != p || !body_ok {
                     problems.push(format!("partition {p} offset {}: content differs (says producer {producer}, seq {seq}, partition {partition})", r.offset()));
                     continue;
