@@ -12,6 +12,7 @@ pub struct Config {
     pub(crate) shards: usize,
     pub(crate) shard: ShardConfig,
     pub(crate) queue_depth: usize,
+    pub(crate) max_inflight_bytes: u64,
     /// `None`: as much as fits the memlock limit, up to 8 MiB a shard.
     pub(crate) io_memory: Option<usize>,
     pub(crate) pin_threads: bool,
@@ -27,6 +28,7 @@ impl Config {
             dir,
             shards: cores,
             queue_depth: 1024,
+            max_inflight_bytes: 64 << 20,
             io_memory: None,
             pin_threads: true,
         }
@@ -86,10 +88,16 @@ impl Config {
         self
     }
 
-    /// Requests queued per shard before callers wait (backpressure); with
-    /// the batch limit it bounds the bytes in flight per shard.
+    /// Requests queued per shard before callers wait.
     pub fn queue_depth(mut self, n: usize) -> Self {
         self.queue_depth = n;
+        self
+    }
+
+    /// Bytes of record payload in flight to one shard (sent, not yet
+    /// answered) before appends wait (backpressure); default 64 MiB.
+    pub fn max_inflight_bytes(mut self, n: u64) -> Self {
+        self.max_inflight_bytes = n;
         self
     }
 

@@ -13,6 +13,7 @@ use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
 use futures_channel::oneshot;
 
 use crate::{
+    budget::ByteBudget,
     config::Config,
     error::{Error, Result},
     request::{Reply, Request},
@@ -39,6 +40,8 @@ pub struct Engine {
 #[derive(Clone)]
 pub struct Handle {
     senders: Arc<[async_channel::Sender<Request>]>,
+    /// Per shard, the bytes of appends in flight.
+    budgets: Arc<[ByteBudget]>,
 }
 
 /// Counters of every shard, with what its recovery did on open.
@@ -112,8 +115,11 @@ impl Engine {
             });
         }
         let senders = threads.iter().map(|t| t.sender.clone()).collect();
+        let budgets = (0..config.shards)
+            .map(|_| ByteBudget::new(config.max_inflight_bytes))
+            .collect();
         Ok(Engine {
-            handle: Handle { senders },
+            handle: Handle { senders, budgets },
             threads,
             _lock: lock,
         })
@@ -303,7 +309,13 @@ impl Handle {
     /// none, and returns the first offset once the fsync policy is met.
     /// Waits (does not fail) while the shard's queue is full.
     pub async fn append(&self, partition: u64, records: Vec<Record>) -> Result<u64> {
-        self.call(self.shard(partition), |reply| Request::Append {
+        let shard = self.shard(partition);
+        let bytes: u64 = records
+            .iter()
+            .map(|r| r.encoded_len().unwrap_or(0) as u64)
+            .sum();
+        let _permit = self.budgets[shard].acquire(bytes).await;
+        self.call(shard, |reply| Request::Append {
             partition,
             records,
             reply,

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 mod config;
 mod engine;
 mod error;
