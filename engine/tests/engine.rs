@@ -95,9 +95,10 @@ fn eight_threads_two_hundred_partitions_then_reopen() {
     let engine = Engine::open(config(dir.path())).unwrap();
     check_acked(&engine, &acked);
     // A clean close let every shard skip the scan.
-    for (_, report) in engine.stats().unwrap().shards {
+    for (stats, report) in engine.stats().unwrap().shards {
         assert!(report.clean_shutdown);
         assert_eq!(report.bytes_scanned, 0, "{report:?}");
+        assert!(stats.segments >= 1, "{stats:?}");
     }
     engine.close().unwrap();
 }

@@ -31,6 +31,8 @@ pub struct ShardStats {
     pub spare_ready: bool,
     /// Bytes of batches held in the memtable.
     pub memtable_bytes: u64,
+    /// Segment files on disk.
+    pub segments: u64,
     /// Segment currently written.
     pub active_segment: u64,
     /// Position up to which the active segment is written.

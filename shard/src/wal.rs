@@ -538,6 +538,7 @@ impl<S: Storage> Wal<S> {
             batch_reads: c.batch_reads.get(),
             spare_ready: c.spare_ready.get(),
             memtable_bytes: 0,
+            segments: st.segments.len() as u64,
             active_segment: st.written_at.0,
             written_position: st.written_at.1,
             durable_segment: st.durable_at.0,
