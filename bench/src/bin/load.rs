@@ -69,6 +69,9 @@ struct Args {
     /// Skip reading everything back.
     #[arg(long)]
     no_verify: bool,
+    /// Memtable budget per shard, bytes (default: the engine's, 64 MiB).
+    #[arg(long)]
+    memtable_bytes: Option<usize>,
     /// Client threads the producers run on.
     #[arg(long, default_value_t = 2)]
     threads: u64,
@@ -340,6 +343,9 @@ fn run(args: Args) -> Result<bool, String> {
         .max_record_bytes(4 << 20);
     if let Some(n) = args.shards {
         config = config.shards(n);
+    }
+    if let Some(n) = args.memtable_bytes {
+        config = config.memtable_bytes(n);
     }
     let engine = Engine::open(config.clone()).map_err(|e| e.to_string())?;
     let log = engine.handle();
