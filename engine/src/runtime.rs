@@ -45,7 +45,6 @@ pub(crate) fn start(
             let (shard, report) = match Shard::open(shard_config).await {
                 Ok(opened) => opened,
                 Err(e) => {
-                    let e = Error::from(e);
                     let _ = ready.send((id, Err(e.clone())));
                     return Err(e);
                 }
@@ -77,13 +76,13 @@ async fn serve(
         .detach();
     }
     in_progress.idle().await;
-    shard.close().await.map_err(Error::from)
+    shard.close().await
 }
 
 /// Runs one request and sends its reply (a caller that went away is fine).
 async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: Request) {
     fn send<T>(reply: crate::request::Reply<T>, result: corelog_shard::Result<T>) {
-        let _ = reply.send(result.map_err(Error::from));
+        let _ = reply.send(result);
     }
     match request {
         Request::Append {

@@ -313,21 +313,21 @@ impl<S: Storage> Wal<S> {
             )));
         }
         let Some((size, largest)) = encoded_batch_len(records) else {
-            return Err(Error::TooLarge {
+            return Err(Error::RecordTooLarge {
                 what: "record",
                 size: usize::MAX,
                 max: config.max_record_bytes,
             });
         };
         if largest > config.max_record_bytes {
-            return Err(Error::TooLarge {
+            return Err(Error::RecordTooLarge {
                 what: "record",
                 size: largest,
                 max: config.max_record_bytes,
             });
         }
         if size > config.max_batch_bytes {
-            return Err(Error::TooLarge {
+            return Err(Error::RecordTooLarge {
                 what: "batch",
                 size,
                 max: config.max_batch_bytes,

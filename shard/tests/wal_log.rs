@@ -367,13 +367,13 @@ fn bad_input_is_refused_and_changes_nothing() {
         let big = Record::new(vec![0u8; config.max_record_bytes]);
         let err = append(&shard, 5, &[big]).await.unwrap_err();
         assert!(
-            matches!(err, Error::TooLarge { what: "record", .. }),
+            matches!(err, Error::RecordTooLarge { what: "record", .. }),
             "{err}"
         );
         let many: Vec<Record> = (0..4).map(|_| Record::new(vec![1u8; 5000])).collect();
         let err = append(&shard, 5, &many).await.unwrap_err();
         assert!(
-            matches!(err, Error::TooLarge { what: "batch", .. }),
+            matches!(err, Error::RecordTooLarge { what: "batch", .. }),
             "{err}"
         );
 
