@@ -40,6 +40,7 @@ fn runs_and_verifies_under_every_policy_with_a_json_report() {
             "1",
             "--consumers",
             "1",
+            "--read-from-start",
             "--dir",
             data.to_str().unwrap(),
             "--json",
@@ -76,6 +77,7 @@ fn runs_and_verifies_under_every_policy_with_a_json_report() {
         assert!(report["records"].as_u64().unwrap() > 0);
         assert_eq!(report["verification_problems"].as_array().unwrap().len(), 0);
         assert!(report["append_latency_us"]["p99"].as_f64().unwrap() > 0.0);
+        assert!(report["cold_read"]["mb_per_s"].as_f64().unwrap() > 0.0);
     }
 }
 

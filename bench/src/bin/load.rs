@@ -69,6 +69,10 @@ struct Args {
     /// Skip reading everything back.
     #[arg(long)]
     no_verify: bool,
+    /// After the writes, close and reopen the engine (empty memtables) and
+    /// time reading every partition from its start: the cold-read rate.
+    #[arg(long)]
+    read_from_start: bool,
     /// Memtable budget per shard, bytes (default: the engine's, 64 MiB).
     #[arg(long)]
     memtable_bytes: Option<usize>,
@@ -493,6 +497,37 @@ fn run(args: Args) -> Result<bool, String> {
     for e in &errors {
         println!("error            {e}");
     }
+    let mut cold_read = None;
+    let (engine, log) = if args.read_from_start {
+        engine.close().map_err(|e| e.to_string())?;
+        let engine = Engine::open(config.clone()).map_err(|e| e.to_string())?;
+        let log = engine.handle();
+        let started = Instant::now();
+        let mut bytes = 0u64;
+        let mut count = 0u64;
+        for p in 0..args.partitions {
+            let o = block_on(log.offsets(p)).map_err(|e| e.to_string())?;
+            let mut next = o.start;
+            while next < o.end {
+                let records = block_on(log.read(p, next, 4 << 20)).map_err(|e| e.to_string())?;
+                bytes += records.iter().map(|r| r.value().len() as u64).sum::<u64>();
+                count += records.len() as u64;
+                next += records.len() as u64;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "cold read        {:.0} records/s, {:.1} MB/s ({count} records from disk after a reopen)",
+            count as f64 / secs,
+            bytes as f64 / secs / 1e6
+        );
+        cold_read = Some(
+            serde_json::json!({"records_per_s": count as f64 / secs, "mb_per_s": bytes as f64 / secs / 1e6}),
+        );
+        (engine, log)
+    } else {
+        (engine, log)
+    };
     let problems = if args.no_verify {
         Vec::new()
     } else {
@@ -538,6 +573,7 @@ fn run(args: Args) -> Result<bool, String> {
             "cpu_us_per_record": cpu * 1e6 / records.max(1) as f64,
             "peak_rss_bytes": peak_rss(),
             "throughput_timeline": timeline.iter().map(|(t, r)| serde_json::json!([t, r])).collect::<Vec<_>>(),
+            "cold_read": cold_read,
             "errors": errors,
             "verified": !args.no_verify,
             "verification_problems": problems,
