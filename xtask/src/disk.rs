@@ -52,8 +52,21 @@ const JOBS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Installs fio if missing, runs every job in `dir`, prints the figures.
-pub fn run(dir: &Path) -> Result<(), String> {
+/// The disk's figures, as measured by [`run`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Disk {
+    /// Sequential O_DIRECT write, MB/s.
+    pub seq_write_mb: f64,
+    /// Sequential O_DIRECT read, MB/s.
+    pub seq_read_mb: f64,
+    /// p50 of a 4 KiB write plus fdatasync on written blocks (psync), µs.
+    pub sync_write_p50_us: f64,
+}
+
+/// Installs fio if missing, runs every job in `dir`, prints the figures and
+/// returns them.
+pub fn run(dir: &Path) -> Result<Disk, String> {
+    let mut disk = Disk::default();
     ensure_fio()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     println!("fio in {} (O_DIRECT)", dir.display());
@@ -78,14 +91,22 @@ pub fn run(dir: &Path) -> Result<(), String> {
         let job = &json["jobs"][0];
         let p50 = |v: &Value| v["percentile"]["50.000000"].as_f64().unwrap_or(0.0) / 1000.0;
         match *name {
-            "seq-write" => println!(
-                "  sequential write, 1 MiB, queue depth 4: {:.0} MB/s",
-                job["write"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6
-            ),
-            "seq-read" => println!(
-                "  sequential read, 1 MiB, queue depth 4: {:.0} MB/s",
-                job["read"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6
-            ),
+            "seq-write" => {
+                disk.seq_write_mb = job["write"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6;
+                println!("  sequential write, 1 MiB, queue depth 4: {:.0} MB/s", disk.seq_write_mb)
+            }
+            "seq-read" => {
+                disk.seq_read_mb = job["read"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6;
+                println!("  sequential read, 1 MiB, queue depth 4: {:.0} MB/s", disk.seq_read_mb)
+            }
+            "sync-write-psync" => {
+                disk.sync_write_p50_us = p50(&job["write"]["clat_ns"]) + p50(&job["sync"]["lat_ns"]);
+                println!(
+                    "  4 KiB write+fdatasync on written blocks (psync): {:.0}/s, p50 {:.1} us",
+                    job["write"]["iops"].as_f64().unwrap_or(0.0),
+                    disk.sync_write_p50_us
+                )
+            }
             _ => println!(
                 "  4 KiB write+fdatasync on written blocks ({}): {:.0}/s, p50 write {:.1} us + fdatasync {:.1} us = {:.1} us",
                 name.trim_start_matches("sync-write-"),
@@ -96,7 +117,7 @@ pub fn run(dir: &Path) -> Result<(), String> {
             ),
         }
     }
-    Ok(())
+    Ok(disk)
 }
 
 /// Installs Debian's fio through apt when it is not on the PATH.

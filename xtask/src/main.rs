@@ -1,7 +1,8 @@
 //! corelog development tasks, run as `cargo xtask <task>`:
 //!
-//! - `load [ARGS]`: builds the load generator with the release profile and
-//!   runs it (`cargo xtask load --help` lists its options).
+//! - `load [--vs-disk] [ARGS]`: builds the load generator with the release
+//!   profile and runs it (`cargo xtask load --help` lists its options); with
+//!   `--vs-disk`, measures the disk first and reports ratios to it.
 //! - `demo`: builds with the release profile and runs the engine demo in a
 //!   temporary directory under the current one.
 //! - `disk [--dir DIR]`: measures the disk under DIR (default
@@ -16,27 +17,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => run_cargo(&["run", "--release", "-p", "corelog", "--example", "demo"]),
-        Some("load") => {
-            let mut cargo = vec![
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "corelog-bench",
-                "--bin",
-                "load",
-                "--",
-            ];
-            cargo.extend(args[1..].iter().map(String::as_str));
-            run_cargo(&cargo)
-        }
+        Some("load") => load(&args[1..]),
         Some("disk") => {
             let dir = match args.get(1..) {
                 Some([flag, dir]) if flag == "--dir" => dir.clone(),
                 Some([]) => "target/disk-baseline".to_string(),
                 _ => usage(),
             };
-            disk::run(std::path::Path::new(&dir))
+            disk::run(std::path::Path::new(&dir)).map(|_| ())
         }
         _ => usage(),
     };
@@ -49,6 +37,71 @@ fn main() {
 fn usage() -> ! {
     eprintln!("usage: cargo xtask load [ARGS] | cargo xtask demo | cargo xtask disk [--dir DIR]");
     exit(2);
+}
+
+/// Runs the load generator (release build) with `args`. With `--vs-disk`,
+/// measures the disk first and prints the engine's figures as ratios of the
+/// disk's.
+fn load(args: &[String]) -> Result<(), String> {
+    let vs_disk = args.iter().any(|a| a == "--vs-disk");
+    let mut args: Vec<String> = args.iter().filter(|a| *a != "--vs-disk").cloned().collect();
+    let disk = if vs_disk {
+        Some(disk::run(std::path::Path::new("target/disk-baseline"))?)
+    } else {
+        None
+    };
+    let report = std::env::temp_dir().join(format!("corelog-load-{}.json", std::process::id()));
+    if disk.is_some() && !args.iter().any(|a| a == "--json") {
+        args.push("--json".into());
+        args.push(report.display().to_string());
+    }
+    let mut cargo = vec![
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "corelog-bench",
+        "--bin",
+        "load",
+        "--",
+    ];
+    cargo.extend(args.iter().map(String::as_str));
+    let result = run_cargo(&cargo);
+    if let Some(disk) = disk {
+        let path = args
+            .iter()
+            .position(|a| a == "--json")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        let _ = std::fs::remove_file(&report);
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        println!("against the disk (fio, measured just before):");
+        println!(
+            "  write bandwidth  {:.1} MB/s = {:.2}x fio sequential write ({:.0} MB/s)",
+            f(&json["mb_per_s"]),
+            f(&json["mb_per_s"]) / disk.seq_write_mb,
+            disk.seq_write_mb
+        );
+        println!(
+            "  append p50       {:.0} us = {:.2}x fio 4 KiB write+fdatasync p50 ({:.0} us)",
+            f(&json["append_latency_us"]["p50"]),
+            f(&json["append_latency_us"]["p50"]) / disk.sync_write_p50_us,
+            disk.sync_write_p50_us
+        );
+        if let Some(cold) = json["cold_read"].get("mb_per_s") {
+            println!(
+                "  cold read        {:.1} MB/s = {:.2}x fio sequential read ({:.0} MB/s)",
+                f(cold),
+                f(cold) / disk.seq_read_mb,
+                disk.seq_read_mb
+            );
+        }
+    }
+    result
 }
 
 /// Runs cargo with `args`, failing on a non-zero exit.
