@@ -126,15 +126,5 @@ fn ensure_fio() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("fio not found; installing it with apt-get");
-    for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "fio"][..]] {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .map_err(|e| format!("run apt-get: {e}"))?;
-        if !status.success() {
-            return Err(format!("apt-get {} failed", args.join(" ")));
-        }
-    }
-    Ok(())
+    crate::apt_install("fio")
 }

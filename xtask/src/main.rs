@@ -5,11 +5,15 @@
 //!   `--vs-disk`, measures the disk first and reports ratios to it.
 //! - `demo`: builds with the release profile and runs the engine demo in a
 //!   temporary directory under the current one.
+//! - `profile -- [LOAD ARGS]`: runs the load under `perf record`, writes a
+//!   flame graph (`target/profile/flamegraph.svg`) and prints the top
+//!   functions by self time.
 //! - `disk [--dir DIR]`: measures the disk under DIR (default
 //!   `target/disk-baseline`) with fio, the baseline every throughput and
 //!   fsync figure in docs/BENCHMARKS.md is compared with.
 
 mod disk;
+mod profile;
 
 use std::process::{exit, Command};
 
@@ -18,6 +22,13 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => run_cargo(&["run", "--release", "-p", "corelog", "--example", "demo"]),
         Some("load") => load(&args[1..]),
+        Some("profile") => {
+            let rest = match args.get(1).map(String::as_str) {
+                Some("--") => &args[2..],
+                _ => &args[1..],
+            };
+            profile::run(rest)
+        }
         Some("disk") => {
             let dir = match args.get(1..) {
                 Some([flag, dir]) if flag == "--dir" => dir.clone(),
@@ -35,7 +46,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cargo xtask load [ARGS] | cargo xtask demo | cargo xtask disk [--dir DIR]");
+    eprintln!(
+        "usage: cargo xtask load [--vs-disk] [ARGS] | cargo xtask profile -- [LOAD ARGS] | cargo xtask disk [--dir DIR] | cargo xtask demo"
+    );
     exit(2);
 }
 
@@ -102,6 +115,24 @@ fn load(args: &[String]) -> Result<(), String> {
         }
     }
     result
+}
+
+/// Installs a Debian package with apt-get.
+fn apt_install(package: &str) -> Result<(), String> {
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", package][..],
+    ] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("run apt-get: {e}"))?;
+        if !status.success() {
+            return Err(format!("apt-get {} failed", args.join(" ")));
+        }
+    }
+    Ok(())
 }
 
 /// Runs cargo with `args`, failing on a non-zero exit.
