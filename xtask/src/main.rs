@@ -52,6 +52,9 @@ fn usage() -> ! {
     exit(2);
 }
 
+/// Cargo arguments that select the load generator's release build.
+const LOAD_BIN: [&str; 6] = ["--release", "-q", "-p", "corelog-bench", "--bin", "load"];
+
 /// Runs the load generator (release build) with `args`. With `--vs-disk`,
 /// measures the disk first and prints the engine's figures as ratios of the
 /// disk's.
@@ -68,16 +71,9 @@ fn load(args: &[String]) -> Result<(), String> {
         args.push("--json".into());
         args.push(report.display().to_string());
     }
-    let mut cargo = vec![
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "corelog-bench",
-        "--bin",
-        "load",
-        "--",
-    ];
+    let mut cargo = vec!["run"];
+    cargo.extend(LOAD_BIN);
+    cargo.push("--");
     cargo.extend(args.iter().map(String::as_str));
     let result = run_cargo(&cargo);
     if let Some(disk) = disk {

@@ -20,15 +20,9 @@ const OUT: &str = "target/profile";
 /// Profiles `cargo xtask load` with `load_args`.
 pub fn run(load_args: &[String]) -> Result<(), String> {
     ensure_perf()?;
-    crate::run_cargo(&[
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "corelog-bench",
-        "--bin",
-        "load",
-    ])?;
+    let mut build = vec!["build"];
+    build.extend(crate::LOAD_BIN);
+    crate::run_cargo(&build)?;
     std::fs::create_dir_all(OUT).map_err(|e| format!("create {OUT}: {e}"))?;
     let data = Path::new(OUT).join("perf.data");
     // Hardware cycles where the machine exposes them, else a software clock.
