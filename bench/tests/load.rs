@@ -32,6 +32,7 @@ fn runs_and_verifies_under_every_policy_with_a_json_report() {
     for fsync in ["always", "never", "interval:5"] {
         let dir = test_dir();
         let json = dir.path().join("report.json");
+        let svg = dir.path().join("plot.svg");
         let data = dir.path().join("data");
         let out = load(&[
             "--fsync",
@@ -45,6 +46,8 @@ fn runs_and_verifies_under_every_policy_with_a_json_report() {
             data.to_str().unwrap(),
             "--json",
             json.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
         ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -78,6 +81,11 @@ fn runs_and_verifies_under_every_policy_with_a_json_report() {
         assert_eq!(report["verification_problems"].as_array().unwrap().len(), 0);
         assert!(report["append_latency_us"]["p99"].as_f64().unwrap() > 0.0);
         assert!(report["cold_read"]["mb_per_s"].as_f64().unwrap() > 0.0);
+        let svg = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("latency CDF"),
+            "not a plot"
+        );
     }
 }
 

@@ -63,6 +63,9 @@ struct Args {
     /// Write every figure and the configuration to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw throughput over time and latency CDFs to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Seed of the record contents.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -315,6 +318,73 @@ fn verify(args: &Args, log: &Handle, acked: &[u64]) -> Vec<String> {
     problems
 }
 
+/// Draws throughput over time and the latency CDFs (append, and end to end
+/// when consumers ran) to an SVG file.
+fn plot(
+    path: &std::path::Path,
+    timeline: &[(f64, f64)],
+    append: &Histogram<u64>,
+    e2e: &Histogram<u64>,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
+    let root = SVGBackend::new(path, (1000, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (top, bottom) = root.split_vertically(400);
+    let max_t = timeline.last().map_or(1.0, |t| t.0).max(1.0);
+    let max_rate = timeline.iter().map(|t| t.1).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&top)
+        .caption("throughput (records/s)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..max_t, 0.0..max_rate * 1.1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(timeline.iter().copied(), &BLUE))
+        .map_err(|e| err(&e))?;
+    let max_us = (append.max().max(e2e.max()) as f64 / 1e3).max(10.0);
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("latency CDF", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(80)
+        .build_cartesian_2d((1.0..max_us * 1.1).log_scale(), 0.0..1.0)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("microseconds")
+        .y_desc("fraction")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (h, name, color) in [(append, "append", BLUE), (e2e, "append to read", RED)] {
+        if h.is_empty() {
+            continue;
+        }
+        let points = (0..=1000).map(|i| {
+            let q = f64::from(i) / 1000.0;
+            ((h.value_at_quantile(q) as f64 / 1e3).max(1.0), q)
+        });
+        chart
+            .draw_series(LineSeries::new(points, &color))
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
 /// CPU seconds this process used (user + system), from /proc/self/stat.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -555,6 +625,10 @@ fn run(args: Args) -> Result<bool, String> {
     } else {
         (engine, log)
     };
+    if let Some(path) = &args.plot {
+        plot(path, &timeline, &lat, &e2e)?;
+        println!("plot             {}", path.display());
+    }
     let problems = if args.no_verify {
         Vec::new()
     } else {
