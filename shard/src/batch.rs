@@ -46,11 +46,11 @@ pub struct BatchHeader {
     pub base_offset: u64,
     /// Number of records; at least one.
     pub record_count: u32,
-    /// Block index in the segment below which every write had completed when
-    /// the batch was appended. Writes are issued in order but several may be
-    /// in flight; a later batch whose floor lies past a damaged position
-    /// proves that position was written completely before, so the damage is
-    /// corruption, not a write torn by a crash.
+    /// Block index in the segment below which an fdatasync had covered
+    /// everything when the batch was appended. Writes are issued in order
+    /// but several may be in flight; a later batch whose floor lies past a
+    /// damaged position proves that position was durable before, so the
+    /// damage is corruption, not a write torn by a crash.
     pub floor_block: u32,
     /// Timestamp of the first record, ms since the Unix epoch.
     pub first_timestamp: i64,

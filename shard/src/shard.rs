@@ -402,28 +402,7 @@ impl<S: Storage> Shard<S> {
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>> {
         let o = self.check_offset(partition, offset)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut next = offset;
-        while next < o.end && (out.is_empty() || bytes < max_bytes) {
-            let want = max_bytes.saturating_sub(bytes) as u64;
-            for (batch, batch_end) in self.batches_at(partition, next, want).await? {
-                let stop = batch_end.min(o.end);
-                for v in batch
-                    .records()
-                    .filter(|r| r.offset() >= next && r.offset() < stop)
-                {
-                    let r = StoredRecord::from_view(&v);
-                    if !out.is_empty() && bytes + r.payload_len() > max_bytes {
-                        return Ok(out);
-                    }
-                    bytes += r.payload_len();
-                    out.push(r);
-                }
-                next = batch_end;
-            }
-        }
-        Ok(out)
+        self.collect(partition, offset, o.end, max_bytes).await
     }
 
     /// Exactly the records of `partition` in `[start, end)`.
@@ -437,19 +416,39 @@ impl<S: Storage> Shard<S> {
         if end < start || end > o.end {
             return Err(out_of_range(partition, end, o));
         }
-        let mut out = Vec::with_capacity((end - start).min(4096) as usize);
-        let mut next = start;
-        while next < end {
-            for (batch, batch_end) in self.batches_at(partition, next, u64::MAX).await? {
-                let stop = batch_end.min(end);
-                out.extend(
-                    batch
-                        .records()
-                        .filter(|r| r.offset() >= next && r.offset() < stop)
-                        .map(|v| StoredRecord::from_view(&v)),
-                );
+        self.collect(partition, start, end, usize::MAX).await
+    }
+
+    /// The records of `partition` in `[from, stop)`, stopping early before
+    /// a record that would take the payload past `max_bytes` (the first
+    /// record always comes back).
+    async fn collect(
+        &self,
+        partition: u64,
+        from: u64,
+        stop: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::with_capacity((stop - from).min(4096) as usize);
+        let mut bytes = 0usize;
+        let mut next = from;
+        while next < stop && (out.is_empty() || bytes < max_bytes) {
+            let want = max_bytes.saturating_sub(bytes) as u64;
+            for (batch, batch_end) in self.batches_at(partition, next, want).await? {
+                let end = batch_end.min(stop);
+                for v in batch
+                    .records()
+                    .filter(|r| r.offset() >= next && r.offset() < end)
+                {
+                    let r = StoredRecord::from_view(&v);
+                    if !out.is_empty() && bytes.saturating_add(r.payload_len()) > max_bytes {
+                        return Ok(out);
+                    }
+                    bytes += r.payload_len();
+                    out.push(r);
+                }
                 next = batch_end;
-                if next >= end {
+                if next >= stop {
                     break;
                 }
             }
@@ -461,13 +460,6 @@ impl<S: Storage> Shard<S> {
     /// records are no longer readable, and segments nothing needs any more
     /// are deleted. An offset at or below the start changes nothing.
     pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
-        let o = self.offsets(partition);
-        if offset > o.end {
-            return Err(out_of_range(partition, offset, o));
-        }
-        if offset <= o.start {
-            return Ok(());
-        }
         self.control(partition, offset, CONTROL_DELETE_BEFORE)
             .await?;
         self.delete_unneeded_segments().await
@@ -476,13 +468,6 @@ impl<S: Storage> Shard<S> {
     /// Removes the offsets of `partition` from `from` on, durably; the next
     /// append gets offset `from`. `from` at the end changes nothing.
     pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
-        let o = self.offsets(partition);
-        if from < o.start || from > o.end {
-            return Err(out_of_range(partition, from, o));
-        }
-        if from == o.end {
-            return Ok(());
-        }
         self.control(partition, from, CONTROL_TRUNCATE).await
     }
 

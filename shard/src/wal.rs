@@ -585,15 +585,6 @@ impl<S: Storage> Wal<S> {
         self.inner.state.borrow().segments.keys().copied().collect()
     }
 
-    /// Paths of the segment files, oldest first.
-    pub fn segment_paths(&self) -> Vec<PathBuf> {
-        let st = self.inner.state.borrow();
-        st.segments
-            .values()
-            .map(|f| f.path().to_path_buf())
-            .collect()
-    }
-
     /// Stops accepting appends, writes and syncs what is pending, records a
     /// clean shutdown and closes the files. Later calls on any clone get
     /// [`Error::Closed`].
