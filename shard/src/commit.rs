@@ -196,6 +196,10 @@ impl<S: Storage> Committer<S> {
     /// One round of the commit loop; returns false when the loop should end.
     async fn step(&mut self) -> Result<bool> {
         let inner = self.inner.clone();
+        if inner.state.borrow().failed.is_some() {
+            // Failed outside the commit path (see `Wal::fail`).
+            return Ok(false);
+        }
         let unsynced = inner.durable.get() < inner.written.get();
         if unsynced && self.sync_due.is_some_and(|t| Instant::now() >= t) {
             // Interval policy: the deadline of the oldest unsynced write passed.
@@ -393,7 +397,7 @@ async fn write_sidecar<S: Storage>(inner: &Rc<Inner<S>>, segment: u64) -> Result
 }
 
 /// Records the first failure and releases every waiter with it.
-fn fail<S: Storage>(inner: &Rc<Inner<S>>, error: Error) {
+pub(crate) fn fail<S: Storage>(inner: &Rc<Inner<S>>, error: Error) {
     inner
         .state
         .borrow_mut()

@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod segment;
 mod shard;
 mod sidecar;
+pub mod sim;
 mod stats;
 pub mod storage;
 mod wal;

@@ -72,6 +72,12 @@ pub struct RecoveryReport {
     pub torn_tail: Option<Damage>,
     /// Damage skipped under [`RecoveryMode::TolerateAnyCorruption`].
     pub skipped: Vec<Damage>,
+    /// Batches (partition, base offset) found past a gap in their
+    /// partition: a crash lost an earlier batch of the partition that was
+    /// still in flight, while a later write of it reached the disk. They
+    /// were never acknowledged as durable; they are not served, and the
+    /// offsets go to the next appends.
+    pub orphaned: Vec<(u64, u64)>,
     /// Wall-clock time of the scan in microseconds.
     pub duration_us: u64,
 }
@@ -244,11 +250,21 @@ impl<F: StorageFile> Scan<'_, F> {
             )),
             other => other,
         };
-        let header = match header {
-            Ok(h) => h,
+        let seed = match header {
+            Ok(h) => h.crc_seed(),
+            Err(reason) if self.config.recovery == RecoveryMode::TolerateAnyCorruption => {
+                // The body may still hold intact batches: report the header
+                // and scan on with the seed the file name implies.
+                self.out.report.skipped.push(Damage {
+                    path: self.path.clone(),
+                    position: 0,
+                    bytes: BLOCK_SIZE,
+                    reason,
+                });
+                crc_seed(self.config.shard_id, seq)
+            }
             Err(reason) => return self.bad_header(seq, reason).await,
         };
-        let seed = header.crc_seed();
         let mut pos = BLOCK_SIZE;
         let mut valid_end = BLOCK_SIZE;
         loop {
@@ -339,7 +355,11 @@ impl<F: StorageFile> Scan<'_, F> {
         if head.len() < 4 {
             return Ok(Step::End);
         }
-        if head[..4] == [0; 4] {
+        // A batch never starts with a zero byte (its magic); zeros up to
+        // the block boundary are commit padding. Padding can be shorter
+        // than the magic, so look no further than the boundary.
+        let in_block = ((block_end - pos) as usize).min(4);
+        if head[..in_block].iter().all(|&b| b == 0) {
             if pos.is_multiple_of(BLOCK_SIZE) {
                 return Ok(Step::End);
             }
@@ -418,10 +438,6 @@ impl<F: StorageFile> Scan<'_, F> {
             reason: reason.clone(),
         };
         match self.config.recovery {
-            RecoveryMode::TolerateAnyCorruption => {
-                self.out.report.skipped.push(damage);
-                Ok(None)
-            }
             // A crash while the last segment was being created leaves a
             // header that never reached the disk and nothing after it.
             RecoveryMode::TolerateTornTail if self.is_last => {

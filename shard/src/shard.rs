@@ -215,7 +215,7 @@ impl<S: Storage> Shard<S> {
     /// Opens the shard on the given storage.
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, RecoveryReport)> {
         let memtable_bytes = config.memtable_bytes;
-        let (wal, recovery) = Wal::open_with(storage, config).await?;
+        let (wal, mut recovery) = Wal::open_with(storage, config).await?;
         let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
         let mut partitions: HashMap<u64, Partition> = checkpoint
             .into_iter()
@@ -232,6 +232,14 @@ impl<S: Storage> Shard<S> {
         for b in &recovery.batches {
             let h = &b.header;
             let part = partitions.entry(h.partition).or_default();
+            // Invariant: a partition's offsets are dense. Writes in flight
+            // complete in any order, so a crash can keep a batch and lose
+            // an earlier one of its partition; the survivor (never
+            // acknowledged as durable: the lost one was not) is dropped.
+            if h.base_offset > part.end {
+                recovery.report.orphaned.push((h.partition, h.base_offset));
+                continue;
+            }
             if h.flags & FLAG_CONTROL != 0 {
                 let batch = wal.read_batch(b.segment, b.position, h.length).await?;
                 match batch.records().next().map(|r| r.value().first().copied()) {
@@ -630,9 +638,14 @@ impl<S: Storage> Shard<S> {
                 })
                 .collect()
         };
-        checkpoint::store(self.wal.storage(), self.config(), &checkpoint).await?;
+        checkpoint::store(self.wal.storage(), self.config(), &checkpoint)
+            .await
+            .map_err(|e| self.wal.fail(e))?;
         for s in doomed {
-            self.wal.remove_segment(s).await?;
+            self.wal
+                .remove_segment(s)
+                .await
+                .map_err(|e| self.wal.fail(e))?;
             self.state.borrow_mut().segment_max_ts.remove(&s);
         }
         Ok(())

@@ -75,6 +75,24 @@ pub(crate) async fn write<S: Storage>(
     file.close().await
 }
 
+/// Removes the sidecar of segment `sequence`, if any, durably.
+pub(crate) async fn remove<S: Storage>(
+    storage: &S,
+    config: &ShardConfig,
+    sequence: u64,
+) -> Result<()> {
+    let path = sidecar_path(&config.dir, sequence);
+    if storage
+        .list(&config.dir)?
+        .iter()
+        .any(|n| config.dir.join(n) == path)
+    {
+        storage.remove(&path).await?;
+        storage.sync_dir(&config.dir).await?;
+    }
+    Ok(())
+}
+
 /// Loads the sidecar of segment `sequence`; `None` when it is missing or
 /// does not validate (the caller then scans the segment).
 pub(crate) async fn load<S: Storage>(

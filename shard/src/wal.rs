@@ -211,6 +211,12 @@ impl<S: Storage> Wal<S> {
         let recovered = recover(&storage, &config, clean_end).await?;
         let (segment, start) = match &recovered.tail {
             Some(t) => {
+                // Invariant: only sealed segments have a sidecar. The tail is
+                // appended to again, so a sidecar a clean shutdown left for
+                // it would describe only its old batches; if its successor
+                // at the next seal were lost, a restart would trust it and
+                // miss the new ones.
+                crate::sidecar::remove(&storage, &config, t.sequence).await?;
                 let file = &recovered.segments.last().expect("tail has a segment").1;
                 commit::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
                 // What recovery found is durable from here on.
@@ -602,6 +608,16 @@ impl<S: Storage> Wal<S> {
             task.await;
         }
         commit::finish_close(&self.inner).await
+    }
+
+    /// Stops the shard after a write or sync failure outside the commit
+    /// path (the partition checkpoint, a segment removal): like a failed
+    /// commit, it is sticky, since the disk's state is no longer known.
+    /// Returns the error for the caller to report.
+    pub(crate) fn fail(&self, error: Error) -> Error {
+        commit::fail(&self.inner, error.clone());
+        self.inner.work.notify();
+        error
     }
 
     fn check_usable(&self, st: &State<S::File>) -> Result<()> {
