@@ -138,7 +138,10 @@ pub(crate) async fn recover<S: Storage>(
                 let end = batches
                     .last()
                     .map_or(BLOCK_SIZE, |b| b.position + u64::from(b.header.length));
-                if clean.is_none_or(|c| c == align_up(end)) {
+                // A segment cut short since it was sealed is scanned, so the
+                // cut is found and judged by the recovery mode.
+                let whole = file.size().await? >= end;
+                if whole && clean.is_none_or(|c| c == align_up(end)) {
                     if is_last {
                         out.tail = Some(Tail {
                             sequence: seq,

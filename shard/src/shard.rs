@@ -21,7 +21,7 @@ use std::{
 use crate::{
     batch::{Batch, BatchInfo, FLAG_CONTROL},
     checkpoint,
-    config::ShardConfig,
+    config::{RecoveryMode, ShardConfig},
     dma::DmaStorage,
     error::{Error, Result},
     index::{IndexEntry, OffsetIndex},
@@ -215,6 +215,7 @@ impl<S: Storage> Shard<S> {
     /// Opens the shard on the given storage.
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, RecoveryReport)> {
         let memtable_bytes = config.memtable_bytes;
+        let tolerate_gaps = config.recovery == RecoveryMode::TolerateAnyCorruption;
         let (wal, mut recovery) = Wal::open_with(storage, config).await?;
         let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
         let mut partitions: HashMap<u64, Partition> = checkpoint
@@ -236,7 +237,9 @@ impl<S: Storage> Shard<S> {
             // complete in any order, so a crash can keep a batch and lose
             // an earlier one of its partition; the survivor (never
             // acknowledged as durable: the lost one was not) is dropped.
-            if h.base_offset > part.end {
+            // Tolerate-any recovery keeps it: there gaps are skipped damage,
+            // and reading inside one reports it.
+            if h.base_offset > part.end && !tolerate_gaps {
                 recovery.report.orphaned.push((h.partition, h.base_offset));
                 continue;
             }
