@@ -50,6 +50,10 @@ struct Located {
 /// What the shard was given: every partition's records by offset.
 type Expected = BTreeMap<u64, Vec<Record>>;
 
+/// Per partition, the offsets a reopened shard served and those it
+/// reported as damaged.
+type Seen = BTreeMap<u64, (Vec<u64>, Vec<u64>)>;
+
 /// Appends `BATCHES` batches round-robin over the partitions, then drops
 /// the shard without closing it.
 fn setup(dir: &Path, shard_id: u32) -> Expected {
@@ -120,7 +124,7 @@ fn reopen(
     dir: &Path,
     mode: RecoveryMode,
     expected: &Expected,
-) -> Result<(RecoveryReport, BTreeMap<u64, (Vec<u64>, Vec<u64>)>), Error> {
+) -> Result<(RecoveryReport, Seen), Error> {
     let dir = dir.to_path_buf();
     let expected = expected.clone();
     run(move || async move {
@@ -170,7 +174,7 @@ fn all_batches(dir: &Path) -> Vec<Located> {
 }
 
 /// Checks that exactly the offsets of `kept` were served, all of them.
-fn assert_served_exactly(seen: &BTreeMap<u64, (Vec<u64>, Vec<u64>)>, kept: &[Located]) {
+fn assert_served_exactly(seen: &Seen, kept: &[Located]) {
     let want = offsets_of(kept);
     for (p, (served, damaged)) in seen {
         assert!(damaged.is_empty(), "partition {p}: damaged {damaged:?}");
