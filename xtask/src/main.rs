@@ -8,6 +8,11 @@
 //! - `profile -- [LOAD ARGS]`: runs the load under `perf record`, writes a
 //!   flame graph (`target/profile/flamegraph.svg`) and prints the top
 //!   functions by self time.
+//! - `crash [--iterations N] [ARGS]`: the real crash loop (release build):
+//!   kills a process appending under `Always` at random moments, reopens,
+//!   verifies every acknowledged append (`cargo xtask crash --help`).
+//! - `sim [--seeds N] [--first-seed S]`: runs the simulated-disk test over
+//!   many seeds (default 10,000) and prints the tallies.
 //! - `disk [--dir DIR]`: measures the disk under DIR (default
 //!   `target/disk-baseline`) with fio, the baseline every throughput and
 //!   fsync figure in docs/BENCHMARKS.md is compared with.
@@ -22,6 +27,21 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => run_cargo(&["run", "--release", "-p", "corelog", "--example", "demo"]),
         Some("load") => load(&args[1..]),
+        Some("crash") => {
+            let mut cargo = vec![
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "corelog-bench",
+                "--bin",
+                "crash",
+            ];
+            cargo.extend(["--", "loop"]);
+            cargo.extend(args[1..].iter().map(String::as_str));
+            run_cargo(&cargo)
+        }
+        Some("sim") => sim(&args[1..]),
         Some("profile") => {
             let rest = match args.get(1).map(String::as_str) {
                 Some("--") => &args[2..],
@@ -47,7 +67,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask load [--vs-disk] [ARGS] | cargo xtask profile -- [LOAD ARGS] | cargo xtask disk [--dir DIR] | cargo xtask demo"
+        "usage: cargo xtask load [--vs-disk] [ARGS] | cargo xtask crash [--iterations N] [ARGS] | cargo xtask sim [--seeds N] [--first-seed S] | cargo xtask profile -- [LOAD ARGS] | cargo xtask disk [--dir DIR] | cargo xtask demo"
     );
     exit(2);
 }
@@ -111,6 +131,42 @@ fn load(args: &[String]) -> Result<(), String> {
         }
     }
     result
+}
+
+/// Runs the simulation test over many seeds, optimised, printing its
+/// tallies.
+fn sim(args: &[String]) -> Result<(), String> {
+    let mut seeds = "10000".to_string();
+    let mut first = "0".to_string();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--seeds" => seeds = value.clone(),
+            "--first-seed" => first = value.clone(),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--release",
+            "-q",
+            "-p",
+            "corelog-shard",
+            "--test",
+            "sim",
+        ])
+        .args(["simulated_seeds", "--", "--nocapture"])
+        .env("CORELOG_SIM_SEEDS", seeds)
+        .env("CORELOG_SIM_FIRST_SEED", first)
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("simulation failed: {status}"))
+    }
 }
 
 /// Installs a Debian package with apt-get.
