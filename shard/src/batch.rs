@@ -56,14 +56,31 @@ pub struct BatchHeader {
     pub first_timestamp: i64,
     /// Largest timestamp in the batch.
     pub max_timestamp: i64,
+    /// Byte position of the batch in its segment. With the checksum it
+    /// exposes a write the device put at the wrong place.
+    pub position: u32,
     /// Reserved; zero.
-    pub reserved1: u64,
+    pub reserved1: u32,
 }
 
 impl BatchHeader {
     /// Offset one past the last record of the batch.
     pub fn end_offset(&self) -> u64 {
         self.base_offset + u64::from(self.record_count)
+    }
+
+    /// Checks that this valid batch, found at `position` in its segment,
+    /// was written there: a batch whose write the device misdirected is
+    /// intact but in the wrong place.
+    pub fn check_position(&self, position: u64) -> Result<(), String> {
+        if u64::from(self.position) == position {
+            Ok(())
+        } else {
+            Err(format!(
+                "batch written for position {} found at {position}: a misdirected write",
+                { self.position }
+            ))
+        }
     }
 }
 
@@ -117,6 +134,8 @@ pub struct BatchInfo {
     pub base_offset: u64,
     /// See [`BatchHeader::floor_block`].
     pub floor_block: u32,
+    /// See [`BatchHeader::position`].
+    pub position: u32,
     /// [`FLAG_CONTROL`] or zero.
     pub flags: u16,
 }
@@ -176,6 +195,7 @@ pub fn encode_batch(
         floor_block: info.floor_block,
         first_timestamp,
         max_timestamp,
+        position: info.position,
         reserved1: 0,
     };
     out[..BATCH_HEADER_LEN].copy_from_slice(bytemuck::bytes_of(&header));
@@ -439,7 +459,7 @@ mod tests {
                                     partition: u64, base in 0u64..1 << 60, seed: u32) {
             let (len, _) = encoded_batch_len(&records).unwrap();
             let mut out = vec![0; len];
-            let header = encode_batch(&mut out, seed, BatchInfo { partition, base_offset: base, floor_block: 3, flags: 0 }, &records, 77);
+            let header = encode_batch(&mut out, seed, BatchInfo { partition, base_offset: base, floor_block: 3, position: 4096, flags: 0 }, &records, 77);
             let batch = Batch::decode(out.clone(), seed).unwrap();
             prop_assert_eq!(batch.header(), &header);
             for (i, (view, rec)) in batch.records().zip(&records).enumerate() {

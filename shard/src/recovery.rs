@@ -382,7 +382,10 @@ impl<F: StorageFile> Scan<'_, F> {
             );
         let bytes = self.window.get(pos, want).await?;
         Ok(match decode_batch(bytes, seed) {
-            Ok(h) => Step::Batch(h),
+            Ok(h) => match h.check_position(pos) {
+                Ok(()) => Step::Batch(h),
+                Err(why) => Step::Damage(why),
+            },
             Err(DecodeError::Truncated { needed, available }) => Step::Damage(format!(
                 "batch cut short: needs {needed} bytes, {available} present"
             )),

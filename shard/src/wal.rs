@@ -301,7 +301,7 @@ impl<S: Storage> Wal<S> {
             partition,
             base_offset,
             flags,
-            floor_block: 0,
+            ..BatchInfo::default()
         };
         let appended = self.encode(info, records, size, |_| {})?;
         self.wait_committed(appended.group).await?;
@@ -403,6 +403,7 @@ impl<S: Storage> Wal<S> {
                 BLOCK_SIZE
             };
             info.floor_block = u32::try_from(floor / BLOCK_SIZE).expect("segment size checked");
+            info.position = u32::try_from(position).expect("segment size checked");
             let at = st.open.len;
             let buf = st.open.buf.as_mut().expect("allocated above");
             let bytes = &mut buf.as_mut_slice()[at..at + size];
@@ -513,8 +514,13 @@ impl<S: Storage> Wal<S> {
                 let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
                     Error::corrupted(file.path(), position, "segment ends inside the batch")
                 })?;
-                Batch::decode(bytes.to_vec(), seed)
-                    .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))
+                let batch = Batch::decode(bytes.to_vec(), seed)
+                    .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))?;
+                batch
+                    .header()
+                    .check_position(position)
+                    .map_err(|why| Error::corrupted(file.path(), position, why))?;
+                Ok(batch)
             })
             .collect()
     }

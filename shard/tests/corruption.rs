@@ -420,3 +420,41 @@ fn a_segment_from_another_shard_copied_in() {
         }
     }
 }
+
+#[test]
+fn a_misdirected_write_is_caught_by_the_batch_position() {
+    for mode in MODES {
+        let dir = test_dir();
+        let expected = setup(dir.path(), 0);
+        let last = segments(dir.path()).pop().unwrap();
+        let aligned: Vec<Located> = batches_in(&last)
+            .into_iter()
+            .filter(|b| b.position % 4096 == 0)
+            .collect();
+        assert!(aligned.len() >= 3, "{aligned:?}");
+        let (from, to) = (aligned[0].position, aligned[aligned.len() / 2].position);
+        // The block written at `from` lands again at `to`: intact batches
+        // in the wrong place.
+        let bytes = std::fs::read(&last).unwrap();
+        overwrite(&last, to, &bytes[from as usize..from as usize + 4096]);
+        let result = reopen(dir.path(), mode, &expected);
+        match mode {
+            RecoveryMode::TolerateAnyCorruption => {
+                let (report, _) = result.unwrap();
+                assert_eq!(report.skipped[0].position, to, "{report:?}");
+                assert!(report.skipped[0].reason.contains("misdirected"));
+            }
+            _ => match result {
+                Err(Error::Corrupted {
+                    path,
+                    position,
+                    reason,
+                }) => {
+                    assert_eq!((path, position), (last.clone(), to));
+                    assert!(reason.contains("misdirected"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+}
