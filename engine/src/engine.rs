@@ -64,6 +64,11 @@ impl Engine {
                 "queue_depth must be at least 1".into(),
             ));
         }
+        if config.max_inflight_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_inflight_bytes must be at least 1".into(),
+            ));
+        }
         config.shard_config(0).validate()?;
         let config = with_io_memory(config)?;
         std::fs::create_dir_all(&config.dir)

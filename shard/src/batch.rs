@@ -478,6 +478,31 @@ mod tests {
             let _ = decode_batch(&bytes, seed);
         }
 
+        /// Garbage behind a valid header and checksum (a buggy or hostile
+        /// writer) exercises the record parser: an error or a batch whose
+        /// records all iterate, never a panic.
+        #[test]
+        fn decoder_survives_garbage_under_a_valid_checksum(
+            records in proptest::collection::vec(arb_record(), 1..6),
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+            count in 1u32..10,
+        ) {
+            let mut out = vec![0; encoded_batch_len(&records).unwrap().0];
+            encode_batch(&mut out, 5, BatchInfo::default(), &records, 0);
+            for (at, byte) in edits {
+                let at = BATCH_HEADER_LEN + at.index(out.len() - BATCH_HEADER_LEN);
+                out[at] = byte;
+            }
+            out[32..36].copy_from_slice(&count.to_le_bytes());
+            let crc = crc32c::crc32c_append(5, &out[CRC_END..]);
+            out[CRC_OFFSET..CRC_END].copy_from_slice(&crc.to_le_bytes());
+            if let Ok(batch) = Batch::decode(out, 5) {
+                for r in batch.records() {
+                    let _ = (r.key(), r.value(), r.headers().count(), r.timestamp());
+                }
+            }
+        }
+
         #[test]
         fn any_flipped_bit_is_detected(records in proptest::collection::vec(arb_record(), 1..4),
                                        bit in any::<proptest::sample::Index>()) {
