@@ -21,9 +21,12 @@ mod common;
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap},
+    panic::AssertUnwindSafe,
     path::Path,
     rc::Rc,
 };
+
+use futures_lite::FutureExt;
 
 use corelog_shard::{
     sim::{CrashKind, FaultCounts, Faults, SimDisk},
@@ -752,17 +755,20 @@ impl Run {
 /// Runs one seed on its own executor; returns its tallies and the disk's
 /// trace digest.
 fn run_seed(seed: u64) -> (Tally, u32) {
-    common::run(move || async move {
-        let profile = Profile::of(seed);
-        let run = Run {
-            seed,
-            profile,
-            rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
-            model: Rc::new(RefCell::new(Model::default())),
-            disk: SimDisk::new(seed, profile.faults()),
-        };
-        run.run().await
-    })
+    common::run(move || seed_run(seed))
+}
+
+/// One seed's run, on the current executor.
+async fn seed_run(seed: u64) -> (Tally, u32) {
+    let profile = Profile::of(seed);
+    let run = Run {
+        seed,
+        profile,
+        rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
+        model: Rc::new(RefCell::new(Model::default())),
+        disk: SimDisk::new(seed, profile.faults()),
+    };
+    run.run().await
 }
 
 /// Prints every batch header in the disk's segments (for debugging).
@@ -823,17 +829,25 @@ fn simulated_seeds_lose_nothing_and_serve_no_damage() {
             env_u64("CORELOG_SIM_SEEDS").unwrap_or(200),
         ),
     };
-    let mut total = Tally::default();
-    for seed in first..first + count {
-        let outcome = std::panic::catch_unwind(|| run_seed(seed));
-        match outcome {
-            Ok((tally, _)) => total.add(&tally),
-            Err(_) => panic!(
-                "simulation seed {seed} ({:?}) failed; reproduce with CORELOG_SIM_SEED={seed} cargo test -p corelog-shard --test sim",
-                Profile::of(seed)
-            ),
+    // One executor for all seeds (an executor per seed exhausts file
+    // descriptors over tens of thousands of seeds).
+    let outcome = common::run(move || async move {
+        let mut total = Tally::default();
+        for seed in first..first + count {
+            match AssertUnwindSafe(seed_run(seed)).catch_unwind().await {
+                Ok((tally, _)) => total.add(&tally),
+                Err(_) => return Err(seed),
+            }
         }
-    }
+        Ok(total)
+    });
+    let total = match outcome {
+        Ok(total) => total,
+        Err(seed) => panic!(
+            "simulation seed {seed} ({:?}) failed; reproduce with CORELOG_SIM_SEED={seed} cargo test -p corelog-shard --test sim",
+            Profile::of(seed)
+        ),
+    };
     println!("simulation: seeds {first}..{}: {total:#?}", first + count);
     assert_eq!(total.seeds, count);
     if count >= 50 {
