@@ -13,6 +13,9 @@
 //!   verifies every acknowledged append (`cargo xtask crash --help`).
 //! - `sim [--seeds N] [--first-seed S]`: runs the simulated-disk test over
 //!   many seeds (default 10,000) and prints the tallies.
+//! - `fuzz [SECONDS]`: runs each cargo-fuzz target of the batch decoder
+//!   for SECONDS (default 60) with the nightly toolchain, installing
+//!   cargo-fuzz if missing.
 //! - `disk [--dir DIR]`: measures the disk under DIR (default
 //!   `target/disk-baseline`) with fio, the baseline every throughput and
 //!   fsync figure in docs/BENCHMARKS.md is compared with.
@@ -42,6 +45,7 @@ fn main() {
             run_cargo(&cargo)
         }
         Some("sim") => sim(&args[1..]),
+        Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         Some("profile") => {
             let rest = match args.get(1).map(String::as_str) {
                 Some("--") => &args[2..],
@@ -67,7 +71,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask load [--vs-disk] [ARGS] | cargo xtask crash [--iterations N] [ARGS] | cargo xtask sim [--seeds N] [--first-seed S] | cargo xtask profile -- [LOAD ARGS] | cargo xtask disk [--dir DIR] | cargo xtask demo"
+        "usage: cargo xtask load [--vs-disk] [ARGS] | cargo xtask crash [--iterations N] [ARGS] | cargo xtask sim [--seeds N] [--first-seed S] | cargo xtask fuzz [SECONDS] | cargo xtask profile -- [LOAD ARGS] | cargo xtask disk [--dir DIR] | cargo xtask demo"
     );
     exit(2);
 }
@@ -167,6 +171,35 @@ fn sim(args: &[String]) -> Result<(), String> {
     } else {
         Err(format!("simulation failed: {status}"))
     }
+}
+
+/// Fuzz targets, in `shard/fuzz/fuzz_targets`.
+const FUZZ_TARGETS: [&str; 2] = ["batch_decode", "batch_records"];
+
+/// Runs every fuzz target for `seconds` each (nightly toolchain).
+fn fuzz(seconds: &str) -> Result<(), String> {
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| format!("seconds must be a number, not {seconds:?}"))?;
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        run_cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    for target in FUZZ_TARGETS {
+        let status = Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .args(["--fuzz-dir", "shard/fuzz", "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .status()
+            .map_err(|e| format!("run cargo fuzz (needs rustup and a nightly toolchain): {e}"))?;
+        if !status.success() {
+            return Err(format!("fuzz target {target} failed: {status}"));
+        }
+    }
+    Ok(())
 }
 
 /// Installs a Debian package with apt-get.
