@@ -12,7 +12,7 @@
 //!   never reused;
 //! - after an I/O error the shard refuses appends, naming the file.
 //!
-//! `cargo test` runs `CORELOG_SIM_SEEDS` seeds (default 200) from
+//! `cargo test` runs `CORELOG_SIM_SEEDS` seeds (default 300) from
 //! `CORELOG_SIM_FIRST_SEED` (default 0); `CORELOG_SIM_SEED=n` runs one. A
 //! failure prints the seed that reproduces it.
 
@@ -826,7 +826,7 @@ fn simulated_seeds_lose_nothing_and_serve_no_damage() {
         Some(seed) => (seed, 1),
         None => (
             env_u64("CORELOG_SIM_FIRST_SEED").unwrap_or(0),
-            env_u64("CORELOG_SIM_SEEDS").unwrap_or(200),
+            env_u64("CORELOG_SIM_SEEDS").unwrap_or(300),
         ),
     };
     // One executor for all seeds (an executor per seed exhausts file
