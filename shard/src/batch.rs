@@ -424,9 +424,57 @@ impl Batch {
 
     /// The records, in offset order.
     pub fn records(&self) -> impl Iterator<Item = RecordView<'_>> {
-        RecordIter::new(&self.header, &self.bytes[BATCH_HEADER_LEN..])
-            // Invariant: `decode` walked every record already.
-            .map(|r| r.expect("validated by Batch::decode"))
+        ValidRecords {
+            rest: &self.bytes[BATCH_HEADER_LEN..],
+            next_offset: self.header.base_offset,
+            remaining: self.header.record_count,
+        }
+    }
+}
+
+/// The records of a batch that [`decode_batch`] (or the encoder) already
+/// walked: every length is known good, so none is checked again. Slicing
+/// still bounds-checks, so a broken invariant panics, never reads wrongly.
+struct ValidRecords<'a> {
+    rest: &'a [u8],
+    next_offset: u64,
+    remaining: u32,
+}
+
+impl<'a> Iterator for ValidRecords<'a> {
+    type Item = RecordView<'a>;
+
+    fn next(&mut self) -> Option<RecordView<'a>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let b = self.rest;
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let total = u32_at(0) as usize + 4;
+        let key_len = u32_at(12);
+        let value_len = u32_at(16) as usize;
+        let rec = &b[RECORD_OVERHEAD..total];
+        let key_bytes = if key_len == NO_KEY {
+            0
+        } else {
+            key_len as usize
+        };
+        let view = RecordView {
+            offset: self.next_offset,
+            timestamp: i64::from_le_bytes(b[4..12].try_into().unwrap()),
+            key: (key_len != NO_KEY).then(|| &rec[..key_bytes]),
+            value: &rec[key_bytes..key_bytes + value_len],
+            header_count: u16::from_le_bytes([b[20], b[21]]),
+            headers: &rec[key_bytes + value_len..],
+        };
+        self.rest = &b[total..];
+        self.next_offset += 1;
+        Some(view)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining as usize, Some(self.remaining as usize))
     }
 }
 

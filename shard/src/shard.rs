@@ -26,7 +26,7 @@ use crate::{
     error::{Error, Result},
     index::{IndexEntry, OffsetIndex},
     memtable::Memtable,
-    record::{Record, RecordView},
+    record::{Record, StoredRecord},
     recovery::RecoveryReport,
     stats::ShardStats,
     storage::Storage,
@@ -56,62 +56,6 @@ pub struct Offsets {
     pub end: u64,
     /// End of the records an fdatasync has covered.
     pub high_watermark: u64,
-}
-
-/// A record read back from a partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRecord {
-    offset: u64,
-    timestamp: i64,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-impl StoredRecord {
-    fn from_view(v: &RecordView<'_>) -> Self {
-        StoredRecord {
-            offset: v.offset(),
-            timestamp: v.timestamp(),
-            key: v.key().map(<[u8]>::to_vec),
-            value: v.value().to_vec(),
-            headers: v
-                .headers()
-                .map(|(n, v)| (n.to_string(), v.to_vec()))
-                .collect(),
-        }
-    }
-
-    /// The record's offset in its partition.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-    /// Milliseconds since the Unix epoch.
-    pub fn timestamp(&self) -> i64 {
-        self.timestamp
-    }
-    /// The key, if any.
-    pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
-    }
-    /// The value.
-    pub fn value(&self) -> &[u8] {
-        &self.value
-    }
-    /// The headers, in the order they were written.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
-    }
-    /// Bytes of key, value and headers: what counts against `max_bytes`.
-    fn payload_len(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len)
-            + self.value.len()
-            + self
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()
-    }
 }
 
 /// One partition's state.
@@ -451,7 +395,7 @@ impl<S: Storage> Shard<S> {
                     .records()
                     .filter(|r| r.offset() >= next && r.offset() < end)
                 {
-                    let r = StoredRecord::from_view(&v);
+                    let r = StoredRecord::new(&batch, &v);
                     if !out.is_empty() && bytes.saturating_add(r.payload_len()) > max_bytes {
                         return Ok(out);
                     }
