@@ -625,8 +625,8 @@ impl<S: Storage> Shard<S> {
             let mut cached = Vec::new();
             let mut next = offset;
             let index = st.partitions.get(&partition).map(|p| &p.index);
-            for b in st.memtable.range(partition, offset).take(MEMTABLE_RUN) {
-                let h = *b.header();
+            st.memtable.walk(partition, offset, |b| {
+                let h = b.header();
                 // The index says where the batch's records end for the
                 // partition (a truncation may have cut it short).
                 let end = index
@@ -636,11 +636,12 @@ impl<S: Storage> Shard<S> {
                 match end {
                     Some(end) if h.base_offset <= next && end > next => {
                         next = end;
-                        cached.push((b, end));
+                        cached.push((b.clone(), end));
+                        cached.len() < MEMTABLE_RUN
                     }
-                    _ => break,
+                    _ => false,
                 }
-            }
+            });
             if !cached.is_empty() {
                 return Ok(cached);
             }
