@@ -1,16 +1,22 @@
-//! The partition checkpoint: every partition's start and end offsets,
-//! written before a segment is deleted, so that what the deleted segment
-//! held (its batches, and the control batches that moved start offsets)
-//! is not needed to rebuild the partitions.
+//! The partition checkpoint: every partition's start and end offsets as of
+//! a position in the log, written before a segment is deleted, so that what
+//! the deleted segment held (its batches, and the control batches that moved
+//! start offsets) is not needed to rebuild the partitions.
 //!
 //! Layout (little-endian), padded with zeros to a block multiple:
 //!
 //! ```text
-//! 0   8   magic "CLCKPT01"
-//! 8   8   partition count n
-//! 16  24n (partition u64, start u64, end u64) per partition
+//! 0   8   magic "CLCKPT02"
+//! 8   8   log end: segment sequence
+//! 16  8   log end: byte position in that segment
+//! 24  8   partition count n
+//! 32  24n (partition u64, start u64, end u64) per partition
 //! ..  4   CRC32C of everything before it
 //! ```
+//!
+//! Invariant: the offsets account for every batch before the log end and
+//! for none after it. On open, batches before it only rebuild the offset
+//! index; batches after it are replayed.
 //!
 //! It is replaced atomically: written to a temporary file, synced, renamed
 //! over the old one, and the directory synced.
@@ -24,63 +30,77 @@ use crate::{
     storage::{IoBuffer, Storage, StorageFile},
 };
 
-const MAGIC: &[u8; 8] = b"CLCKPT01";
+const MAGIC: &[u8; 8] = b"CLCKPT02";
+/// Bytes before the partition entries.
+const HEAD: usize = 32;
 const FILE: &str = "partitions.ckpt";
 const TMP: &str = "partitions.ckpt.tmp";
 
-/// Start and end offset of each partition.
-pub(crate) type Checkpoint = BTreeMap<u64, (u64, u64)>;
+/// Start and end offset of each partition, as of `log_end`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    /// (segment, position): the log up to here is accounted for.
+    pub log_end: (u64, u64),
+    /// Partition -> (start, end).
+    pub partitions: BTreeMap<u64, (u64, u64)>,
+}
 
 /// Reads the checkpoint, or an empty one when there is none.
 pub(crate) async fn load<S: Storage>(storage: &S, config: &ShardConfig) -> Result<Checkpoint> {
     if !storage.list(&config.dir)?.iter().any(|n| n == FILE) {
-        return Ok(Checkpoint::new());
+        return Ok(Checkpoint::default());
     }
     let path = config.dir.join(FILE);
     let file = storage.open(&path, false).await?;
     let len = file.size().await?;
     let bytes = file.read_at(0, align_up(len) as usize).await?;
     let corrupt = |why: &str| Error::corrupted(&path, 0, format!("partition checkpoint: {why}"));
-    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+    if bytes.len() < HEAD + 4 || &bytes[..8] != MAGIC {
         return Err(corrupt("bad magic"));
     }
-    let count = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+    let count = u64_at(24);
     let end = count
         .checked_mul(24)
-        .and_then(|n| n.checked_add(16))
+        .and_then(|n| n.checked_add(HEAD as u64))
         .filter(|&e| e < bytes.len() as u64 && bytes.len() as u64 - e >= 4)
         .ok_or_else(|| corrupt("bad partition count"))? as usize;
     let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap());
     if crc32c::crc32c(&bytes[..end]) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-    let checkpoint = (0..count as usize)
-        .map(|i| {
-            let at = 16 + 24 * i;
-            (u64_at(at), (u64_at(at + 8), u64_at(at + 16)))
-        })
-        .collect();
+    let checkpoint = Checkpoint {
+        log_end: (u64_at(8), u64_at(16)),
+        partitions: (0..count as usize)
+            .map(|i| {
+                let at = HEAD + 24 * i;
+                (u64_at(at), (u64_at(at + 8), u64_at(at + 16)))
+            })
+            .collect(),
+    };
     drop(bytes);
     file.close().await?;
     Ok(checkpoint)
 }
 
-/// Replaces the checkpoint with `checkpoint`, durably.
-pub(crate) async fn store<S: Storage>(
+/// Writes `checkpoint` to the temporary file and syncs it. A failure here
+/// leaves the checkpoint in place untouched.
+pub(crate) async fn write_temp<S: Storage>(
     storage: &S,
     config: &ShardConfig,
     checkpoint: &Checkpoint,
 ) -> Result<()> {
-    let end = 16 + 24 * checkpoint.len();
+    let end = HEAD + 24 * checkpoint.partitions.len();
     let len = align_up(end as u64 + 4) as usize;
     let mut buf = storage.alloc(len.max(BLOCK_SIZE as usize));
     let bytes = buf.as_mut_slice();
     bytes.fill(0);
     bytes[..8].copy_from_slice(MAGIC);
-    bytes[8..16].copy_from_slice(&(checkpoint.len() as u64).to_le_bytes());
-    for (i, (partition, (start, stop))) in checkpoint.iter().enumerate() {
-        let at = 16 + 24 * i;
+    bytes[8..16].copy_from_slice(&checkpoint.log_end.0.to_le_bytes());
+    bytes[16..24].copy_from_slice(&checkpoint.log_end.1.to_le_bytes());
+    bytes[24..32].copy_from_slice(&(checkpoint.partitions.len() as u64).to_le_bytes());
+    for (i, (partition, (start, stop))) in checkpoint.partitions.iter().enumerate() {
+        let at = HEAD + 24 * i;
         bytes[at..at + 8].copy_from_slice(&partition.to_le_bytes());
         bytes[at + 8..at + 16].copy_from_slice(&start.to_le_bytes());
         bytes[at + 16..at + 24].copy_from_slice(&stop.to_le_bytes());
@@ -100,8 +120,16 @@ pub(crate) async fn store<S: Storage>(
         });
     }
     file.fdatasync().await?;
-    file.close().await?;
-    storage.rename(&tmp, &config.dir.join(FILE)).await?;
+    file.close().await
+}
+
+/// Renames the temporary file written by [`write_temp`] over the
+/// checkpoint and syncs the directory. After a failure here the directory's
+/// state is unknown.
+pub(crate) async fn install<S: Storage>(storage: &S, config: &ShardConfig) -> Result<()> {
+    storage
+        .rename(&config.dir.join(TMP), &config.dir.join(FILE))
+        .await?;
     storage.sync_dir(&config.dir).await
 }
 
@@ -128,6 +156,7 @@ mod tests {
                         let mut bytes = Vec::new();
                         if magic {
                             bytes.extend_from_slice(MAGIC);
+                            bytes.extend_from_slice(&[0; 16]);
                             bytes.extend_from_slice(&count.to_le_bytes());
                         }
                         bytes.extend_from_slice(&tail);

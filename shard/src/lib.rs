@@ -35,7 +35,7 @@ pub use config::{FsyncPolicy, RecoveryMode, ShardConfig};
 pub use dma::{DmaStorage, DmaStorageFile};
 pub use error::{Error, Result};
 pub use record::{Record, RecordView, StoredRecord};
-pub use recovery::{Damage, RecoveredBatch, RecoveryReport};
+pub use recovery::{Damage, Orphan, RecoveredBatch, RecoveryReport};
 pub use shard::{Offsets, Shard};
 pub use stats::ShardStats;
 pub use wal::{Appended, Recovery, Wal};

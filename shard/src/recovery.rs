@@ -53,6 +53,22 @@ pub struct Damage {
     pub reason: String,
 }
 
+/// A batch dropped on open because an earlier batch of its partition was
+/// lost (see [`RecoveryReport::orphaned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orphan {
+    /// Its partition.
+    pub partition: u64,
+    /// Its first offset.
+    pub base_offset: u64,
+    /// Where the partition's records ended without it.
+    pub partition_end: u64,
+    /// Its segment.
+    pub segment: u64,
+    /// Its byte position in the segment.
+    pub position: u64,
+}
+
 /// What recovery did on open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -72,12 +88,12 @@ pub struct RecoveryReport {
     pub torn_tail: Option<Damage>,
     /// Damage skipped under [`RecoveryMode::TolerateAnyCorruption`].
     pub skipped: Vec<Damage>,
-    /// Batches (partition, base offset) found past a gap in their
-    /// partition: a crash lost an earlier batch of the partition that was
-    /// still in flight, while a later write of it reached the disk. They
-    /// were never acknowledged as durable; they are not served, and the
-    /// offsets go to the next appends.
-    pub orphaned: Vec<(u64, u64)>,
+    /// Batches of the last segment found past a gap in their partition: a
+    /// crash lost an earlier batch of the partition that was still in
+    /// flight, while a later write of it reached the disk. They were never
+    /// acknowledged as durable; they are not served, a truncation logged
+    /// on open retires them, and their offsets go to the next appends.
+    pub orphaned: Vec<Orphan>,
     /// Wall-clock time of the scan in microseconds.
     pub duration_us: u64,
 }
@@ -129,6 +145,21 @@ pub(crate) async fn recover<S: Storage>(
     for (i, &seq) in seqs.iter().enumerate() {
         let is_last = i + 1 == seqs.len();
         let path = segment_path(&config.dir, seq);
+        // Invariant: segments are removed oldest first, so the sequences
+        // on disk are contiguous; a hole is a segment lost to damage.
+        if i > 0 && seq != seqs[i - 1] + 1 {
+            let missing = segment_path(&config.dir, seqs[i - 1] + 1);
+            let reason = format!("segments {} to {} are missing", seqs[i - 1] + 1, seq - 1);
+            if config.recovery != RecoveryMode::TolerateAnyCorruption {
+                return Err(Error::corrupted(&missing, 0, reason));
+            }
+            out.report.skipped.push(Damage {
+                path: missing,
+                position: 0,
+                bytes: 0,
+                reason,
+            });
+        }
         let file = storage.open(&path, false).await?;
         let clean = clean_end.filter(|&(s, _)| s == seq).map(|(_, end)| end);
         // A sealed segment, or the last one after a clean shutdown, has a
@@ -163,6 +194,7 @@ pub(crate) async fn recover<S: Storage>(
             is_last,
             window: Window::new(&file).await?,
             out: &mut out,
+            expected_len: config.segment_bytes,
         }
         .segment(seq, clean)
         .await?;
@@ -221,6 +253,9 @@ struct Scan<'a, F: StorageFile> {
     is_last: bool,
     window: Window<'a, F>,
     out: &'a mut Recovered<F>,
+    /// The size the segment was created with (from its header). Segments
+    /// are preallocated, so a shorter file was cut after the fact.
+    expected_len: u64,
 }
 
 /// What lies after damage.
@@ -254,7 +289,10 @@ impl<F: StorageFile> Scan<'_, F> {
             other => other,
         };
         let seed = match header {
-            Ok(h) => h.crc_seed(),
+            Ok(h) => {
+                self.expected_len = h.segment_bytes;
+                h.crc_seed()
+            }
             Err(reason) if self.config.recovery == RecoveryMode::TolerateAnyCorruption => {
                 // The body may still hold intact batches: report the header
                 // and scan on with the seed the file name implies.
@@ -356,7 +394,15 @@ impl<F: StorageFile> Scan<'_, F> {
         let block_end = align_up(pos + 1);
         let head = self.window.get(pos, BATCH_HEADER_LEN).await?;
         if head.len() < 4 {
-            return Ok(Step::End);
+            let len = self.window.file_len;
+            return Ok(if len < self.expected_len && pos + 4 > len {
+                Step::Damage(format!(
+                    "the segment file ends at {len} bytes but was created with {}: it was cut",
+                    self.expected_len
+                ))
+            } else {
+                Step::End
+            });
         }
         // A batch never starts with a zero byte (its magic); zeros up to
         // the block boundary are commit padding. Padding can be shorter

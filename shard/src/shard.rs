@@ -20,14 +20,14 @@ use std::{
 
 use crate::{
     batch::{Batch, BatchInfo, FLAG_CONTROL},
-    checkpoint,
+    checkpoint::{self, Checkpoint},
     config::{RecoveryMode, ShardConfig},
     dma::DmaStorage,
     error::{Error, Result},
     index::{IndexEntry, OffsetIndex},
     memtable::Memtable,
     record::{Record, StoredRecord},
-    recovery::RecoveryReport,
+    recovery::{Orphan, RecoveryReport},
     stats::ShardStats,
     storage::Storage,
     wal::Wal,
@@ -159,10 +159,11 @@ impl<S: Storage> Shard<S> {
     /// Opens the shard on the given storage.
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, RecoveryReport)> {
         let memtable_bytes = config.memtable_bytes;
-        let tolerate_gaps = config.recovery == RecoveryMode::TolerateAnyCorruption;
+        let mode = config.recovery;
         let (wal, mut recovery) = Wal::open_with(storage, config).await?;
         let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
         let mut partitions: HashMap<u64, Partition> = checkpoint
+            .partitions
             .into_iter()
             .map(|(p, (start, end))| {
                 let part = Partition {
@@ -174,18 +175,62 @@ impl<S: Storage> Shard<S> {
                 (p, part)
             })
             .collect();
+        // Writes in flight at a crash are all in the active segment.
+        let active = wal.stats().active_segment;
         for b in &recovery.batches {
             let h = &b.header;
             let part = partitions.entry(h.partition).or_default();
+            let entry = IndexEntry::new(
+                h.base_offset,
+                b.segment,
+                b.position,
+                h.length,
+                h.record_count,
+            );
+            if (b.segment, b.position) < checkpoint.log_end {
+                // The checkpoint's offsets account for this batch: it only
+                // rebuilds the index. A later batch at the same offsets
+                // replaces it (a truncation came in between).
+                if h.flags & FLAG_CONTROL == 0
+                    && h.base_offset < part.end
+                    && h.end_offset() > part.start
+                {
+                    part.index.truncate(h.base_offset);
+                    part.index.push(entry);
+                }
+                continue;
+            }
             // Invariant: a partition's offsets are dense. Writes in flight
             // complete in any order, so a crash can keep a batch and lose
-            // an earlier one of its partition; the survivor (never
-            // acknowledged as durable: the lost one was not) is dropped.
-            // Tolerate-any recovery keeps it: there gaps are skipped damage,
-            // and reading inside one reports it.
-            if h.base_offset > part.end && !tolerate_gaps {
-                recovery.report.orphaned.push((h.partition, h.base_offset));
-                continue;
+            // an earlier one of its partition; the survivor was never
+            // acknowledged as durable (the lost one was not) and is
+            // dropped. Anywhere else a gap is damage: refused, or under
+            // tolerate-any kept, where reading inside the gap reports it.
+            if h.base_offset > part.end {
+                let orphan = Orphan {
+                    partition: h.partition,
+                    base_offset: h.base_offset,
+                    partition_end: part.end,
+                    segment: b.segment,
+                    position: b.position,
+                };
+                match mode {
+                    RecoveryMode::TolerateAnyCorruption => {}
+                    RecoveryMode::TolerateTornTail if b.segment == active => {
+                        recovery.report.orphaned.push(orphan);
+                        continue;
+                    }
+                    _ => {
+                        return Err(Error::corrupted(
+                            wal.segment_path(b.segment),
+                            b.position,
+                            format!(
+                                "partition {} batch at offset {} follows the partition's end {}: an earlier batch is missing",
+                                h.partition, h.base_offset, part.end
+                            ),
+                        ))
+                    }
+                }
             }
             if h.flags & FLAG_CONTROL != 0 {
                 let batch = wal.read_batch(b.segment, b.position, h.length).await?;
@@ -207,16 +252,12 @@ impl<S: Storage> Shard<S> {
                 // After a replayed truncation the index may hold batches
                 // at or past this one from before it; they were dropped.
                 part.index.truncate(h.base_offset);
-                part.index.push(IndexEntry::new(
-                    h.base_offset,
-                    b.segment,
-                    b.position,
-                    h.length,
-                    h.record_count,
-                ));
+                part.index.push(entry);
             }
         }
         for part in partitions.values_mut() {
+            // An accounted batch may straddle the end a truncation set.
+            part.index.truncate(part.end);
             part.high_watermark = part.end;
             part.acked_end = part.end;
         }
@@ -575,17 +616,25 @@ impl<S: Storage> Shard<S> {
         // batch holds. Sync, then take each partition's high-water mark.
         self.wal.flush().await?;
         let durable = self.wal.watermarks().1;
+        let stats = self.wal.stats();
         let checkpoint = {
             let mut st = self.state.borrow_mut();
-            st.partitions
-                .iter_mut()
-                .map(|(&p, part)| {
-                    let o = part.offsets(durable);
-                    (p, (o.start, o.high_watermark.max(o.start)))
-                })
-                .collect()
+            Checkpoint {
+                log_end: (stats.durable_segment, stats.durable_position),
+                partitions: st
+                    .partitions
+                    .iter_mut()
+                    .map(|(&p, part)| {
+                        let o = part.offsets(durable);
+                        (p, (o.start, o.high_watermark.max(o.start)))
+                    })
+                    .collect(),
+            }
         };
-        checkpoint::store(self.wal.storage(), self.config(), &checkpoint)
+        // A failure before the rename leaves the old checkpoint in place
+        // and the shard usable; after it, the directory's state is unknown.
+        checkpoint::write_temp(self.wal.storage(), self.config(), &checkpoint).await?;
+        checkpoint::install(self.wal.storage(), self.config())
             .await
             .map_err(|e| self.wal.fail(e))?;
         for s in doomed {

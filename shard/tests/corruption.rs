@@ -458,3 +458,101 @@ fn a_misdirected_write_is_caught_by_the_batch_position() {
         }
     }
 }
+
+#[test]
+fn segments_cut_at_a_block_boundary_are_reported_not_silently_shortened() {
+    for mode in MODES {
+        // The last segment, cut where a commit group starts: every byte
+        // left is valid, only the file's size tells.
+        let dir = test_dir();
+        let expected = setup(dir.path(), 0);
+        let last = segments(dir.path()).pop().unwrap();
+        let in_last = batches_in(&last);
+        let cut = in_last
+            .iter()
+            .filter(|b| b.position % 4096 == 0 && b.position > 4096)
+            .nth(1)
+            .copied()
+            .expect("a group start");
+        let kept: Vec<Located> = segments_before(dir.path(), &last)
+            .into_iter()
+            .chain(
+                in_last
+                    .iter()
+                    .copied()
+                    .filter(|b| b.position < cut.position),
+            )
+            .collect();
+        let f = OpenOptions::new().write(true).open(&last).unwrap();
+        f.set_len(cut.position).unwrap();
+        f.sync_all().unwrap();
+        let result = reopen(dir.path(), mode, &expected);
+        match mode {
+            RecoveryMode::AbsoluteConsistency => assert_refused(result, &last, cut.position),
+            _ => {
+                let (report, seen) = result.unwrap();
+                let damage = match mode {
+                    RecoveryMode::TolerateTornTail => report.torn_tail.clone().unwrap(),
+                    _ => report.skipped[0].clone(),
+                };
+                assert_eq!((damage.path, damage.position), (last.clone(), cut.position));
+                assert!(damage.reason.contains("cut"), "{}", damage.reason);
+                assert_served_exactly(&seen, &kept);
+            }
+        }
+
+        // A sealed segment cut the same way is refused (or skipped).
+        let dir = test_dir();
+        let expected = setup(dir.path(), 0);
+        let victim = segments(dir.path())[2].clone();
+        let cut = batches_in(&victim)
+            .into_iter()
+            .filter(|b| b.position % 4096 == 0 && b.position > 4096)
+            .nth(1)
+            .expect("a group start");
+        let f = OpenOptions::new().write(true).open(&victim).unwrap();
+        f.set_len(cut.position).unwrap();
+        f.sync_all().unwrap();
+        let result = reopen(dir.path(), mode, &expected);
+        match mode {
+            RecoveryMode::TolerateAnyCorruption => {
+                let (report, _) = result.unwrap();
+                assert_eq!(report.skipped[0].path, victim);
+                assert_eq!(report.skipped[0].position, cut.position);
+            }
+            _ => assert_refused(result, &victim, cut.position),
+        }
+    }
+}
+
+#[test]
+fn a_missing_segment_is_refused_or_reported() {
+    for mode in MODES {
+        let dir = test_dir();
+        let expected = setup(dir.path(), 0);
+        let segs = segments(dir.path());
+        let gone = segs[3].clone();
+        let lost = batches_in(&gone);
+        std::fs::remove_file(&gone).unwrap();
+        std::fs::remove_file(gone.with_extension("idx")).unwrap();
+        let result = reopen(dir.path(), mode, &expected);
+        match mode {
+            RecoveryMode::TolerateAnyCorruption => {
+                let (report, seen) = result.unwrap();
+                assert!(report.skipped.iter().any(|d| d.path == gone), "{report:?}");
+                // Every batch elsewhere is served; the lost ones report
+                // damage when read.
+                for (p, (served, damaged)) in &seen {
+                    let gone: u64 = lost
+                        .iter()
+                        .filter(|b| b.partition == *p)
+                        .map(|b| b.end - b.base)
+                        .sum();
+                    assert_eq!(damaged.len() as u64, gone, "partition {p}");
+                    assert_eq!(served.len() as u64 + gone, expected[p].len() as u64);
+                }
+            }
+            _ => assert_refused(result, &gone, 0),
+        }
+    }
+}

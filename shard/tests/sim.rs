@@ -467,7 +467,9 @@ impl Run {
             self.seed
         );
         self.model.borrow_mut().tally.io_failures += 1;
-        if matches!(e, Error::Corrupted { .. }) {
+        // A failure confined to the checkpoint's temporary file leaves the
+        // log and the old checkpoint intact: the shard goes on.
+        if matches!(e, Error::Corrupted { .. }) || e.to_string().contains("partitions.ckpt.tmp") {
             return;
         }
         let (_, records) = self.model.borrow_mut().issue(0, &mut self.rng);
