@@ -13,15 +13,15 @@
 //!          u16 name length, name (UTF-8), u32 value length, value
 //! ```
 
+use std::sync::Arc;
+
+use crate::batch::Batch;
+
 /// Fixed bytes of an encoded record before its key.
 pub const RECORD_OVERHEAD: usize = 22;
 /// Fixed bytes of an encoded header before its name and after it.
 pub const HEADER_OVERHEAD: usize = 6;
 /// Key length that marks a record without a key.
-use std::sync::Arc;
-
-use crate::batch::Batch;
-
 pub(crate) const NO_KEY: u32 = u32::MAX;
 
 /// A record to append: a value with an optional key, headers and timestamp.
@@ -256,5 +256,33 @@ impl std::fmt::Debug for StoredRecord {
             .field("value_len", &self.value.1)
             .field("headers", &self.headers().collect::<Vec<_>>())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{encode_batch, encoded_batch_len, BatchInfo};
+
+    /// What a read counts against `max_bytes`: key, value, header names
+    /// and values, not their framing.
+    #[test]
+    fn payload_len_counts_key_value_and_headers() {
+        let records = [Record::new(vec![1; 10])
+            .with_key(vec![2; 3])
+            .with_header("abc", vec![3; 5])
+            .with_header("", vec![])];
+        let mut bytes = vec![0; encoded_batch_len(&records).unwrap().0];
+        encode_batch(&mut bytes, 0, BatchInfo::default(), &records, 0);
+        let batch = Arc::new(Batch::decode(bytes, 0).unwrap());
+        let view = batch.records().next().unwrap();
+        let stored = StoredRecord::new(&batch, &view);
+        assert_eq!(stored.payload_len(), 10 + 3 + 3 + 5);
+        assert_eq!(stored.key(), Some(&[2u8; 3][..]));
+        assert_eq!(stored.value(), &[1u8; 10][..]);
+        assert_eq!(
+            stored.headers().collect::<Vec<_>>(),
+            vec![("abc", &[3u8; 5][..]), ("", &[][..])]
+        );
     }
 }

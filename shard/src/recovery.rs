@@ -107,6 +107,10 @@ pub(crate) struct Tail {
     /// End of the last non-zero block after `valid_end` (garbage left by a
     /// torn write), which must be zeroed before appending.
     pub dirty_end: u64,
+    /// Appends may go on in this segment. Not when tolerate-any recovery
+    /// kept it despite a damaged header: it is left as found, and the next
+    /// append starts a new segment.
+    pub writable: bool,
 }
 
 /// Everything recovery hands to the shard.
@@ -115,6 +119,8 @@ pub(crate) struct Recovered<F> {
     pub batches: Vec<RecoveredBatch>,
     pub report: RecoveryReport,
     pub tail: Option<Tail>,
+    /// The last segment scanned had a damaged header (tolerate-any).
+    last_header_damaged: bool,
 }
 
 /// Scans the segments in `config.dir`. `clean_end` is the end position of
@@ -140,6 +146,7 @@ pub(crate) async fn recover<S: Storage>(
             ..RecoveryReport::default()
         },
         tail: None,
+        last_header_damaged: false,
     };
     let names = storage.list(&config.dir)?;
     for (i, &seq) in seqs.iter().enumerate() {
@@ -178,6 +185,7 @@ pub(crate) async fn recover<S: Storage>(
                             sequence: seq,
                             valid_end: end,
                             dirty_end: end,
+                            writable: true,
                         });
                     }
                     out.report.sidecars_loaded += 1;
@@ -205,6 +213,7 @@ pub(crate) async fn recover<S: Storage>(
                         sequence: seq,
                         valid_end,
                         dirty_end,
+                        writable: !out.last_header_damaged,
                     });
                 } else {
                     // The sidecar was missing or damaged: rebuild it.
@@ -238,6 +247,7 @@ pub(crate) async fn recover<S: Storage>(
                 sequence,
                 valid_end: end,
                 dirty_end: end,
+                writable: true,
             });
         }
     }
@@ -294,8 +304,12 @@ impl<F: StorageFile> Scan<'_, F> {
                 h.crc_seed()
             }
             Err(reason) if self.config.recovery == RecoveryMode::TolerateAnyCorruption => {
+                if self.is_last && self.creation_torn(seq).await? {
+                    return self.bad_header(seq, reason).await;
+                }
                 // The body may still hold intact batches: report the header
                 // and scan on with the seed the file name implies.
+                self.out.last_header_damaged = self.is_last;
                 self.out.report.skipped.push(Damage {
                     path: self.path.clone(),
                     position: 0,
@@ -480,6 +494,20 @@ impl<F: StorageFile> Scan<'_, F> {
         }
     }
 
+    /// Whether a segment with a bad header looks like one whose creation a
+    /// crash interrupted: nothing valid and no data after the header.
+    async fn creation_torn(&mut self, seq: u64) -> Result<bool> {
+        let seed = crc_seed(self.config.shard_id, seq);
+        let probe = self.probe(BLOCK_SIZE, 0, seed).await?;
+        let any_data = self
+            .window
+            .get(BLOCK_SIZE, 4)
+            .await?
+            .iter()
+            .any(|&b| b != 0);
+        Ok(probe.first_valid.is_none() && !any_data)
+    }
+
     /// Handles a segment whose header is unreadable or foreign.
     async fn bad_header(&mut self, seq: u64, reason: String) -> Result<Option<(u64, u64)>> {
         let len = self.window.file_len;
@@ -492,16 +520,10 @@ impl<F: StorageFile> Scan<'_, F> {
         match self.config.recovery {
             // A crash while the last segment was being created leaves a
             // header that never reached the disk and nothing after it.
-            RecoveryMode::TolerateTornTail if self.is_last => {
-                let seed = crc_seed(self.config.shard_id, seq);
-                let probe = self.probe(BLOCK_SIZE, 0, seed).await?;
-                let any_data = self
-                    .window
-                    .get(BLOCK_SIZE, 4)
-                    .await?
-                    .iter()
-                    .any(|&b| b != 0);
-                if probe.first_valid.is_none() && !any_data {
+            RecoveryMode::TolerateTornTail | RecoveryMode::TolerateAnyCorruption
+                if self.is_last =>
+            {
+                if self.creation_torn(seq).await? {
                     self.out.report.torn_tail = Some(damage);
                     Ok(None)
                 } else {

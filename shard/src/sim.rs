@@ -84,7 +84,8 @@ pub enum CrashKind {
     DurableOnly,
     /// Each pending sector survives with probability one half.
     Torn,
-    /// Every pending write reached the platter (a process kill).
+    /// Every pending write and directory change reached the disk (a
+    /// process kill).
     AllWritten,
 }
 
@@ -93,8 +94,19 @@ pub enum CrashKind {
 struct Inode {
     written: Vec<u8>,
     durable: Vec<u8>,
-    /// Byte ranges written since the last successful fdatasync.
-    pending: Vec<(usize, usize)>,
+    /// Writes not yet covered by a successful fdatasync.
+    pending: Vec<Pending>,
+}
+
+/// A write not yet durable.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: u64,
+    start: usize,
+    len: usize,
+    /// The write completed (its caller saw the result). An fdatasync
+    /// covers only writes completed before it was issued.
+    done: bool,
 }
 
 type InodeRef = Rc<RefCell<Inode>>;
@@ -108,6 +120,8 @@ struct Disk {
     /// Set by a crash: the process that used this disk is gone.
     dead: bool,
     trace: u32,
+    /// Id of the next write.
+    next_write: u64,
 }
 
 /// The simulated disk; clones share it.
@@ -152,6 +166,7 @@ impl SimDisk {
             durable_names: BTreeMap::new(),
             dead: false,
             trace: 0,
+            next_write: 0,
         })))
     }
 
@@ -185,7 +200,13 @@ impl SimDisk {
         // Several names can point at one inode (a rename not yet durable
         // leaves the old name durable); they keep sharing it.
         let mut copies: Vec<(InodeRef, InodeRef)> = Vec::new();
-        for (path, inode) in &d.durable_names {
+        // A process kill loses nothing the kernel was told; power loss
+        // keeps only the directory entries a directory sync covered.
+        let entries = match kind {
+            CrashKind::AllWritten => &d.names,
+            _ => &d.durable_names,
+        };
+        for (path, inode) in entries {
             let copy = match copies.iter().find(|(old, _)| Rc::ptr_eq(old, inode)) {
                 Some((_, copy)) => copy.clone(),
                 None => {
@@ -210,6 +231,7 @@ impl SimDisk {
             names,
             dead: false,
             trace: d.trace,
+            next_write: 0,
         };
         SimDisk(Rc::new(RefCell::new(after)))
     }
@@ -284,7 +306,7 @@ fn survivor(
     counts: &mut FaultCounts,
 ) -> Vec<u8> {
     let mut image = inode.durable.clone();
-    for &(start, len) in &inode.pending {
+    for &Pending { start, len, .. } in &inode.pending {
         for sector in (start..start + len).step_by(SECTOR) {
             let end = (sector + SECTOR).min(start + len).min(inode.written.len());
             if sector >= end {
@@ -407,9 +429,11 @@ impl StorageFile for SimFile {
         }
         let full = {
             let d = disk.0.borrow();
+            let grow =
+                (pos as usize + buf.0.len()).saturating_sub(self.inode.borrow().written.len());
             d.faults
                 .capacity
-                .is_some_and(|cap| SimDisk::used(&d) + buf.0.len() as u64 > cap)
+                .is_some_and(|cap| SimDisk::used(&d) + grow as u64 > cap)
         };
         if full || disk.chance(|f| f.write_enospc) {
             disk.0.borrow_mut().counts.enospc += 1;
@@ -417,6 +441,11 @@ impl StorageFile for SimFile {
         }
         let mut data = buf.0;
         let mut at = pos as usize;
+        let id = {
+            let mut d = disk.0.borrow_mut();
+            d.next_write += 1;
+            d.next_write
+        };
         {
             let mut d = disk.0.borrow_mut();
             let d = &mut *d;
@@ -440,9 +469,23 @@ impl StorageFile for SimFile {
                 inode.written.resize(at + data.len(), 0);
             }
             inode.written[at..at + data.len()].copy_from_slice(&data);
-            inode.pending.push((at, data.len()));
+            inode.pending.push(Pending {
+                id,
+                start: at,
+                len: data.len(),
+                done: false,
+            });
         }
         disk.delay().await;
+        if let Some(p) = self
+            .inode
+            .borrow_mut()
+            .pending
+            .iter_mut()
+            .find(|p| p.id == id)
+        {
+            p.done = true;
+        }
         Ok(data.len())
     }
 
@@ -466,6 +509,15 @@ impl StorageFile for SimFile {
 
     async fn fdatasync(&self) -> Result<()> {
         self.disk.begin("fdatasync", &self.path, 0, 0)?;
+        let covered: Vec<u64> = {
+            let inode = self.inode.borrow();
+            inode
+                .pending
+                .iter()
+                .filter(|p| p.done)
+                .map(|p| p.id)
+                .collect()
+        };
         self.disk.delay().await;
         // The disk may have died while this sync was in flight.
         self.disk.begin("fdatasync done", &self.path, 0, 0)?;
@@ -474,8 +526,18 @@ impl StorageFile for SimFile {
             return Err(os_error("fdatasync", &self.path, EIO));
         }
         let mut inode = self.inode.borrow_mut();
-        inode.durable = inode.written.clone();
-        inode.pending.clear();
+        let inode = &mut *inode;
+        // The file's size is durable; of the data, the writes that had
+        // completed when the sync was issued.
+        let len = inode.written.len();
+        inode.durable.resize(len, 0);
+        for p in inode.pending.iter().filter(|p| covered.contains(&p.id)) {
+            let end = (p.start + p.len).min(len);
+            if p.start < end {
+                inode.durable[p.start..end].copy_from_slice(&inode.written[p.start..end]);
+            }
+        }
+        inode.pending.retain(|p| !covered.contains(&p.id));
         Ok(())
     }
 

@@ -217,11 +217,17 @@ impl<S: Storage> Wal<S> {
                 // at the next seal were lost, a restart would trust it and
                 // miss the new ones.
                 crate::sidecar::remove(&storage, &config, t.sequence).await?;
-                let file = &recovered.segments.last().expect("tail has a segment").1;
-                commit::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
-                // What recovery found is durable from here on.
-                file.fdatasync().await?;
-                (t.sequence, align_up(t.valid_end))
+                if t.writable {
+                    let file = &recovered.segments.last().expect("tail has a segment").1;
+                    commit::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
+                    // What recovery found is durable from here on.
+                    file.fdatasync().await?;
+                    (t.sequence, align_up(t.valid_end))
+                } else {
+                    // Left as found: starting at its end makes the first
+                    // append roll to a new segment.
+                    (t.sequence, config.segment_bytes)
+                }
             }
             // No segment yet: the first append rolls into segment 1.
             None => (0, 0),
@@ -360,8 +366,8 @@ impl<S: Storage> Wal<S> {
 
     /// Encodes a batch of `size` bytes (from [`Wal::check_batch`]) into the
     /// open commit group, without waiting: batches are logged in the order
-    /// of these calls. `keep` sees the encoded batch. `info.floor_block` is
-    /// filled in here.
+    /// of these calls. `keep` sees the encoded batch. `info.floor_block` and
+    /// `info.position` are filled in here.
     pub fn encode(
         &self,
         mut info: BatchInfo,

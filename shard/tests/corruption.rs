@@ -415,6 +415,19 @@ fn a_segment_from_another_shard_copied_in() {
                     "{report:?}"
                 );
                 assert_served_exactly(&seen, &ours);
+                // The foreign file was left as found (appends went to a new
+                // segment); the default mode opens the directory again.
+                assert_eq!(
+                    std::fs::read(&copied).unwrap(),
+                    std::fs::read(&foreign).unwrap()
+                );
+                let mut after = expected.clone();
+                after.get_mut(&0).unwrap().extend(records_for(9_999));
+                let (_, seen) = reopen(dir.path(), RecoveryMode::TolerateTornTail, &after).unwrap();
+                for (p, (served, damaged)) in &seen {
+                    assert!(damaged.is_empty());
+                    assert_eq!(served.len(), after[p].len());
+                }
             }
             _ => assert_refused(result, &copied, 0),
         }

@@ -399,31 +399,40 @@ fn retention_by_bytes_and_by_age_drops_the_oldest_segments() {
 /// rolls must never reuse a sequence that holds data.
 #[test]
 fn crash_between_rename_and_header_of_a_new_segment() {
-    let dir = test_dir();
-    let path = dir.path().to_path_buf();
-    run(move || async move {
-        let (shard, _) = Shard::open(config(&path)).await.unwrap();
-        for i in 0..150u64 {
-            shard.append(1, &records(1, i, 1)).await.unwrap();
-        }
-        let segments = shard.wal().segments();
-        let next = segments.last().unwrap() + 1;
-        let size = shard.config().segment_bytes as usize;
-        drop(shard);
-        std::fs::write(shard_path(&path, next), vec![0u8; size]).unwrap();
+    // The same in tolerate-any mode: a torn creation is not damage, and a
+    // stricter mode opens the directory afterwards.
+    for salvage in [false, true] {
+        let dir = test_dir();
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let (shard, _) = Shard::open(config(&path)).await.unwrap();
+            for i in 0..150u64 {
+                shard.append(1, &records(1, i, 1)).await.unwrap();
+            }
+            let segments = shard.wal().segments();
+            let next = segments.last().unwrap() + 1;
+            let size = shard.config().segment_bytes as usize;
+            drop(shard);
+            std::fs::write(shard_path(&path, next), vec![0u8; size]).unwrap();
 
-        let (shard, report) = Shard::open(config(&path)).await.unwrap();
-        assert!(report.torn_tail.is_some(), "the empty segment is reported");
-        assert_eq!(shard.offsets(1).end, 150);
-        for i in 150..400u64 {
-            shard.append(1, &records(1, i, 1)).await.unwrap();
-        }
-        assert_reads_back(&shard, 1, 0, 400).await;
-        drop(shard);
-        let (shard, _) = Shard::open(config(&path)).await.unwrap();
-        assert_reads_back(&shard, 1, 0, 400).await;
-        shard.close().await.unwrap();
-    });
+            let mut c = config(&path);
+            if salvage {
+                c.recovery = corelog_shard::RecoveryMode::TolerateAnyCorruption;
+            }
+            let (shard, report) = Shard::open(c).await.unwrap();
+            assert!(report.torn_tail.is_some(), "the empty segment is reported");
+            assert!(report.skipped.is_empty(), "{report:?}");
+            assert_eq!(shard.offsets(1).end, 150);
+            for i in 150..400u64 {
+                shard.append(1, &records(1, i, 1)).await.unwrap();
+            }
+            assert_reads_back(&shard, 1, 0, 400).await;
+            drop(shard);
+            let (shard, _) = Shard::open(config(&path)).await.unwrap();
+            assert_reads_back(&shard, 1, 0, 400).await;
+            shard.close().await.unwrap();
+        });
+    }
 }
 
 fn shard_path(dir: &std::path::Path, sequence: u64) -> std::path::PathBuf {
