@@ -281,6 +281,12 @@ impl<S: Storage> Shard<S> {
                 retention_error: None,
             })),
         };
+        if !recovery.report.orphaned.is_empty() {
+            // Orphans stay in the log. A checkpoint past them accounts for
+            // them, so later opens, when their segment is no longer the
+            // active one, do not take them for damage.
+            shard.write_checkpoint().await?;
+        }
         Ok((shard, recovery.report))
     }
 
@@ -592,25 +598,9 @@ impl<S: Storage> Shard<S> {
         self.delete_unneeded_segments_now().await
     }
 
-    async fn delete_unneeded_segments_now(&self) -> Result<()> {
-        let segments = self.wal.segments();
-        let active = self.wal.stats().active_segment;
-        let needed = {
-            let st = self.state.borrow();
-            st.partitions
-                .values()
-                .filter_map(|p| p.index.first_segment())
-                .map(u64::from)
-                .min()
-                .unwrap_or(active)
-        };
-        let doomed: Vec<u64> = segments
-            .into_iter()
-            .take_while(|&s| s < needed && s < active)
-            .collect();
-        if doomed.is_empty() {
-            return Ok(());
-        }
+    /// Records every partition's offsets in the checkpoint, as of the
+    /// durable end of the log.
+    async fn write_checkpoint(&self) -> Result<()> {
         // The checkpoint must hold only durable ends: an end counting
         // appends that a crash could still lose would point at offsets no
         // batch holds. Sync, then take each partition's high-water mark.
@@ -636,7 +626,29 @@ impl<S: Storage> Shard<S> {
         checkpoint::write_temp(self.wal.storage(), self.config(), &checkpoint).await?;
         checkpoint::install(self.wal.storage(), self.config())
             .await
-            .map_err(|e| self.wal.fail(e))?;
+            .map_err(|e| self.wal.fail(e))
+    }
+
+    async fn delete_unneeded_segments_now(&self) -> Result<()> {
+        let segments = self.wal.segments();
+        let active = self.wal.stats().active_segment;
+        let needed = {
+            let st = self.state.borrow();
+            st.partitions
+                .values()
+                .filter_map(|p| p.index.first_segment())
+                .map(u64::from)
+                .min()
+                .unwrap_or(active)
+        };
+        let doomed: Vec<u64> = segments
+            .into_iter()
+            .take_while(|&s| s < needed && s < active)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        self.write_checkpoint().await?;
         for s in doomed {
             self.wal
                 .remove_segment(s)
