@@ -272,8 +272,9 @@ struct Scan<'a, F: StorageFile> {
 struct Probe {
     /// The first valid batch after the damage.
     first_valid: Option<u64>,
-    /// A valid batch appended after the damaged position was completely
-    /// written: proof that the damage is corruption, not a torn write.
+    /// Where proof was found that the damage is corruption, not a torn
+    /// write: a valid batch appended after the damaged position was synced,
+    /// or an intact batch in the wrong place (a misdirected write).
     proof: Option<u64>,
     /// End of the last block holding a non-zero byte.
     dirty_end: u64,
@@ -285,6 +286,10 @@ enum Step {
     Padding(u64),
     End,
     Damage(String),
+    /// An intact batch written for another position: a misdirected write.
+    /// A crash never produces one, so finding one proves that damage near
+    /// it is corruption, not a torn write.
+    Misplaced(String),
 }
 
 impl<F: StorageFile> Scan<'_, F> {
@@ -347,13 +352,17 @@ impl<F: StorageFile> Scan<'_, F> {
                     }
                     return Ok(Some((valid_end, valid_end)));
                 }
-                Step::End | Step::Damage(_) => {
-                    let reason = match step {
-                        Step::Damage(r) => Some(r),
-                        _ => None,
+                Step::End | Step::Damage(_) | Step::Misplaced(_) => {
+                    let (reason, misplaced) = match step {
+                        Step::Damage(r) => (Some(r), false),
+                        Step::Misplaced(r) => (Some(r), true),
+                        _ => (None, false),
                     };
                     let probe_from = if reason.is_some() { pos + 1 } else { pos };
-                    let probe = self.probe(probe_from, pos, seed).await?;
+                    let mut probe = self.probe(probe_from, pos, seed).await?;
+                    if misplaced {
+                        probe.proof.get_or_insert(pos);
+                    }
                     let Some(reason) = reason.or_else(|| {
                         (probe.dirty_end > pos)
                             .then(|| "non-zero bytes after the end of the log".to_string())
@@ -444,7 +453,7 @@ impl<F: StorageFile> Scan<'_, F> {
         Ok(match decode_batch(bytes, seed) {
             Ok(h) => match h.check_position(pos) {
                 Ok(()) => Step::Batch(h),
-                Err(why) => Step::Damage(why),
+                Err(why) => Step::Misplaced(why),
             },
             Err(DecodeError::Truncated { needed, available }) => Step::Damage(format!(
                 "batch cut short: needs {needed} bytes, {available} present"
@@ -481,12 +490,19 @@ impl<F: StorageFile> Scan<'_, F> {
                     .map(|(at, _)| at)
                     .collect();
                 for at in candidates {
-                    if let Step::Batch(h) = self.step(at, seed).await? {
-                        probe.first_valid.get_or_insert(at);
-                        if u64::from(h.floor_block) * BLOCK_SIZE > damage_at {
+                    match self.step(at, seed).await? {
+                        Step::Batch(h) => {
+                            probe.first_valid.get_or_insert(at);
+                            if u64::from(h.floor_block) * BLOCK_SIZE > damage_at {
+                                probe.proof = Some(at);
+                                return Ok(probe);
+                            }
+                        }
+                        Step::Misplaced(_) => {
                             probe.proof = Some(at);
                             return Ok(probe);
                         }
+                        _ => {}
                     }
                 }
             }
@@ -495,8 +511,18 @@ impl<F: StorageFile> Scan<'_, F> {
     }
 
     /// Whether a segment with a bad header looks like one whose creation a
-    /// crash interrupted: nothing valid and no data after the header.
+    /// crash interrupted: a header block of zeros (never written), nothing
+    /// valid and no data after it.
     async fn creation_torn(&mut self, seq: u64) -> Result<bool> {
+        if self
+            .window
+            .get(0, BLOCK_SIZE as usize)
+            .await?
+            .iter()
+            .any(|&b| b != 0)
+        {
+            return Ok(false);
+        }
         let seed = crc_seed(self.config.shard_id, seq);
         let probe = self.probe(BLOCK_SIZE, 0, seed).await?;
         let any_data = self
