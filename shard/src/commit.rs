@@ -208,8 +208,28 @@ impl<S: Storage> Committer<S> {
             return Ok(true);
         }
         self.issue().await?;
-        if let Some(front) = self.in_flight.pop_front() {
-            front.task.await.unwrap_or(Err(Error::Closed))?;
+        let window_open = self.in_flight.len() < MAX_WRITES_IN_FLIGHT;
+        if let Some(front) = self.in_flight.front_mut() {
+            // Without an fdatasync per completion (`Never`, `Interval`), new
+            // appends are written while earlier writes are in flight, up to
+            // the window: a lone append does not wait for a write it is not
+            // part of. Under `Always` they gather for the next group, which
+            // shares the next fdatasync.
+            let pipelined = inner.config.fsync != FsyncPolicy::Always && window_open;
+            let done = if pipelined {
+                future::or(async { Some((&mut front.task).await) }, async {
+                    inner.work.wait().await;
+                    None
+                })
+                .await
+            } else {
+                Some((&mut front.task).await)
+            };
+            let Some(done) = done else {
+                return Ok(true);
+            };
+            let front = self.in_flight.pop_front().expect("awaited above");
+            done.unwrap_or(Err(Error::Closed))?;
             self.complete(front.group).await?;
             return Ok(true);
         }

@@ -45,7 +45,8 @@ enum Profile {
     /// Crashes tearing pending writes, with latency that reorders
     /// completions, under `Always`.
     Torn,
-    /// `Never`: only what a flush (or a roll) covered must survive.
+    /// `Never`, with latency (writes overlap): only what a flush (or a
+    /// roll) covered must survive.
     Never,
     /// EIO on write and fdatasync, ENOSPC on write, under `Always`.
     IoErrors,
@@ -66,8 +67,8 @@ impl Profile {
 
     fn faults(self) -> Faults {
         match self {
-            Profile::Crash | Profile::Never => Faults::default(),
-            Profile::Torn => Faults {
+            Profile::Crash => Faults::default(),
+            Profile::Torn | Profile::Never => Faults {
                 max_delay: 8,
                 ..Faults::default()
             },

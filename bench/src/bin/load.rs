@@ -82,6 +82,10 @@ struct Args {
     /// Client threads the producers run on.
     #[arg(long, default_value_t = 2)]
     threads: u64,
+    /// Offered load, records/s over all producers (default: as fast as the
+    /// engine takes them). Each producer sends on a fixed schedule.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 const HEADER: usize = 32;
@@ -189,7 +193,20 @@ async fn produce(
     };
     let mut seq = 0u64;
     let mut round = 0usize;
+    // With --rate, append number k of this producer is due at
+    // (k + producer / producers) * interval: the producers' schedules are
+    // staggered, so the offered load is even, not a burst per interval.
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.batch as f64 * args.producers as f64 / r));
+    let phase = producer as f64 / args.producers as f64;
     while !shared.stop.load(Ordering::Relaxed) && budget.is_none_or(|b| seq < b) {
+        if let Some(interval) = interval {
+            let due = shared.started + interval.mul_f64(round as f64 + phase);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                futures_timer::Delay::new(wait).await;
+            }
+        }
         let partition = mine[round % mine.len()];
         round += 1;
         let n = budget.map_or(args.batch as u64, |b| (b - seq).min(args.batch as u64));
@@ -219,38 +236,40 @@ async fn produce(
 }
 
 /// Follows partitions `p ≡ consumer (mod consumers)` from their start with
-/// `wait_for`, recording append-to-read latency, until told to stop.
+/// `wait_for`, each partition by its own long poll (all concurrently on
+/// this thread), recording append-to-read latency, until told to stop.
 fn consume(log: Handle, shared: Arc<Shared>, args: Args, consumer: u64) {
-    let mine: Vec<u64> = (0..args.partitions)
-        .filter(|p| p % args.consumers == consumer)
-        .collect();
-    let mut next = vec![0u64; mine.len()];
     let local = RefCell::new(histogram());
-    block_on(async {
-        while !shared.stop.load(Ordering::Relaxed) {
-            for (i, &p) in mine.iter().enumerate() {
+    let follow = |p: u64| {
+        let (log, shared, local) = (&log, &shared, &local);
+        async move {
+            let mut next = 0u64;
+            while !shared.stop.load(Ordering::Relaxed) {
                 if !log
-                    .wait_for(p, next[i], Duration::from_millis(20))
+                    .wait_for(p, next, Duration::from_millis(20))
                     .await
                     .unwrap_or(false)
                 {
                     continue;
                 }
-                let Ok(records) = log.read(p, next[i], 1 << 20).await else {
+                let Ok(records) = log.read(p, next, 1 << 20).await else {
                     continue;
                 };
                 let now = shared.started.elapsed().as_nanos() as u64;
+                let mut h = local.borrow_mut();
                 for r in &records {
                     let sent = u64::from_le_bytes(r.value()[24..32].try_into().unwrap());
-                    local
-                        .borrow_mut()
-                        .record(now.saturating_sub(sent).max(1))
-                        .ok();
+                    h.record(now.saturating_sub(sent).max(1)).ok();
                 }
-                next[i] += records.len() as u64;
+                next += records.len() as u64;
             }
         }
-    });
+    };
+    block_on(futures::future::join_all(
+        (0..args.partitions)
+            .filter(|p| p % args.consumers == consumer)
+            .map(follow),
+    ));
     shared.end_to_end.lock().unwrap().add(&*local.borrow()).ok();
 }
 
@@ -428,6 +447,9 @@ fn run(args: Args) -> Result<bool, String> {
         || args.threads == 0
     {
         return Err(format!("--record-bytes must be at least {HEADER}; --batch, --producers, --partitions and --threads at least 1"));
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a positive number of records per second".into());
     }
     let temp;
     let dir = match &args.dir {
@@ -658,7 +680,7 @@ fn run(args: Args) -> Result<bool, String> {
             "profile": profile,
             "config": {
                 "shards": stats.shards.len(), "partitions": args.partitions, "producers": args.producers,
-                "threads": args.threads, "consumers": args.consumers, "record_bytes": args.record_bytes,
+                "threads": args.threads, "consumers": args.consumers, "rate": args.rate, "record_bytes": args.record_bytes,
                 "batch": args.batch, "fsync": args.fsync, "duration_s": args.duration, "records": args.records,
                 "seed": args.seed, "dir": dir.display().to_string(),
             },
