@@ -13,7 +13,8 @@ use std::{
 use corelog::{Config, Engine, Error, FsyncPolicy, Record};
 use futures::executor::block_on;
 
-/// A mounted ext4 image, unmounted on drop.
+/// A mounted ext4 image, unmounted on drop (a leaked mount would pin a loop
+/// device on the machine).
 struct LoopFs {
     mount: PathBuf,
     _dir: tempfile::TempDir,
@@ -50,7 +51,24 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
+        // Retry while the file system is busy, then detach lazily as a last
+        // resort, so that even a failing test leaves no mount behind.
+        let umount = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.mount)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        for _ in 0..50 {
+            if umount(&[]) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if !umount(&["-l"]) {
+            eprintln!("could not unmount {}", self.mount.display());
+        }
     }
 }
 

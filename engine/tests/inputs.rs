@@ -116,3 +116,28 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
     }
     engine.close().unwrap();
 }
+
+/// Files of `dir` this process holds open.
+fn open_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+#[test]
+fn closing_releases_every_file() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    for i in 0..200u64 {
+        block_on(log.append(i % 5, vec![Record::new(vec![1; 4000])])).unwrap();
+    }
+    assert!(!open_files_under(dir.path()).is_empty());
+    engine.close().unwrap();
+    assert_eq!(
+        open_files_under(dir.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
+}

@@ -445,21 +445,28 @@ pub(crate) async fn finish_close<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()>
         // A half-prepared spare is removed on the next open.
         let _ = spare.await;
     }
-    if let Some(e) = failed {
-        return Err(Error::Failed(e));
-    }
-    if written_at.0 > 0 {
+    let result = match failed {
+        Some(e) => Err(Error::Failed(e)),
         // With the last segment's sidecar and the marker, the next open
         // scans nothing.
-        write_sidecar(inner, written_at.0).await?;
-        write_clean_marker(inner, written_at).await?;
-    }
+        None if written_at.0 > 0 => match write_sidecar(inner, written_at.0).await {
+            Ok(()) => write_clean_marker(inner, written_at).await,
+            Err(e) => Err(e),
+        },
+        None => Ok(()),
+    };
+    // Close the files whatever happened: a file only dropped is closed
+    // later by the executor, which may be gone by then (a leaked
+    // descriptor keeps the file system busy).
     for (_, file) in segments {
         if let Ok(file) = Rc::try_unwrap(file) {
-            file.close().await?;
+            let closed = file.close().await;
+            if result.is_ok() {
+                closed?;
+            }
         }
     }
-    Ok(())
+    result
 }
 
 /// Writes the clean-shutdown marker: the last segment and where its data

@@ -150,6 +150,13 @@ fn inject(fsync: FsyncPolicy, arm: impl FnOnce(&Plan) + Send + 'static) -> (Erro
         );
         (first, later, good)
     });
+    // The failed shard's close released every file it had open.
+    let held: Vec<_> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(&path))
+        .collect();
+    assert!(held.is_empty(), "still open after close: {held:?}");
     // The acknowledged batch survives, and appends work again after reopening.
     run(move || async move {
         let (shard, rec) = Wal::open(config2).await.unwrap();
