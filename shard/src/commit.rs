@@ -170,6 +170,8 @@ struct Committer<S: Storage> {
     /// A group for the next segment, waiting for the writes in flight to
     /// complete before the roll.
     waiting: Option<Group<<S::File as StorageFile>::Buffer>>,
+    /// Id of the last group handed to the kernel.
+    issued: u64,
 }
 
 /// The commit loop. Ends when the shard closes or fails.
@@ -179,6 +181,7 @@ async fn run<S: Storage>(inner: Rc<Inner<S>>) {
         sync_due: None,
         in_flight: VecDeque::new(),
         waiting: None,
+        issued: 0,
     };
     loop {
         match c.step().await {
@@ -208,7 +211,7 @@ impl<S: Storage> Committer<S> {
             return Ok(true);
         }
         self.issue().await?;
-        let window_open = self.in_flight.len() < MAX_WRITES_IN_FLIGHT;
+        let window_open = self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting();
         if let Some(front) = self.in_flight.front_mut() {
             // Without an fdatasync per completion (`Never`, `Interval`), new
             // appends are written while earlier writes are in flight, up to
@@ -263,7 +266,7 @@ impl<S: Storage> Committer<S> {
     /// the current one completed, then rolls.
     async fn issue(&mut self) -> Result<()> {
         let inner = self.inner.clone();
-        while self.in_flight.len() < MAX_WRITES_IN_FLIGHT {
+        while self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting() {
             let Some(mut group) = self.waiting.take().or_else(|| take_group(&inner)) else {
                 return Ok(());
             };
@@ -294,9 +297,18 @@ impl<S: Storage> Committer<S> {
                 end: group.start + total as u64,
                 appends: group.appends,
             };
+            self.issued = group.id;
             self.in_flight.push_back(InFlight { task, group });
         }
         Ok(())
+    }
+
+    /// A flush (or a close) waits for groups already issued: issue no more
+    /// until they are written and synced, or a steady stream of appends
+    /// would keep the writes in flight, and the flush waiting, for ever.
+    fn flush_waiting(&self) -> bool {
+        let target = self.inner.state.borrow().sync_target;
+        target > self.inner.durable.get() && self.issued >= target
     }
 
     /// A group's write completed, and so did every write before it.
@@ -430,13 +442,14 @@ pub(crate) fn fail<S: Storage>(inner: &Rc<Inner<S>>, error: Error) {
 /// After the commit task ended on close: record a clean shutdown (if no
 /// failure), close the files, release any waiter.
 pub(crate) async fn finish_close<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
-    let (failed, segments, spare, written_at) = {
+    let (failed, segments, spare, written_at, damaged_tail) = {
         let mut st = inner.state.borrow_mut();
         (
             st.failed.clone(),
             std::mem::take(&mut st.segments),
             st.spare.take(),
             st.written_at,
+            st.damaged_tail,
         )
     };
     inner.written.stop();
@@ -449,10 +462,12 @@ pub(crate) async fn finish_close<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()>
         Some(e) => Err(Error::Failed(e)),
         // With the last segment's sidecar and the marker, the next open
         // scans nothing.
-        None if written_at.0 > 0 => match write_sidecar(inner, written_at.0).await {
-            Ok(()) => write_clean_marker(inner, written_at).await,
-            Err(e) => Err(e),
-        },
+        None if written_at.0 > 0 && damaged_tail != Some(written_at.0) => {
+            match write_sidecar(inner, written_at.0).await {
+                Ok(()) => write_clean_marker(inner, written_at).await,
+                Err(e) => Err(e),
+            }
+        }
         None => Ok(()),
     };
     // Close the files whatever happened: a file only dropped is closed

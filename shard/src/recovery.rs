@@ -91,8 +91,8 @@ pub struct RecoveryReport {
     /// Batches of the last segment found past a gap in their partition: a
     /// crash lost an earlier batch of the partition that was still in
     /// flight, while a later write of it reached the disk. They were never
-    /// acknowledged as durable; they are not served, a truncation logged
-    /// on open retires them, and their offsets go to the next appends.
+    /// acknowledged as durable; they are not served, a checkpoint written
+    /// on open accounts for them, and their offsets go to the next appends.
     pub orphaned: Vec<Orphan>,
     /// Wall-clock time of the scan in microseconds.
     pub duration_us: u64,
@@ -525,6 +525,9 @@ impl<F: StorageFile> Scan<'_, F> {
         }
         let seed = crc_seed(self.config.shard_id, seq);
         let probe = self.probe(BLOCK_SIZE, 0, seed).await?;
+        if probe.proof.is_some() || probe.dirty_end > BLOCK_SIZE {
+            return Ok(false);
+        }
         let any_data = self
             .window
             .get(BLOCK_SIZE, 4)

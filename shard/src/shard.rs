@@ -108,7 +108,11 @@ impl Partition {
         self.acked_end = self.acked_end.min(from);
         self.end = from;
         self.high_watermark = self.high_watermark.min(from);
-        self.pending.retain(|&(_, end)| end <= from);
+        // A pending batch past the cut still carries the offsets before it:
+        // when its group is durable, so are they (up to `from`).
+        for (_, end) in self.pending.iter_mut() {
+            *end = (*end).min(from);
+        }
     }
 
     fn delete_before(&mut self, offset: u64) {
@@ -162,6 +166,27 @@ impl<S: Storage> Shard<S> {
         let mode = config.recovery;
         let (wal, mut recovery) = Wal::open_with(storage, config).await?;
         let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
+        // Everything before the checkpoint's log end was durable when it was
+        // written: a recovered log ending before it lost synced data (a
+        // tail cut for damage no later batch could prove).
+        if wal.log_end() < checkpoint.log_end {
+            let (segment, position) = checkpoint.log_end;
+            let reason = format!(
+                "the log ends at segment {} position {} but the partition checkpoint accounts for it up to segment {segment} position {position}",
+                wal.log_end().0,
+                wal.log_end().1
+            );
+            let path = wal.segment_path(segment);
+            if mode != RecoveryMode::TolerateAnyCorruption {
+                return Err(Error::corrupted(path, position, reason));
+            }
+            recovery.report.skipped.push(crate::recovery::Damage {
+                path,
+                position,
+                bytes: 0,
+                reason,
+            });
+        }
         let mut partitions: HashMap<u64, Partition> = checkpoint
             .partitions
             .into_iter()
@@ -256,8 +281,10 @@ impl<S: Storage> Shard<S> {
             }
         }
         for part in partitions.values_mut() {
-            // An accounted batch may straddle the end a truncation set.
+            // An accounted batch may straddle the end a truncation set, or
+            // end below a start a skipped control batch set.
             part.index.truncate(part.end);
+            part.index.remove_before(part.start);
             part.high_watermark = part.end;
             part.acked_end = part.end;
         }
@@ -598,29 +625,25 @@ impl<S: Storage> Shard<S> {
         self.delete_unneeded_segments_now().await
     }
 
-    /// Records every partition's offsets in the checkpoint, as of the
-    /// durable end of the log.
+    /// Records every partition's offsets in the checkpoint, as of the end
+    /// of the log, once everything logged is durable.
     async fn write_checkpoint(&self) -> Result<()> {
-        // The checkpoint must hold only durable ends: an end counting
-        // appends that a crash could still lose would point at offsets no
-        // batch holds. Sync, then take each partition's high-water mark.
-        self.wal.flush().await?;
-        let durable = self.wal.watermarks().1;
-        let stats = self.wal.stats();
+        // One snapshot, with no await inside: the offsets reflect exactly
+        // the batches before `log_end` (control batches are applied when
+        // they are logged). The flush then makes all of them durable, so
+        // no end in the checkpoint counts an append a crash could lose.
         let checkpoint = {
-            let mut st = self.state.borrow_mut();
+            let st = self.state.borrow();
             Checkpoint {
-                log_end: (stats.durable_segment, stats.durable_position),
+                log_end: self.wal.log_end(),
                 partitions: st
                     .partitions
-                    .iter_mut()
-                    .map(|(&p, part)| {
-                        let o = part.offsets(durable);
-                        (p, (o.start, o.high_watermark.max(o.start)))
-                    })
+                    .iter()
+                    .map(|(&p, part)| (p, (part.start, part.end)))
                     .collect(),
             }
         };
+        self.wal.flush().await?;
         // A failure before the rename leaves the old checkpoint in place
         // and the shard usable; after it, the directory's state is unknown.
         checkpoint::write_temp(self.wal.storage(), self.config(), &checkpoint).await?;

@@ -181,6 +181,10 @@ pub(crate) struct State<F: StorageFile> {
     /// Batches of the segments that have no sidecar yet (the active one,
     /// and the next when a group waits for the roll), in log order.
     pub unsealed: Vec<RecoveredBatch>,
+    /// A last segment recovery kept despite a damaged header (tolerate-any);
+    /// it is never appended to, and a close while it is still the last one
+    /// leaves no clean-shutdown marker, so the next open scans it again.
+    pub damaged_tail: Option<u64>,
     /// Segment and position written, and made durable.
     pub written_at: (u64, u64),
     pub durable_at: (u64, u64),
@@ -249,6 +253,11 @@ impl<S: Storage> Wal<S> {
             closing: false,
             spare: None,
             committer: None,
+            damaged_tail: recovered
+                .tail
+                .as_ref()
+                .filter(|t| !t.writable)
+                .map(|t| t.sequence),
             written_at: (segment, start),
             durable_at: (segment, start),
         };
@@ -620,6 +629,13 @@ impl<S: Storage> Wal<S> {
             task.await;
         }
         commit::finish_close(&self.inner).await
+    }
+
+    /// Where the next batch will be logged: (segment, position). Every
+    /// batch encoded so far lies before it.
+    pub(crate) fn log_end(&self) -> (u64, u64) {
+        let st = self.inner.state.borrow();
+        (st.open.segment, st.open.start + st.open.len as u64)
     }
 
     /// Stops the shard after a write or sync failure outside the commit

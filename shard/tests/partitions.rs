@@ -438,3 +438,39 @@ fn crash_between_rename_and_header_of_a_new_segment() {
 fn shard_path(dir: &std::path::Path, sequence: u64) -> std::path::PathBuf {
     corelog_shard::segment::segment_path(dir, sequence)
 }
+
+/// Regression (from review): a partition truncated without its offsets
+/// being read in between, then a checkpoint written because another
+/// partition's segments were deleted, then a crash. The checkpoint must
+/// hold the truncated partition's real end, and its records survive.
+#[test]
+fn a_checkpoint_after_a_truncation_keeps_the_truncated_partition() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        // Partition 2 fills the first segments.
+        let mut end2 = 0;
+        while shard.wal().segments().len() < 4 {
+            shard.append(2, &records(2, end2, 4)).await.unwrap();
+            end2 += 4;
+        }
+        // Partition 1 lives only in the newest segment: one batch, cut in
+        // the middle.
+        shard.append(1, &records(1, 0, 10)).await.unwrap();
+        shard.truncate(1, 5).await.unwrap();
+        let before = shard.wal().segments();
+        shard.delete_before(2, end2).await.unwrap();
+        assert!(
+            shard.wal().segments().len() < before.len(),
+            "no segment was deleted, so no checkpoint was written"
+        );
+        drop(shard); // a crash
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        assert_eq!((shard.offsets(1).start, shard.offsets(1).end), (0, 5));
+        assert_reads_back(&shard, 1, 0, 5).await;
+        assert_eq!(shard.append(1, &records(1, 5, 1)).await.unwrap(), 5);
+        assert_eq!(shard.offsets(2).start, end2);
+        shard.close().await.unwrap();
+    });
+}

@@ -201,20 +201,24 @@ async fn produce(
         .map(|r| Duration::from_secs_f64(args.batch as f64 * args.producers as f64 / r));
     let phase = producer as f64 / args.producers as f64;
     while !shared.stop.load(Ordering::Relaxed) && budget.is_none_or(|b| seq < b) {
+        // Latencies count from when the append was due, not from when it
+        // went out: a generator running behind its schedule must not hide
+        // the wait (coordinated omission).
+        let mut t = Instant::now();
         if let Some(interval) = interval {
             let due = shared.started + interval.mul_f64(round as f64 + phase);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            if let Some(wait) = due.checked_duration_since(t) {
                 futures_timer::Delay::new(wait).await;
             }
+            t = due;
         }
         let partition = mine[round % mine.len()];
         round += 1;
         let n = budget.map_or(args.batch as u64, |b| (b - seq).min(args.batch as u64));
-        let sent = shared.started.elapsed().as_nanos() as u64;
+        let sent = t.duration_since(shared.started).as_nanos() as u64;
         let records = (seq..seq + n)
             .map(|s| Record::new(value(args, producer, s, partition, sent)))
             .collect();
-        let t = Instant::now();
         match log.append(partition, records).await {
             Ok(_) => {
                 let ns = t.elapsed().as_nanos() as u64;
