@@ -236,6 +236,19 @@ impl SimDisk {
         SimDisk(Rc::new(RefCell::new(after)))
     }
 
+    /// Creates (or replaces) the file at `path` holding `bytes`, durably,
+    /// as if it had been written and synced long ago.
+    pub fn set_contents(&self, path: &Path, bytes: &[u8]) {
+        let inode = Rc::new(RefCell::new(Inode {
+            written: bytes.to_vec(),
+            durable: bytes.to_vec(),
+            pending: Vec::new(),
+        }));
+        let mut d = self.0.borrow_mut();
+        d.names.insert(path.to_path_buf(), inode.clone());
+        d.durable_names.insert(path.to_path_buf(), inode);
+    }
+
     /// The written bytes of the file at `path`, if it exists.
     pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
         let d = self.0.borrow();

@@ -197,6 +197,15 @@ fn assert_refused(result: Result<impl std::fmt::Debug, Error>, file: &Path, posi
     }
 }
 
+/// The damage a reopen in `mode` reported at the tail: cut under
+/// tolerate-torn-tail, skipped under tolerate-any.
+fn tail_damage(mode: RecoveryMode, report: &RecoveryReport) -> corelog_shard::Damage {
+    match mode {
+        RecoveryMode::TolerateTornTail => report.torn_tail.clone().expect("a cut"),
+        _ => report.skipped[0].clone(),
+    }
+}
+
 const MODES: [RecoveryMode; 3] = [
     RecoveryMode::TolerateTornTail,
     RecoveryMode::AbsoluteConsistency,
@@ -219,10 +228,7 @@ fn random_bytes_appended_after_the_tail() {
             RecoveryMode::AbsoluteConsistency => assert_refused(result, &last, end),
             _ => {
                 let (report, seen) = result.unwrap();
-                let damage = match mode {
-                    RecoveryMode::TolerateTornTail => report.torn_tail.clone().unwrap(),
-                    _ => report.skipped[0].clone(),
-                };
+                let damage = tail_damage(mode, &report);
                 assert_eq!((damage.path, damage.position), (last.clone(), end));
                 assert_served_exactly(&seen, &batches);
             }
@@ -304,10 +310,7 @@ fn a_segment_truncated_inside_a_batch() {
             RecoveryMode::AbsoluteConsistency => assert_refused(result, &last, hit.position),
             _ => {
                 let (report, seen) = result.unwrap();
-                let damage = match mode {
-                    RecoveryMode::TolerateTornTail => report.torn_tail.clone().unwrap(),
-                    _ => report.skipped[0].clone(),
-                };
+                let damage = tail_damage(mode, &report);
                 assert_eq!((damage.path, damage.position), (last.clone(), hit.position));
                 let before: Vec<Located> = segments_before(dir.path(), &last)
                     .into_iter()
@@ -504,10 +507,7 @@ fn segments_cut_at_a_block_boundary_are_reported_not_silently_shortened() {
             RecoveryMode::AbsoluteConsistency => assert_refused(result, &last, cut.position),
             _ => {
                 let (report, seen) = result.unwrap();
-                let damage = match mode {
-                    RecoveryMode::TolerateTornTail => report.torn_tail.clone().unwrap(),
-                    _ => report.skipped[0].clone(),
-                };
+                let damage = tail_damage(mode, &report);
                 assert_eq!((damage.path, damage.position), (last.clone(), cut.position));
                 assert!(damage.reason.contains("cut"), "{}", damage.reason);
                 assert_served_exactly(&seen, &kept);
