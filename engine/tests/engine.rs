@@ -6,23 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corelog::{Config, Engine, Error, FsyncPolicy, Record};
+mod common;
+
+use common::{config, test_dir};
+use corelog::{Engine, Error, FsyncPolicy, Record};
 use futures::executor::block_on;
-
-fn test_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
-}
-
-/// A small, test-sized configuration: two unpinned shards.
-fn config(dir: &std::path::Path) -> Config {
-    Config::new(dir)
-        .shards(2)
-        .pin_threads(false)
-        .io_memory(1 << 20)
-        .segment_bytes(256 << 10)
-        .max_batch_bytes(64 << 10)
-        .max_record_bytes(16 << 10)
-}
 
 fn value(partition: u64, producer: u64, seq: u64) -> Vec<u8> {
     format!("p{partition}/w{producer}/s{seq}").into_bytes()

@@ -3,22 +3,15 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{config, test_dir};
 use corelog::{Config, Engine, Error, FsyncPolicy, Offsets, Record};
 use futures::executor::block_on;
 
-fn config(dir: &std::path::Path) -> Config {
-    Config::new(dir)
-        .shards(2)
-        .pin_threads(false)
-        .io_memory(1 << 20)
-        .segment_bytes(256 << 10)
-        .max_batch_bytes(64 << 10)
-        .max_record_bytes(16 << 10)
-}
-
 #[test]
 fn bad_configuration_is_refused_before_anything_is_created() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = test_dir();
     let data = dir.path().join("data");
     let bad: Vec<(&str, Config)> = vec![
         ("no shards", config(&data).shards(0)),
@@ -53,7 +46,7 @@ fn bad_configuration_is_refused_before_anything_is_created() {
 
 #[test]
 fn bad_calls_get_typed_errors_and_change_nothing() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
     let p = u64::MAX; // any u64 is a partition
@@ -128,7 +121,7 @@ fn open_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn closing_releases_every_file() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
     for i in 0..200u64 {

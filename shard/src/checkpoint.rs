@@ -139,34 +139,28 @@ mod tests {
     use crate::sim::{Faults, SimDisk};
     use proptest::prelude::*;
 
-    /// Whatever the file holds, loading it returns a checkpoint or an
-    /// error naming the file; it never panics.
-    #[test]
-    fn any_file_contents_load_or_fail_cleanly() {
-        let mut runner = proptest::test_runner::TestRunner::default();
-        let strategy = (
-            proptest::collection::vec(any::<u8>(), 0..200),
-            any::<u64>(),
-            any::<bool>(),
-        );
-        runner
-            .run(&strategy, |(tail, count, magic)| {
-                let mut bytes = Vec::new();
-                if magic {
-                    bytes.extend_from_slice(MAGIC);
-                    bytes.extend_from_slice(&[0; 16]);
-                    bytes.extend_from_slice(&count.to_le_bytes());
-                }
-                bytes.extend_from_slice(&tail);
-                let disk = SimDisk::new(1, Faults::default());
-                let config = ShardConfig::new("/c");
-                disk.set_contents(&config.dir.join(FILE), &bytes);
-                let result = futures_lite::future::block_on(load(&disk, &config));
-                if let Err(e) = result {
-                    prop_assert!(matches!(e, Error::Corrupted { .. }), "{e}");
-                }
-                Ok(())
-            })
-            .unwrap();
+    proptest! {
+        /// Whatever the file holds, loading it returns a checkpoint or an
+        /// error naming the file; it never panics.
+        #[test]
+        fn any_file_contents_load_or_fail_cleanly(
+            tail in proptest::collection::vec(any::<u8>(), 0..200),
+            count: u64,
+            magic: bool,
+        ) {
+            let mut bytes = Vec::new();
+            if magic {
+                bytes.extend_from_slice(MAGIC);
+                bytes.extend_from_slice(&[0; 16]);
+                bytes.extend_from_slice(&count.to_le_bytes());
+            }
+            bytes.extend_from_slice(&tail);
+            let disk = SimDisk::new(1, Faults::default());
+            let config = ShardConfig::new("/c");
+            disk.set_contents(&config.dir.join(FILE), &bytes);
+            if let Err(e) = futures_lite::future::block_on(load(&disk, &config)) {
+                prop_assert!(matches!(e, Error::Corrupted { .. }), "{e}");
+            }
+        }
     }
 }

@@ -154,36 +154,29 @@ mod tests {
     use crate::sim::{Faults, SimDisk};
     use proptest::prelude::*;
 
-    /// Whatever the sidecar holds, loading it returns its entries or
-    /// `None` (scan the segment instead); it never panics.
-    #[test]
-    fn any_file_contents_load_or_are_rejected() {
-        let mut runner = proptest::test_runner::TestRunner::default();
-        let strategy = (
-            proptest::collection::vec(any::<u8>(), 0..300),
-            any::<u64>(),
-            any::<bool>(),
-        );
-        runner
-            .run(&strategy, |(tail, count, magic)| {
-                let mut bytes = Vec::new();
-                if magic {
-                    bytes.extend_from_slice(MAGIC);
-                    bytes.extend_from_slice(&[0; 4]);
-                    bytes.extend_from_slice(&[0; 4]);
-                    bytes.extend_from_slice(&3u64.to_le_bytes());
-                    bytes.extend_from_slice(&count.to_le_bytes());
-                }
-                bytes.extend_from_slice(&tail);
-                let disk = SimDisk::new(1, Faults::default());
-                let config = ShardConfig::new("/s");
-                let path = sidecar_path(&config.dir, 3);
-                let names = vec![path.file_name().unwrap().to_str().unwrap().to_string()];
-                disk.set_contents(&path, &bytes);
-                let loaded = futures_lite::future::block_on(load(&disk, &config, 3, &names));
-                prop_assert!(loaded.is_ok());
-                Ok(())
-            })
-            .unwrap();
+    proptest! {
+        /// Whatever the sidecar holds, loading it returns its entries or
+        /// `None` (scan the segment instead); it never panics.
+        #[test]
+        fn any_file_contents_load_or_are_rejected(
+            tail in proptest::collection::vec(any::<u8>(), 0..300),
+            count: u64,
+            magic: bool,
+        ) {
+            let mut bytes = Vec::new();
+            if magic {
+                bytes.extend_from_slice(MAGIC);
+                bytes.extend_from_slice(&[0; 8]);
+                bytes.extend_from_slice(&3u64.to_le_bytes());
+                bytes.extend_from_slice(&count.to_le_bytes());
+            }
+            bytes.extend_from_slice(&tail);
+            let disk = SimDisk::new(1, Faults::default());
+            let config = ShardConfig::new("/s");
+            let path = sidecar_path(&config.dir, 3);
+            let names = vec![path.file_name().unwrap().to_str().unwrap().to_string()];
+            disk.set_contents(&path, &bytes);
+            prop_assert!(futures_lite::future::block_on(load(&disk, &config, 3, &names)).is_ok());
+        }
     }
 }

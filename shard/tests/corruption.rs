@@ -159,6 +159,20 @@ fn reopen(
     })
 }
 
+/// Checks that reading every offset reported damage for exactly the
+/// offsets of `lost` and served all the others.
+fn assert_lost_exactly(seen: &Seen, lost: &[Located], expected: &Expected) {
+    for (p, (served, damaged)) in seen {
+        let gone: u64 = lost
+            .iter()
+            .filter(|b| b.partition == *p)
+            .map(|b| b.end - b.base)
+            .sum();
+        assert_eq!(damaged.len() as u64, gone, "partition {p}");
+        assert_eq!(served.len() as u64 + gone, expected[p].len() as u64);
+    }
+}
+
 /// Offsets of each partition held by `batches`.
 fn offsets_of(batches: &[Located]) -> BTreeMap<u64, Vec<u64>> {
     let mut m: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
@@ -360,15 +374,7 @@ fn a_sealed_segment_truncated_is_scanned_despite_its_sidecar() {
                     .copied()
                     .filter(|b| b.position >= hit.position)
                     .collect();
-                for (p, (served, damaged)) in &seen {
-                    let gone: u64 = lost
-                        .iter()
-                        .filter(|b| b.partition == *p)
-                        .map(|b| b.end - b.base)
-                        .sum();
-                    assert_eq!(damaged.len() as u64, gone, "partition {p}");
-                    assert_eq!(served.len() as u64 + gone, expected[p].len() as u64);
-                }
+                assert_lost_exactly(&seen, &lost, &expected);
             }
             // Damage before the last segment is never a torn tail.
             _ => assert_refused(result, &victim, hit.position),
@@ -555,15 +561,7 @@ fn a_missing_segment_is_refused_or_reported() {
                 assert!(report.skipped.iter().any(|d| d.path == gone), "{report:?}");
                 // Every batch elsewhere is served; the lost ones report
                 // damage when read.
-                for (p, (served, damaged)) in &seen {
-                    let gone: u64 = lost
-                        .iter()
-                        .filter(|b| b.partition == *p)
-                        .map(|b| b.end - b.base)
-                        .sum();
-                    assert_eq!(damaged.len() as u64, gone, "partition {p}");
-                    assert_eq!(served.len() as u64 + gone, expected[p].len() as u64);
-                }
+                assert_lost_exactly(&seen, &lost, &expected);
             }
             _ => assert_refused(result, &gone, 0),
         }
