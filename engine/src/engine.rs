@@ -433,6 +433,28 @@ impl Handle {
         })
         .await
     }
+
+    /// The long poll of a consumer at the tail, in one round trip: waits
+    /// until an acknowledged append takes the end of `partition` past
+    /// `offset`, then returns what [`Handle::read`] returns; returns nothing
+    /// when `timeout` passes first. An offset outside the partition gets
+    /// `OffsetOutOfRange` at once.
+    pub async fn fetch(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StoredRecord>> {
+        self.call(self.shard(partition), |reply| Request::Fetch {
+            partition,
+            offset,
+            max_bytes,
+            timeout,
+            reply,
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

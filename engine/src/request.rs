@@ -54,6 +54,13 @@ pub(crate) enum Request {
         timeout: Duration,
         reply: Reply<bool>,
     },
+    Fetch {
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+        timeout: Duration,
+        reply: Reply<Vec<StoredRecord>>,
+    },
     Stats {
         reply: Reply<(ShardStats, RecoveryReport)>,
     },

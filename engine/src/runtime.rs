@@ -120,6 +120,16 @@ async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: 
             timeout,
             reply,
         } => send(reply, Ok(shard.wait_for(partition, offset, timeout).await)),
+        Request::Fetch {
+            partition,
+            offset,
+            max_bytes,
+            timeout,
+            reply,
+        } => send(
+            reply,
+            shard.fetch(partition, offset, max_bytes, timeout).await,
+        ),
         Request::Stats { reply } => send(reply, Ok((shard.stats(), report.clone()))),
         Request::Run(task) => task(shard.clone()).await,
     }

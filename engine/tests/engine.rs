@@ -166,6 +166,42 @@ fn wait_for_wakes_on_append_and_times_out() {
 }
 
 #[test]
+fn fetch_returns_records_once_appended_and_nothing_on_timeout() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    // A follower parked at the tail gets the records of the next append.
+    let follower = {
+        let log = log.clone();
+        std::thread::spawn(move || block_on(log.fetch(4, 0, 1 << 20, Duration::from_secs(10))))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let records = vec![Record::new(b"a".to_vec()), Record::new(b"b".to_vec())];
+    block_on(log.append(4, records)).unwrap();
+    let got = follower.join().unwrap().unwrap();
+    let values: Vec<&[u8]> = got.iter().map(|r| r.value()).collect();
+    assert_eq!(values, [b"a".as_slice(), b"b".as_slice()]);
+    assert_eq!(got[0].offset(), 0);
+    // Records already there come back at once, from the offset asked.
+    let got = block_on(log.fetch(4, 1, 1 << 20, Duration::from_secs(10))).unwrap();
+    assert_eq!((got.len(), got[0].offset()), (1, 1));
+    // At the end, nothing arrives: empty after the timeout.
+    let started = Instant::now();
+    assert!(
+        block_on(log.fetch(4, 2, 1 << 20, Duration::from_millis(50)))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    // Past the end is an error at once, not a wait.
+    assert!(matches!(
+        block_on(log.fetch(4, 3, 1 << 20, Duration::from_secs(10))),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    engine.close().unwrap();
+}
+
+#[test]
 fn errors_a_caller_can_act_on() {
     let dir = test_dir();
     assert!(matches!(

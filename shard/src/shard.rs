@@ -421,6 +421,25 @@ impl<S: Storage> Shard<S> {
         futures_lite::future::or(passed, expired).await
     }
 
+    /// The long poll of a consumer at the tail: waits (as [`Shard::wait_for`])
+    /// until an acknowledged append takes the end of `partition` past
+    /// `offset`, then returns what [`Shard::read`] returns; returns nothing
+    /// when `timeout` passes first. One call per step of a follower, where
+    /// `wait_for` then `read` take two.
+    pub async fn fetch(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StoredRecord>> {
+        self.check_offset(partition, offset)?;
+        if !self.wait_for(partition, offset, timeout).await {
+            return Ok(Vec::new());
+        }
+        self.read(partition, offset, max_bytes).await
+    }
+
     /// Records of `partition` from `offset` on, up to `max_bytes` of keys,
     /// values and headers, but always at least one record when `offset` is
     /// below the end. Reading at the end returns nothing.

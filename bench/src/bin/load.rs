@@ -57,7 +57,7 @@ struct Args {
     /// Stop after this many records instead of after --duration.
     #[arg(long)]
     records: Option<u64>,
-    /// Tail readers using wait_for, measuring append-to-read latency.
+    /// Tail readers following every partition with `fetch` long polls, measuring append-to-read latency.
     #[arg(long, default_value_t = 0)]
     consumers: u64,
     /// Write every figure and the configuration to this JSON file.
@@ -240,7 +240,7 @@ async fn produce(
 }
 
 /// Follows partitions `p ≡ consumer (mod consumers)` from their start with
-/// `wait_for`, each partition by its own long poll (all concurrently on
+/// `fetch`, each partition by its own long poll (all concurrently on
 /// this thread), recording append-to-read latency, until told to stop.
 fn consume(log: Handle, shared: Arc<Shared>, args: Args, consumer: u64) {
     let local = RefCell::new(histogram());
@@ -249,14 +249,8 @@ fn consume(log: Handle, shared: Arc<Shared>, args: Args, consumer: u64) {
         async move {
             let mut next = 0u64;
             while !shared.stop.load(Ordering::Relaxed) {
-                if !log
-                    .wait_for(p, next, Duration::from_millis(20))
-                    .await
-                    .unwrap_or(false)
-                {
-                    continue;
-                }
-                let Ok(records) = log.read(p, next, 1 << 20).await else {
+                let Ok(records) = log.fetch(p, next, 1 << 20, Duration::from_millis(20)).await
+                else {
                     continue;
                 };
                 let now = shared.started.elapsed().as_nanos() as u64;
