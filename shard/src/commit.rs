@@ -70,27 +70,40 @@ pub(crate) fn make_room<F: StorageFile>(st: &mut State<F>, config: &ShardConfig,
 /// Starts the commit task and the preparation of the first spare segment.
 pub(crate) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
     let task = glommio::spawn_local(run(inner.clone())).detach();
-    inner.state.borrow_mut().committer = Some(task);
-    prepare_spare(inner);
+    let next = {
+        let mut st = inner.state.borrow_mut();
+        st.committer = Some(task);
+        st.open.segment + 1
+    };
+    prepare_spare(inner, next);
 }
 
-/// Creates the next segment file in the background: preallocated, and when
-/// configured filled with zeros and synced, so writes into it later neither
-/// allocate blocks nor convert extents.
-fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
+/// Creates segment `sequence` in the background, under the spare's name:
+/// preallocated, its header written, and when configured the rest filled
+/// with zeros (so writes into it later neither allocate blocks nor convert
+/// extents), then synced. A roll then only renames it. A spare left by a
+/// crash is removed on open, whatever it holds.
+fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) {
     inner.counters.spare_ready.set(false);
     let inner2 = inner.clone();
     let task = glommio::spawn_local(async move {
-        let config = &inner2.config;
-        let path = spare_path(&config.dir);
-        let file = inner2.storage.open(&path, true).await?;
+        let (config, storage) = (&inner2.config, &inner2.storage);
+        let file = storage.open(&spare_path(&config.dir), true).await?;
         file.allocate(config.segment_bytes).await?;
+        let mut buf = storage.alloc(BLOCK_SIZE as usize);
+        let bytes = buf.as_mut_slice();
+        bytes.fill(0);
+        let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
+        bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
+        write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
         if config.prezero_segments && config.fsync != FsyncPolicy::Never {
-            zero_range(&inner2.storage, &file, 0, config.segment_bytes).await?;
+            zero_range(storage, &file, BLOCK_SIZE, config.segment_bytes).await?;
+        } else {
+            file.fdatasync().await?;
         }
         file.close().await?;
         inner2.counters.spare_ready.set(true);
-        Ok(())
+        Ok(sequence)
     })
     .detach();
     inner.state.borrow_mut().spare = Some(task);
@@ -387,21 +400,18 @@ async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
             spare.await
         }
     };
-    ready.unwrap_or(Err(Error::Closed))?;
+    let prepared = ready.unwrap_or(Err(Error::Closed))?;
+    // Invariant: the spare was made for the segment that follows the active one.
+    assert_eq!(
+        prepared, sequence,
+        "the spare holds the wrong segment header"
+    );
     let path = segment_path(&config.dir, sequence);
     inner
         .storage
         .rename(&spare_path(&config.dir), &path)
         .await?;
     let file = inner.storage.open(&path, false).await?;
-    let mut buf = inner.storage.alloc(BLOCK_SIZE as usize);
-    let bytes = buf.as_mut_slice();
-    bytes.fill(0);
-    let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
-    bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
-    write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
-    file.fdatasync().await?;
-    bump(&inner.counters.fdatasyncs, 1);
     inner.storage.sync_dir(&config.dir).await?;
     bump(&inner.counters.rolls, 1);
     {
@@ -410,7 +420,7 @@ async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
         st.written_at = (sequence, BLOCK_SIZE);
         st.durable_at = (sequence, BLOCK_SIZE);
     }
-    prepare_spare(inner);
+    prepare_spare(inner, sequence + 1);
     Ok(())
 }
 

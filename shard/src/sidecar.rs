@@ -35,7 +35,10 @@ pub(crate) fn sidecar_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:020}.idx"))
 }
 
-/// Writes the sidecar of segment `sequence`, durably.
+/// Writes the sidecar of segment `sequence`. It is not synced: a sidecar
+/// is a cache that must validate (magic, shard, sequence, CRC) before it is
+/// used, so one that a crash lost or tore costs only the scan it would have
+/// spared. That keeps an fdatasync (and its journal commit) off every roll.
 pub(crate) async fn write<S: Storage>(
     storage: &S,
     config: &ShardConfig,
@@ -71,7 +74,6 @@ pub(crate) async fn write<S: Storage>(
             written,
         });
     }
-    file.fdatasync().await?;
     file.close().await
 }
 

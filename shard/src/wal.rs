@@ -175,7 +175,8 @@ pub(crate) struct State<F: StorageFile> {
     /// Set by close: no new appends.
     pub closing: bool,
     /// The spare segment being prepared in the background.
-    pub spare: Option<JoinHandle<Result<()>>>,
+    /// It yields the sequence its header names.
+    pub spare: Option<JoinHandle<Result<u64>>>,
     /// The commit task.
     pub committer: Option<JoinHandle<()>>,
     /// Batches of the segments that have no sidecar yet (the active one,
