@@ -480,7 +480,10 @@ impl<F: StorageFile> Scan<'_, F> {
             if len == 0 {
                 return Ok(probe);
             }
-            if bytes[..len as usize].iter().any(|&b| b != 0) {
+            // Only bytes from `from` on count: the first block may also
+            // hold the end of the last valid batch.
+            let lo = (from.max(block) - block).min(len) as usize;
+            if bytes[lo..len as usize].iter().any(|&b| b != 0) {
                 probe.dirty_end = block + len;
                 let candidates: Vec<u64> = bytes
                     .windows(4)
