@@ -436,9 +436,10 @@ impl Handle {
 
     /// The long poll of a consumer at the tail, in one round trip: waits
     /// until an acknowledged append takes the end of `partition` past
-    /// `offset`, then returns what [`Handle::read`] returns; returns nothing
-    /// when `timeout` passes first. An offset outside the partition gets
-    /// `OffsetOutOfRange` at once.
+    /// `offset`, then returns acknowledged records from `offset` on, up to
+    /// `max_bytes` (at least one); returns nothing when `timeout` passes
+    /// first. An offset outside the partition gets `OffsetOutOfRange` at
+    /// once, and a failed shard its error.
     pub async fn fetch(
         &self,
         partition: u64,

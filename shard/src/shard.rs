@@ -423,9 +423,11 @@ impl<S: Storage> Shard<S> {
 
     /// The long poll of a consumer at the tail: waits (as [`Shard::wait_for`])
     /// until an acknowledged append takes the end of `partition` past
-    /// `offset`, then returns what [`Shard::read`] returns; returns nothing
-    /// when `timeout` passes first. One call per step of a follower, where
-    /// `wait_for` then `read` take two.
+    /// `offset`, then returns records from `offset` on as [`Shard::read`]
+    /// does, but only acknowledged ones (a follower never receives a record
+    /// whose commit may still fail); returns nothing when `timeout` passes
+    /// first. One call per step of a follower, where `wait_for` then `read`
+    /// take two. A shard that failed or is closing answers with its error.
     pub async fn fetch(
         &self,
         partition: u64,
@@ -433,11 +435,21 @@ impl<S: Storage> Shard<S> {
         max_bytes: usize,
         timeout: Duration,
     ) -> Result<Vec<StoredRecord>> {
+        self.wal.usable()?;
         self.check_offset(partition, offset)?;
         if !self.wait_for(partition, offset, timeout).await {
             return Ok(Vec::new());
         }
-        self.read(partition, offset, max_bytes).await
+        // A truncation may have moved the end while this waited.
+        let o = self.check_offset(partition, offset)?;
+        let acked = self
+            .state
+            .borrow()
+            .partitions
+            .get(&partition)
+            .map_or(0, |p| p.acked_end);
+        self.collect(partition, offset, acked.min(o.end), max_bytes)
+            .await
     }
 
     /// Records of `partition` from `offset` on, up to `max_bytes` of keys,

@@ -649,6 +649,11 @@ impl<S: Storage> Wal<S> {
         error
     }
 
+    /// `Ok` while the log takes appends; else why not (failed, or closing).
+    pub(crate) fn usable(&self) -> Result<()> {
+        self.check_usable(&self.inner.state.borrow())
+    }
+
     fn check_usable(&self, st: &State<S::File>) -> Result<()> {
         if let Some(e) = &st.failed {
             return Err(Error::Failed(e.clone()));

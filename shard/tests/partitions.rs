@@ -474,3 +474,47 @@ fn a_checkpoint_after_a_truncation_keeps_the_truncated_partition() {
         shard.close().await.unwrap();
     });
 }
+
+/// A follower's fetch hands out acknowledged records only: an append still
+/// in its commit is readable, but not fetched.
+#[test]
+fn fetch_returns_only_acknowledged_records() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        let follower = glommio::spawn_local({
+            let shard = shard.clone();
+            async move { shard.fetch(1, 0, 1 << 20, wait).await }
+        });
+        let first = glommio::spawn_local({
+            let shard = shard.clone();
+            async move { shard.append(1, &records(1, 0, 2)).await }
+        });
+        // Once the first append's commit is issued, the second one goes to
+        // the next commit (under Always, after the first one's fdatasync).
+        while shard.stats().writes == 0 {
+            futures_lite::future::yield_now().await;
+        }
+        let second = glommio::spawn_local({
+            let shard = shard.clone();
+            async move { shard.append(1, &records(1, 2, 3)).await }
+        });
+        let got = follower.await.unwrap();
+        let offsets: Vec<u64> = got.iter().map(|r| r.offset()).collect();
+        assert_eq!(offsets, [0, 1], "only the first, acknowledged append");
+        assert_eq!(first.await.unwrap(), 0);
+        assert_eq!(second.await.unwrap(), 2);
+        let got = shard.fetch(1, 2, 1 << 20, wait).await.unwrap();
+        assert_eq!(got.len(), 3);
+        // Nothing past the end arrives: empty after the timeout.
+        let short = std::time::Duration::from_millis(20);
+        assert!(shard.fetch(1, 5, 1 << 20, short).await.unwrap().is_empty());
+        assert!(matches!(
+            shard.fetch(1, 6, 1 << 20, short).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        shard.close().await.unwrap();
+    });
+}

@@ -249,9 +249,13 @@ fn consume(log: Handle, shared: Arc<Shared>, args: Args, consumer: u64) {
         async move {
             let mut next = 0u64;
             while !shared.stop.load(Ordering::Relaxed) {
-                let Ok(records) = log.fetch(p, next, 1 << 20, Duration::from_millis(20)).await
-                else {
-                    continue;
+                let records = match log.fetch(p, next, 1 << 20, Duration::from_millis(20)).await {
+                    Ok(records) => records,
+                    Err(e) => {
+                        let what = format!("consumer {consumer}, partition {p} offset {next}: {e}");
+                        shared.errors.lock().unwrap().push(what);
+                        return;
+                    }
                 };
                 let now = shared.started.elapsed().as_nanos() as u64;
                 let mut h = local.borrow_mut();
