@@ -75,6 +75,9 @@ async fn serve(
         })
         .detach();
     }
+    // Followers parked in long polls would hold the close for their
+    // whole timeout.
+    shard.release_waiters();
     in_progress.idle().await;
     shard.close().await
 }

@@ -202,6 +202,23 @@ fn fetch_returns_records_once_appended_and_nothing_on_timeout() {
 }
 
 #[test]
+fn close_releases_followers_parked_in_long_polls() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let follower = {
+        let log = log.clone();
+        std::thread::spawn(move || block_on(log.fetch(3, 0, 1 << 20, Duration::from_secs(60))))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    engine.close().unwrap();
+    // Without the release, the close would wait out the 60 s poll.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(matches!(follower.join().unwrap(), Err(Error::Closed)));
+}
+
+#[test]
 fn errors_a_caller_can_act_on() {
     let dir = test_dir();
     assert!(matches!(

@@ -149,6 +149,8 @@ struct ShardState {
     deleting: bool,
     /// The last failure of retention run after an append.
     retention_error: Option<Error>,
+    /// Set when the shard is about to close: tail waiters return at once.
+    waiters_released: bool,
 }
 
 impl Shard<DmaStorage> {
@@ -306,6 +308,7 @@ impl<S: Storage> Shard<S> {
                 retention_checked: 0,
                 deleting: false,
                 retention_error: None,
+                waiters_released: false,
             })),
         };
         if !recovery.report.orphaned.is_empty() {
@@ -398,10 +401,14 @@ impl<S: Storage> Shard<S> {
     /// Waits until an acknowledged append takes the end of `partition` past
     /// `offset`, or until `timeout` passes. Returns whether the end passed
     /// `offset`. This is the long poll of a consumer following the tail; it
-    /// parks, it does not spin.
+    /// parks, it does not spin. Returns false at once once the shard is
+    /// closing (see [`Shard::release_waiters`]).
     pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> bool {
         let passed = poll_fn(|cx| {
             let mut st = self.state.borrow_mut();
+            if st.waiters_released {
+                return Poll::Ready(false);
+            }
             let part = st.partitions.entry(partition).or_default();
             if part.acked_end > offset {
                 Poll::Ready(true)
@@ -438,6 +445,9 @@ impl<S: Storage> Shard<S> {
         self.wal.usable()?;
         self.check_offset(partition, offset)?;
         if !self.wait_for(partition, offset, timeout).await {
+            if self.state.borrow().waiters_released {
+                return Err(Error::Closed);
+            }
             return Ok(Vec::new());
         }
         // A truncation may have moved the end while this waited.
@@ -546,7 +556,22 @@ impl<S: Storage> Shard<S> {
 
     /// Closes the shard (see [`Wal::close`]).
     pub async fn close(&self) -> Result<()> {
+        self.release_waiters();
         self.wal.close().await
+    }
+
+    /// Releases every task parked in [`Shard::wait_for`] or
+    /// [`Shard::fetch`], and makes later ones return at once (`wait_for`
+    /// with false, `fetch` with `Closed`), so that closing the shard does
+    /// not wait for their timeouts. Called on the way to a close.
+    pub fn release_waiters(&self) {
+        let mut st = self.state.borrow_mut();
+        st.waiters_released = true;
+        for part in st.partitions.values_mut() {
+            for w in part.tail_waiters.drain(..) {
+                w.wake();
+            }
+        }
     }
 
     /// Logs a control batch, applies it in memory before any other batch of
