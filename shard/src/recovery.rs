@@ -464,7 +464,8 @@ impl<F: StorageFile> Scan<'_, F> {
 
     /// Looks past `from` for valid batches and for the end of the last
     /// non-zero block, to judge damage at `damage_at`. Stops early once a
-    /// valid batch proves the damaged position had been written completely.
+    /// valid batch proves the damaged position had been written completely
+    /// (the scan then goes on from that batch).
     async fn probe(&mut self, from: u64, damage_at: u64, seed: u32) -> Result<Probe> {
         let mut probe = Probe {
             first_valid: None,
@@ -501,9 +502,11 @@ impl<F: StorageFile> Scan<'_, F> {
                                 return Ok(probe);
                             }
                         }
+                        // Proof, but look on: when no valid batch follows,
+                        // `dirty_end` bounds the garbage to erase, and an
+                        // early stop would leave the rest of it in place.
                         Step::Misplaced(_) => {
-                            probe.proof = Some(at);
-                            return Ok(probe);
+                            probe.proof.get_or_insert(at);
                         }
                         _ => {}
                     }

@@ -401,17 +401,18 @@ impl<S: Storage> Shard<S> {
     /// Waits until an acknowledged append takes the end of `partition` past
     /// `offset`, or until `timeout` passes. Returns whether the end passed
     /// `offset`. This is the long poll of a consumer following the tail; it
-    /// parks, it does not spin. Returns false at once once the shard is
-    /// closing (see [`Shard::release_waiters`]).
+    /// parks, it does not spin. Once the shard is closing (see
+    /// [`Shard::release_waiters`]) it returns at once: false then means
+    /// closing, not a timeout.
     pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> bool {
         let passed = poll_fn(|cx| {
             let mut st = self.state.borrow_mut();
-            if st.waiters_released {
-                return Poll::Ready(false);
-            }
+            let released = st.waiters_released;
             let part = st.partitions.entry(partition).or_default();
             if part.acked_end > offset {
                 Poll::Ready(true)
+            } else if released {
+                Poll::Ready(false)
             } else {
                 // A waiter that timed out leaves its waker behind until the
                 // next append; do not let a polling loop pile them up.
@@ -445,6 +446,8 @@ impl<S: Storage> Shard<S> {
         self.wal.usable()?;
         self.check_offset(partition, offset)?;
         if !self.wait_for(partition, offset, timeout).await {
+            // The shard may have failed, or begun to close, meanwhile.
+            self.wal.usable()?;
             if self.state.borrow().waiters_released {
                 return Err(Error::Closed);
             }

@@ -567,3 +567,45 @@ fn a_missing_segment_is_refused_or_reported() {
         }
     }
 }
+
+/// Regression (found by review): tolerate-any zeroes all the garbage after
+/// the tail it recovers, even past a second misdirected block, so a later
+/// crash and a reopen in tolerate-torn-tail do not find stale batches there
+/// and refuse the log.
+#[test]
+fn garbage_after_a_tolerated_tail_is_all_erased() {
+    let dir = test_dir();
+    setup(dir.path(), 0);
+    let last = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&last).unwrap().len();
+    let aligned: Vec<u64> = batches_in(&last)
+        .iter()
+        .map(|b| b.position)
+        .filter(|p| p % 4096 == 0)
+        .collect();
+    // The log now ends at `end`, four blocks before the end of the file.
+    let end = *aligned.iter().rfind(|&&p| p + 4 * 4096 <= len).unwrap();
+    assert!(aligned.iter().filter(|&&p| p < end).count() >= 3);
+    let bytes = std::fs::read(&last).unwrap();
+    overwrite(&last, end, &vec![0u8; (len - end) as usize]);
+    let block = |at: u64| bytes[at as usize..at as usize + 4096].to_vec();
+    // Three earlier blocks land after it: two in a row, one more after a
+    // block of zeros.
+    overwrite(&last, end, &block(aligned[0]));
+    overwrite(&last, end + 4096, &block(aligned[1]));
+    overwrite(&last, end + 3 * 4096, &block(aligned[2]));
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let tolerant = config(&path, RecoveryMode::TolerateAnyCorruption);
+        let (shard, report) = Shard::open(tolerant).await.unwrap();
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+        assert_eq!(report.skipped[0].position, end, "{report:?}");
+        shard.append(0, &records_for(1)).await.unwrap();
+        drop(shard); // a crash: the next open scans the tail again
+        let strict = config(&path, RecoveryMode::TolerateTornTail);
+        let (shard, report) = Shard::open(strict).await.unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        assert_eq!(report.torn_tail, None, "{report:?}");
+        shard.close().await.unwrap();
+    });
+}
