@@ -391,7 +391,13 @@ impl Run {
             {
                 let model = self.model.borrow();
                 let part = model.parts.get(&p);
-                let (lo, hi) = part.map_or((0, 0), |m| (m.start_min, m.start_max));
+                let (mut lo, hi) = part.map_or((0, 0), |m| (m.start_min, m.start_max));
+                if self.profile == Profile::Corruption {
+                    // A bit flipped in the last batch of the log reads as a
+                    // torn write and is cut: an acknowledged delete-before
+                    // can be lost that way, bringing back intact records.
+                    lo = 0;
+                }
                 assert!(
                     lo <= o.start && o.start <= hi.max(lo),
                     "seed {seed}: partition {p} start {} not in [{lo}, {hi}]",
