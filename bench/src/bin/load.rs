@@ -21,7 +21,7 @@ use std::{
 };
 
 use clap::Parser;
-use corelog::{Config, Engine, FsyncPolicy, Handle, Record};
+use corelog::{Config, Engine, FsyncPolicy, Handle, Record, StoredRecord};
 use futures::{executor::block_on, stream::FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 
@@ -277,60 +277,78 @@ fn consume(log: Handle, shared: Arc<Shared>, args: Args, consumer: u64) {
 
 /// Reads every partition back; returns a description of each difference.
 fn verify(args: &Args, log: &Handle, acked: &[u64]) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut seen: Vec<Vec<bool>> = acked.iter().map(|&n| vec![false; n as usize]).collect();
-    for p in 0..args.partitions {
-        let o = match block_on(log.offsets(p)) {
-            Ok(o) => o,
-            Err(e) => {
-                problems.push(format!("partition {p}: offsets failed: {e}"));
-                continue;
-            }
-        };
-        let mut next = o.start;
-        while next < o.end {
-            let records = match block_on(log.read(p, next, 4 << 20)) {
-                Ok(r) => r,
+    let problems = RefCell::new(Vec::new());
+    let seen: RefCell<Vec<Vec<bool>>> =
+        RefCell::new(acked.iter().map(|&n| vec![false; n as usize]).collect());
+    let check = |p: u64, r: &StoredRecord| {
+        let mut problems = problems.borrow_mut();
+        let v = r.value();
+        let field = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
+        if v.len() != args.record_bytes {
+            problems.push(format!(
+                "partition {p} offset {}: {} bytes, expected {}",
+                r.offset(),
+                v.len(),
+                args.record_bytes
+            ));
+            return;
+        }
+        let (producer, seq, partition) = (field(0), field(1), field(2));
+        let body_ok = body_matches(body_key(args.seed, producer, seq), v);
+        if partition != p || !body_ok {
+            problems.push(format!("partition {p} offset {}: content differs (says producer {producer}, seq {seq}, partition {partition})", r.offset()));
+            return;
+        }
+        match seen
+            .borrow_mut()
+            .get_mut(producer as usize)
+            .and_then(|s| s.get_mut(seq as usize))
+        {
+            Some(slot) if !*slot => *slot = true,
+            Some(_) => problems.push(format!(
+                "partition {p} offset {}: producer {producer} seq {seq} stored twice",
+                r.offset()
+            )),
+            // Written but not acknowledged before the run stopped: fine.
+            None => {}
+        }
+    };
+    // Every partition at once: their batches are spread through the whole
+    // log, so one reader at a time would wait on one small device read
+    // after another.
+    let follow = |p: u64| {
+        let (check, problems) = (&check, &problems);
+        async move {
+            let o = match log.offsets(p).await {
+                Ok(o) => o,
                 Err(e) => {
-                    problems.push(format!("partition {p} offset {next}: read failed: {e}"));
-                    break;
+                    problems
+                        .borrow_mut()
+                        .push(format!("partition {p}: offsets failed: {e}"));
+                    return;
                 }
             };
-            for r in &records {
-                let v = r.value();
-                let field = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
-                if v.len() != args.record_bytes {
-                    problems.push(format!(
-                        "partition {p} offset {}: {} bytes, expected {}",
-                        r.offset(),
-                        v.len(),
-                        args.record_bytes
-                    ));
-                    continue;
+            let mut next = o.start;
+            while next < o.end {
+                let records = match log.read(p, next, 1 << 20).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problems
+                            .borrow_mut()
+                            .push(format!("partition {p} offset {next}: read failed: {e}"));
+                        return;
+                    }
+                };
+                for r in &records {
+                    check(p, r);
                 }
-                let (producer, seq, partition) = (field(0), field(1), field(2));
-                let body_ok = body_matches(body_key(args.seed, producer, seq), v);
-                if partition != p || !body_ok {
-                    problems.push(format!("partition {p} offset {}: content differs (says producer {producer}, seq {seq}, partition {partition})", r.offset()));
-                    continue;
-                }
-                match seen
-                    .get_mut(producer as usize)
-                    .and_then(|s| s.get_mut(seq as usize))
-                {
-                    Some(slot) if !*slot => *slot = true,
-                    Some(_) => problems.push(format!(
-                        "partition {p} offset {}: producer {producer} seq {seq} stored twice",
-                        r.offset()
-                    )),
-                    // Written but not acknowledged before the run stopped: fine.
-                    None => {}
-                }
+                next += records.len() as u64;
             }
-            next += records.len() as u64;
         }
-    }
-    for (producer, s) in seen.iter().enumerate() {
+    };
+    block_on(futures::future::join_all((0..args.partitions).map(follow)));
+    let mut problems = problems.into_inner();
+    for (producer, s) in seen.into_inner().iter().enumerate() {
         if let Some(seq) = s.iter().position(|&x| !x) {
             let missing = s.iter().filter(|&&x| !x).count();
             problems.push(format!("producer {producer}: {missing} acknowledged records missing, the first is seq {seq}"));
