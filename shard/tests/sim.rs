@@ -586,9 +586,25 @@ impl Run {
         }
         let offset = self.rng.u64(o.start..=o.end);
         let max_bytes = self.rng.usize(0..6000);
-        note(|| format!("read {p}@{offset} max {max_bytes}"));
-        let records = match shard.read(p, offset, max_bytes).await {
+        // A third of the reads are a follower's fetch (chosen without a
+        // draw, so seeds keep their sequences): acknowledged records only,
+        // and nothing after a zero timeout when none is there yet.
+        let follow = max_bytes % 3 == 0;
+        note(|| format!("read {p}@{offset} max {max_bytes} fetch {follow}"));
+        let read = if follow {
+            shard
+                .fetch(p, offset, max_bytes, std::time::Duration::ZERO)
+                .await
+        } else {
+            shard.read(p, offset, max_bytes).await
+        };
+        let records = match read {
             Ok(r) => r,
+            // A fetch reports a failure of the shard (a read serves on).
+            Err(e @ Error::Failed(_)) if follow && self.fail_ok(&e) => {
+                self.check_stopped(shard, &e).await;
+                return false;
+            }
             Err(e @ Error::Corrupted { .. }) if self.profile == Profile::Corruption => {
                 assert!(
                     e.to_string().contains(DIR),
@@ -599,11 +615,19 @@ impl Run {
             }
             Err(e) => panic!("seed {seed}: read {p}@{offset}: {e}"),
         };
-        assert_eq!(
-            records.is_empty(),
-            offset == o.end,
-            "seed {seed}: read {p}@{offset}"
-        );
+        if follow {
+            assert!(
+                records.len() as u64 <= o.end - offset,
+                "seed {seed}: fetch {p}@{offset} returned past the end {}",
+                o.end
+            );
+        } else {
+            assert_eq!(
+                records.is_empty(),
+                offset == o.end,
+                "seed {seed}: read {p}@{offset}"
+            );
+        }
         let payload: usize = records.iter().map(|r| r.value().len()).sum();
         assert!(
             records.len() <= 1 || payload <= max_bytes,
