@@ -518,7 +518,9 @@ impl<F: StorageFile> Scan<'_, F> {
 
     /// Whether a segment with a bad header looks like one whose creation a
     /// crash interrupted: a header block of zeros (never written), nothing
-    /// valid and no data after it.
+    /// valid and no data after it. Segments are now renamed into place only
+    /// once their header is synced; a directory written by an earlier
+    /// version, which wrote the header after the rename, can hold one.
     async fn creation_torn(&mut self, seq: u64) -> Result<bool> {
         if self
             .window
@@ -553,8 +555,9 @@ impl<F: StorageFile> Scan<'_, F> {
             reason: reason.clone(),
         };
         match self.config.recovery {
-            // A crash while the last segment was being created leaves a
-            // header that never reached the disk and nothing after it.
+            // A crash while the last segment was being created (by an
+            // earlier version: see `creation_torn`) leaves a header that
+            // never reached the disk and nothing after it.
             RecoveryMode::TolerateTornTail | RecoveryMode::TolerateAnyCorruption
                 if self.is_last =>
             {
