@@ -10,9 +10,9 @@ use std::{
 
 use corelog_bench::{records, OpenShard};
 use corelog_shard::{
-    batch::{encode_batch, encoded_batch_len, Batch, BatchInfo},
-    index::{IndexEntry, OffsetIndex},
-    memtable::Memtable,
+    internals::{
+        encode_batch, encoded_batch_len, Batch, BatchInfo, IndexEntry, Memtable, OffsetIndex,
+    },
     FsyncPolicy, Record,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};

@@ -16,6 +16,7 @@ use crate::{
     budget::ByteBudget,
     config::Config,
     error::{Error, Result},
+    local::LocalShard,
     request::{Reply, Request},
     routing::shard_for,
     runtime::{self, ShardThread},
@@ -399,12 +400,12 @@ impl Handle {
     }
 
     /// Runs `task` on the executor of the shard that owns `partition`, with
-    /// that shard, and returns its output. Code in `task` calls the
-    /// [`Shard`](corelog_shard::Shard) directly: the local fast path, with
-    /// no thread crossing per operation. `task` itself is sent once.
+    /// a [`LocalShard`] on that shard, and returns its output. Code in
+    /// `task` calls the shard directly: the local fast path, with no thread
+    /// crossing per operation. `task` itself is sent once.
     pub async fn run_on_shard<F, Fut, T>(&self, partition: u64, task: F) -> Result<T>
     where
-        F: FnOnce(corelog_shard::Shard) -> Fut + Send + 'static,
+        F: FnOnce(LocalShard) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = T> + 'static,
         T: Send + 'static,
     {

@@ -19,10 +19,13 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 mod budget;
 mod config;
 mod engine;
 mod error;
+mod local;
 mod request;
 mod routing;
 mod runtime;
@@ -33,4 +36,5 @@ pub use corelog_shard::{
 };
 pub use engine::{Engine, EngineStats, Handle};
 pub use error::{Error, Result};
+pub use local::LocalShard;
 pub use routing::shard_for;

@@ -4,10 +4,10 @@
 use std::time::Duration;
 use std::{future::Future, pin::Pin};
 
-use corelog_shard::{Offsets, Record, RecoveryReport, Shard, ShardStats, StoredRecord};
+use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
 use futures_channel::oneshot;
 
-use crate::error::Result;
+use crate::{error::Result, local::LocalShard};
 
 /// Where a reply goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -64,9 +64,9 @@ pub(crate) enum Request {
     Stats {
         reply: Reply<(ShardStats, RecoveryReport)>,
     },
-    /// Runs caller code on the shard's executor with the shard itself.
+    /// Runs caller code on the shard's executor, with a [`LocalShard`].
     Run(LocalTask),
 }
 
 /// Caller code sent to a shard: it builds a future on the shard's thread.
-pub(crate) type LocalTask = Box<dyn FnOnce(Shard) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+pub(crate) type LocalTask = Box<dyn FnOnce(LocalShard) -> Pin<Box<dyn Future<Output = ()>>> + Send>;

@@ -16,6 +16,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use crate::{
     config::Config,
     error::{Error, Result},
+    local::LocalShard,
     request::Request,
 };
 
@@ -45,6 +46,7 @@ pub(crate) fn start(
             let (shard, report) = match Shard::open(shard_config).await {
                 Ok(opened) => opened,
                 Err(e) => {
+                    let e = Error::from(e);
                     let _ = ready.send((id, Err(e.clone())));
                     return Err(e);
                 }
@@ -79,13 +81,13 @@ async fn serve(
     // whole timeout.
     shard.release_waiters();
     in_progress.idle().await;
-    shard.close().await
+    Ok(shard.close().await?)
 }
 
 /// Runs one request and sends its reply (a caller that went away is fine).
 async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: Request) {
     fn send<T>(reply: crate::request::Reply<T>, result: corelog_shard::Result<T>) {
-        let _ = reply.send(result);
+        let _ = reply.send(result.map_err(Error::from));
     }
     match request {
         Request::Append {
@@ -134,7 +136,7 @@ async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: 
             shard.fetch(partition, offset, max_bytes, timeout).await,
         ),
         Request::Stats { reply } => send(reply, Ok((shard.stats(), report.clone()))),
-        Request::Run(task) => task(shard.clone()).await,
+        Request::Run(task) => task(LocalShard::new(shard.clone())).await,
     }
 }
 

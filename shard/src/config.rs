@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::{
     error::{Error, Result},
-    segment::BLOCK_SIZE,
+    storage::BLOCK_SIZE,
 };
 
 /// When an acknowledged append is durable.

@@ -1,19 +1,20 @@
-//! The errors of corelog, from one shard up to the engine. Every variant
-//! names what failed (the file, the position, the partition, the limit) and
-//! says what to do about it.
+//! The errors of one shard. Every variant names what failed (the file, the
+//! position, the partition, the limit) and says what to do about it. The
+//! engine's error type (`corelog::Error`) holds each of these variants too,
+//! with the engine's own (the directory lock, the shard count, the
+//! runtime).
 
 use std::{io, path::PathBuf, sync::Arc};
 
 /// Result alias for corelog operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in corelog.
+/// Everything that can go wrong in a shard.
 ///
 /// I/O failures are sticky: once a write or an fdatasync has failed, the
 /// shard refuses all later appends with [`Error::Failed`], which carries the
 /// original failure. Close and reopen to recover what is on disk.
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The caller passed a value that can never be valid (an empty batch, a
     /// zero-sized limit, ...). Nothing was written.
@@ -93,46 +94,6 @@ pub enum Error {
         position: u64,
         /// What check failed.
         reason: String,
-    },
-
-    /// Another process holds the data directory.
-    #[error("{} is locked by another process; stop it or use another directory", path.display())]
-    Locked {
-        /// The lock file.
-        path: PathBuf,
-    },
-
-    /// The directory was created with another shard count. Partitions live
-    /// in the shard their hash chose, so the count cannot change: open with
-    /// `Config::shards(found)`.
-    #[error("{} holds {found} shards but {configured} were configured; open it with .shards({found})", dir.display())]
-    ShardCountMismatch {
-        /// The data directory.
-        dir: PathBuf,
-        /// Shards on disk.
-        found: usize,
-        /// Shards configured.
-        configured: usize,
-    },
-
-    /// A shard's runtime could not start: io_uring unavailable (kernel older
-    /// than 5.8, `kernel.io_uring_disabled`, a seccomp profile).
-    #[error("shard {shard} could not start its io_uring executor: {reason}. Check that io_uring is enabled (sysctl kernel.io_uring_disabled=0, no seccomp filter blocking io_uring_setup) and that `ulimit -l` allows the configured io_memory")]
-    Runtime {
-        /// The shard.
-        shard: usize,
-        /// What the runtime reported.
-        reason: String,
-    },
-
-    /// The memlock limit is below the I/O memory the shards register with
-    /// io_uring.
-    #[error("the memlock limit ({limit} bytes) is below the {needed} bytes of io_uring I/O memory the shards need; raise it (ulimit -l, LimitMEMLOCK= in a systemd unit, or CAP_IPC_LOCK) or lower Config::io_memory")]
-    MemlockTooLow {
-        /// The soft RLIMIT_MEMLOCK, bytes.
-        limit: u64,
-        /// Shards times their configured I/O memory, bytes.
-        needed: u64,
     },
 
     /// An earlier I/O failure left the shard unusable. The inner error is the

@@ -19,7 +19,7 @@ use std::{
 
 use common::{records_for, run, test_dir};
 use corelog_shard::{
-    batch::peek_header, Error, FsyncPolicy, Record, RecoveryMode, RecoveryReport, Shard,
+    internals::peek_header, Error, FsyncPolicy, Record, RecoveryMode, RecoveryReport, Shard,
     ShardConfig,
 };
 

@@ -7,8 +7,8 @@ use std::{cell::Cell, io, path::Path, rc::Rc};
 
 use common::{append, records_for, run, small_config, test_dir};
 use corelog_shard::{
-    storage::{Storage, StorageFile},
-    DmaStorage, DmaStorageFile, Error, FsyncPolicy, Result, Wal,
+    internals::{DmaStorage, DmaStorageFile, Wal},
+    Error, FsyncPolicy, Result, Storage, StorageFile,
 };
 
 /// What to break next.
@@ -63,8 +63,8 @@ impl Storage for Faulty {
     async fn prepare_dir(&self, dir: &Path) -> Result<()> {
         self.real.prepare_dir(dir).await
     }
-    fn list(&self, dir: &Path) -> Result<Vec<String>> {
-        self.real.list(dir)
+    async fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        self.real.list(dir).await
     }
 }
 

@@ -436,7 +436,7 @@ fn crash_between_rename_and_header_of_a_new_segment() {
 }
 
 fn shard_path(dir: &std::path::Path, sequence: u64) -> std::path::PathBuf {
-    corelog_shard::segment::segment_path(dir, sequence)
+    corelog_shard::internals::segment_path(dir, sequence)
 }
 
 /// Regression (from review): a partition truncated without its offsets

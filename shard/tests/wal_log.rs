@@ -6,7 +6,10 @@ mod common;
 use std::{cell::RefCell, rc::Rc};
 
 use common::{append, assert_batch_holds, records_for, run, small_config, test_dir};
-use corelog_shard::{Appended, Error, FsyncPolicy, Record, RecoveryMode, Wal};
+use corelog_shard::{
+    internals::{Appended, Wal},
+    Error, FsyncPolicy, Record, RecoveryMode,
+};
 
 #[test]
 fn round_trip_across_segment_rolls() {
@@ -66,7 +69,7 @@ fn torn_tail_at_every_byte_keeps_exactly_the_batches_before() {
         let config = small_config(&path, FsyncPolicy::Always);
         let appended = write_and_abandon(config.clone(), 12).await;
         let last = *appended.last().unwrap();
-        let seg = corelog_shard::segment::segment_path(&path, last.segment);
+        let seg = corelog_shard::internals::segment_path(&path, last.segment);
         let original = std::fs::read(&seg).unwrap();
         let start = last.position as usize;
         let end = start + last.length as usize;
@@ -106,7 +109,7 @@ fn appends_after_a_torn_tail_recover_cleanly_in_absolute_mode() {
         let mut config = small_config(&path, FsyncPolicy::Always);
         let appended = write_and_abandon(config.clone(), 5).await;
         let last = *appended.last().unwrap();
-        let seg = corelog_shard::segment::segment_path(&path, last.segment);
+        let seg = corelog_shard::internals::segment_path(&path, last.segment);
         let mut bytes = std::fs::read(&seg).unwrap();
         // Tear the last batch in the middle of its body.
         let mid = last.position as usize + last.length as usize / 2;
@@ -160,8 +163,8 @@ fn a_write_torn_in_flight_is_cut_but_damage_to_completed_writes_is_not() {
     run(move || async move {
         let mut config = small_config(&path, FsyncPolicy::Always);
         let appended = write_and_abandon(config.clone(), 8).await;
-        let seg = corelog_shard::segment::segment_path(&path, appended[0].segment);
-        let seed = corelog_shard::segment::crc_seed(config.shard_id, appended[0].segment);
+        let seg = corelog_shard::internals::segment_path(&path, appended[0].segment);
+        let seed = corelog_shard::internals::crc_seed(config.shard_id, appended[0].segment);
         let original = std::fs::read(&seg).unwrap();
         let hole = appended[4];
         let mut bytes = original.clone();
@@ -219,7 +222,7 @@ fn flipped_bits_are_detected_and_never_served() {
     run(move || async move {
         let mut config = small_config(&path, FsyncPolicy::Always);
         let appended = write_and_abandon(config.clone(), 6).await;
-        let seg = corelog_shard::segment::segment_path(&path, appended[0].segment);
+        let seg = corelog_shard::internals::segment_path(&path, appended[0].segment);
         let original = std::fs::read(&seg).unwrap();
         for (victim, a) in appended.iter().enumerate() {
             let bits = u64::from(a.length) * 8;
@@ -458,7 +461,7 @@ fn padding_shorter_than_a_magic_is_still_padding() {
             let (wal, _) = Wal::open(config.clone()).await.unwrap();
             // One record whose batch fills the first data block but `gap`
             // bytes.
-            let empty = corelog_shard::batch::encoded_batch_len(&[Record::new(vec![])])
+            let empty = corelog_shard::internals::encoded_batch_len(&[Record::new(vec![])])
                 .unwrap()
                 .0;
             let first = vec![Record::new(vec![7u8; 4096 - gap - empty])];
@@ -498,7 +501,7 @@ fn a_batch_ending_just_before_the_segment_end_is_not_damage() {
                 let (wal, _) = Wal::open(config.clone()).await.unwrap();
                 let record = |value: Vec<u8>| Record::new(value).with_timestamp(5);
                 let empty =
-                    corelog_shard::batch::encoded_batch_len(&[record(vec![]), record(vec![])])
+                    corelog_shard::internals::encoded_batch_len(&[record(vec![]), record(vec![])])
                         .unwrap()
                         .0;
                 let fill = (12 << 10) - gap - empty;

@@ -2,7 +2,7 @@
 //! records all iterate; it never panics.
 #![no_main]
 
-use corelog_shard::{batch::decode_batch, Batch};
+use corelog_shard::internals::{decode_batch, Batch};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u32, &[u8])| {

@@ -3,10 +3,7 @@
 //! that all iterate; it never panics.
 #![no_main]
 
-use corelog_shard::{
-    batch::{BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION},
-    Batch,
-};
+use corelog_shard::internals::{Batch, BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u32, u32, &[u8])| {

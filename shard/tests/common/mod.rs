@@ -5,7 +5,10 @@ use std::{future::Future, path::Path};
 
 use std::{cell::RefCell, collections::HashMap};
 
-use corelog_shard::{storage::Storage, Appended, FsyncPolicy, Record, ShardConfig, Wal};
+use corelog_shard::{
+    internals::{Appended, Batch, Wal},
+    FsyncPolicy, Record, ShardConfig, Storage,
+};
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// Runs `f` on a fresh glommio executor. Tests run on parallel threads and
@@ -60,7 +63,7 @@ pub fn records_for(i: u64) -> Vec<Record> {
 }
 
 /// Checks that `batch` holds exactly `records` from `base`.
-pub fn assert_batch_holds(batch: &corelog_shard::Batch, base: u64, records: &[Record]) {
+pub fn assert_batch_holds(batch: &Batch, base: u64, records: &[Record]) {
     let got: Vec<_> = batch.records().collect();
     assert_eq!(got.len(), records.len());
     for (i, (v, r)) in got.iter().zip(records).enumerate() {

@@ -1,6 +1,10 @@
 //! The storage seam: every file operation the shard performs goes through
 //! these two traits, so the same write path runs on a real disk
-//! ([`crate::dma::DmaStorage`]) or on a simulated, faulty one.
+//! ([`dma::DmaStorage`]) or on a simulated, faulty one ([`sim`], behind the
+//! `sim` feature).
+//!
+//! Invariant: no method blocks the shard's thread; what the kernel cannot
+//! do asynchronously runs on the executor's blocking pool.
 //!
 //! Methods return the shard's [`Error`](crate::Error) with the operation and
 //! path already attached. Futures are not `Send`: a shard lives on one core.
@@ -8,6 +12,13 @@
 use std::{ops::Deref, path::Path};
 
 use crate::error::Result;
+
+pub(crate) mod dma;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
+/// Unit of O_DIRECT I/O, and so of commit alignment, in bytes.
+pub const BLOCK_SIZE: u64 = 4096;
 
 /// A buffer the storage can write from; its length is a multiple of the block
 /// size and it is aligned for O_DIRECT.
@@ -45,7 +56,7 @@ pub trait Storage: Clone + 'static {
     /// use there. Called once, before any other operation in `dir`.
     async fn prepare_dir(&self, dir: &Path) -> Result<()>;
     /// Names of the files in `dir`.
-    fn list(&self, dir: &Path) -> Result<Vec<String>>;
+    async fn list(&self, dir: &Path) -> Result<Vec<String>>;
 }
 
 /// One open file, read and written at explicit positions.

@@ -11,7 +11,7 @@ use std::{collections::VecDeque, ops::Bound, sync::Arc};
 use crossbeam_epoch as epoch;
 use crossbeam_skiplist::base::SkipList;
 
-use crate::batch::Batch;
+use crate::format::batch::Batch;
 
 /// Recent batches, by (partition, base offset).
 ///
@@ -83,6 +83,7 @@ impl Memtable {
     }
 
     /// The batch of `partition` holding `offset`, if it is here.
+    #[cfg(any(test, feature = "internals"))]
     pub fn get(&self, partition: u64, offset: u64) -> Option<Arc<Batch>> {
         let guard = &epoch::pin();
         let e = self

@@ -134,12 +134,46 @@ impl OffsetIndex {
         self.entries.first().map(|e| e.segment)
     }
 
+    /// Checks that every offset in `[start, end)` lies in exactly one
+    /// indexed batch, and no batch lies wholly outside it; the reason when
+    /// not.
+    pub fn check_covers(&self, start: u64, end: u64) -> Result<(), String> {
+        let (Some(first), Some(last)) = (self.entries.first(), self.entries.last()) else {
+            return if start == end {
+                Ok(())
+            } else {
+                Err(format!("no batch indexed for offsets [{start}, {end})"))
+            };
+        };
+        if first.base_offset > start || first.end_offset() <= start || last.end_offset() != end {
+            return Err(format!(
+                "batches cover [{}, {}), offsets are [{start}, {end})",
+                first.base_offset,
+                last.end_offset()
+            ));
+        }
+        match self
+            .entries
+            .windows(2)
+            .find(|w| w[1].base_offset != w[0].end_offset())
+        {
+            Some(w) => Err(format!(
+                "offsets [{}, {}) are in no batch",
+                w[0].end_offset(),
+                w[1].base_offset
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Number of indexed batches.
+    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when no batch is indexed.
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

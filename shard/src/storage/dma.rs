@@ -1,4 +1,10 @@
 //! [`Storage`] over glommio's `DmaFile`: O_DIRECT files driven by io_uring.
+//!
+//! Invariant: nothing here blocks the shard's thread. Reads, writes,
+//! fdatasyncs and directory syncs go through io_uring; renames and
+//! removals run on glommio's blocking pool (an unlink of a 64 MiB segment
+//! frees its extents, which can take milliseconds); directory listing and
+//! creation go there too.
 
 use std::{
     io,
@@ -9,7 +15,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
 use crate::{
     error::{Error, Result},
-    storage::{IoBuffer, Storage, StorageFile},
+    storage::{IoBuffer, Storage, StorageFile, BLOCK_SIZE},
 };
 
 /// Name of the file [`DmaStorage::prepare_dir`] keeps in a shard directory.
@@ -71,11 +77,15 @@ impl Storage for DmaStorage {
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {
-        std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+        glommio::io::remove(path)
+            .await
+            .map_err(io_err("remove", path))
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
+        glommio::io::rename(from, to)
+            .await
+            .map_err(io_err("rename", from))
     }
 
     async fn sync_dir(&self, dir: &Path) -> Result<()> {
@@ -97,27 +107,40 @@ impl Storage for DmaStorage {
     /// most cloud volumes). A probe file with a real block makes the test
     /// real.
     async fn prepare_dir(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let probe = dir.join(IOPOLL_PROBE);
-        let block = vec![0xA5u8; crate::segment::BLOCK_SIZE as usize];
-        std::fs::write(&probe, &block)
-            .and_then(|()| std::fs::File::open(&probe)?.sync_all())
-            .map_err(|e| Error::io("write", &probe, e))?;
+        let (dir_owned, probe_owned) = (dir.to_path_buf(), probe.clone());
+        glommio::executor()
+            .spawn_blocking(move || {
+                std::fs::create_dir_all(&dir_owned)
+                    .map_err(|e| Error::io("create directory", &dir_owned, e))?;
+                let block = vec![0xA5u8; BLOCK_SIZE as usize];
+                std::fs::write(&probe_owned, &block)
+                    .and_then(|()| std::fs::File::open(&probe_owned)?.sync_all())
+                    .map_err(|e| Error::io("write", &probe_owned, e))
+            })
+            .await?;
         let file = DmaFile::open(&probe)
             .await
             .map_err(io_err("open", &probe))?;
         file.close().await.map_err(io_err("close", &probe))
     }
 
-    fn list(&self, dir: &Path) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list directory", dir, e))? {
-            let entry = entry.map_err(|e| Error::io("list directory", dir, e))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                names.push(name);
-            }
-        }
-        Ok(names)
+    async fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        let dir = dir.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let mut names = Vec::new();
+                let entries =
+                    std::fs::read_dir(&dir).map_err(|e| Error::io("list directory", &dir, e))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::io("list directory", &dir, e))?;
+                    if let Ok(name) = entry.file_name().into_string() {
+                        names.push(name);
+                    }
+                }
+                Ok(names)
+            })
+            .await
     }
 }
 

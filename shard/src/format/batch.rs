@@ -1,14 +1,16 @@
 //! The record batch: the unit of append, checksum and recovery.
 //!
 //! A batch is a 64-byte little-endian [`BatchHeader`] followed by its encoded
-//! records (see [`crate::record`]). The CRC32C covers every byte after the CRC
+//! records (see [`crate::format::record`]). The CRC32C covers every byte after the CRC
 //! field, and its seed is the identity of the segment the batch is written to
-//! ([`crate::segment::crc_seed`]), so a batch copied into another segment or
+//! ([`crate::format::segment::crc_seed`]), so a batch copied into another segment or
 //! left over from an earlier use of a file never validates.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::record::{Record, RecordView, HEADER_OVERHEAD, NO_KEY, RECORD_OVERHEAD};
+use crate::format::record::{
+    encode_record, parse_record, read_checked_record, Record, RecordView, RECORD_OVERHEAD,
+};
 
 /// First four bytes of every batch: `"CLB1"`. Never zero, so zeroed space
 /// cannot be mistaken for a batch.
@@ -19,7 +21,7 @@ pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"CLB1");
 /// another version is refused, never misread.
 pub const BATCH_VERSION: u16 = 2;
 /// `flags` bit of a control batch: its single record describes an operation
-/// on the partition (see [`crate::shard`]) rather than data.
+/// on the partition (see [`crate::partition`]) rather than data.
 pub const FLAG_CONTROL: u16 = 1;
 /// Size of [`BatchHeader`] on disk.
 pub const BATCH_HEADER_LEN: usize = std::mem::size_of::<BatchHeader>();
@@ -85,6 +87,18 @@ impl BatchHeader {
             ))
         }
     }
+}
+
+/// A batch header and where the batch lives in the log: what recovery
+/// hands back for every surviving batch, and what a sidecar stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveredBatch {
+    /// Sequence of the segment holding the batch.
+    pub segment: u64,
+    /// Byte position of the batch in its segment.
+    pub position: u64,
+    /// The batch header (partition, offsets, record count, length).
+    pub header: BatchHeader,
 }
 
 /// Why bytes did not decode as a batch.
@@ -157,32 +171,12 @@ pub fn encode_batch(
 ) -> BatchHeader {
     assert!(!records.is_empty(), "a batch holds at least one record");
     let mut at = BATCH_HEADER_LEN;
-    let mut put = |bytes: &[u8]| {
-        out[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
     let mut max_timestamp = i64::MIN;
     let first_timestamp = records[0].timestamp.unwrap_or(now_ms);
     for r in records {
         let ts = r.timestamp.unwrap_or(now_ms);
         max_timestamp = max_timestamp.max(ts);
-        let len = r.encoded_len().expect("checked by the caller");
-        put(&((len - 4) as u32).to_le_bytes());
-        put(&ts.to_le_bytes());
-        let key_len = r.key.as_ref().map_or(NO_KEY, |k| k.len() as u32);
-        put(&key_len.to_le_bytes());
-        put(&(r.value.len() as u32).to_le_bytes());
-        put(&(r.headers.len() as u16).to_le_bytes());
-        if let Some(k) = &r.key {
-            put(k);
-        }
-        put(&r.value);
-        for (name, value) in &r.headers {
-            put(&(name.len() as u16).to_le_bytes());
-            put(name.as_bytes());
-            put(&(value.len() as u32).to_le_bytes());
-            put(value);
-        }
+        at += encode_record(r, ts, &mut out[at..]);
     }
     // Invariant: the caller sized `out` with encoded_batch_len.
     assert_eq!(at, out.len(), "batch buffer sized wrongly");
@@ -260,132 +254,16 @@ pub fn decode_batch(bytes: &[u8], seed: u32) -> Result<BatchHeader, DecodeError>
     {
         return invalid("batch has no records or overflows the offset space".into());
     }
-    let mut count = 0u32;
-    for r in RecordIter::new(&header, &bytes[BATCH_HEADER_LEN..length]) {
-        r.map_err(DecodeError::Invalid)?;
-        count += 1;
+    let mut body = &bytes[BATCH_HEADER_LEN..length];
+    for i in 0..header.record_count {
+        let (_, len) =
+            parse_record(body, header.base_offset + u64::from(i)).map_err(DecodeError::Invalid)?;
+        body = &body[len..];
     }
-    if count != header.record_count {
-        return invalid(format!(
-            "header says {} records, found {count}",
-            header.record_count
-        ));
+    if !body.is_empty() {
+        return invalid(format!("{} bytes after the last record", body.len()));
     }
     Ok(header)
-}
-
-/// Iterates the records of a batch body, checking every length as it goes.
-pub(crate) struct RecordIter<'a> {
-    rest: &'a [u8],
-    next_offset: u64,
-    remaining: u32,
-}
-
-impl<'a> RecordIter<'a> {
-    pub(crate) fn new(header: &BatchHeader, body: &'a [u8]) -> Self {
-        RecordIter {
-            rest: body,
-            next_offset: header.base_offset,
-            remaining: header.record_count,
-        }
-    }
-
-    fn parse_one(&mut self) -> Result<RecordView<'a>, String> {
-        let b = self.rest;
-        if b.len() < RECORD_OVERHEAD {
-            return Err(format!(
-                "record at offset {} is cut short",
-                self.next_offset
-            ));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let rest_len = u32_at(0) as usize;
-        let total = rest_len
-            .checked_add(4)
-            .filter(|&t| t <= b.len() && t >= RECORD_OVERHEAD);
-        let Some(total) = total else {
-            return Err(format!(
-                "record at offset {} has a bad length",
-                self.next_offset
-            ));
-        };
-        let timestamp = i64::from_le_bytes(b[4..12].try_into().unwrap());
-        let key_len = u32_at(12);
-        let value_len = u32_at(16) as usize;
-        let header_count = u16::from_le_bytes([b[20], b[21]]);
-        let rec = &b[RECORD_OVERHEAD..total];
-        let key_bytes = if key_len == NO_KEY {
-            0
-        } else {
-            key_len as usize
-        };
-        if key_bytes + value_len > rec.len() {
-            return Err(format!(
-                "record at offset {} overruns its length",
-                self.next_offset
-            ));
-        }
-        let key = (key_len != NO_KEY).then(|| &rec[..key_bytes]);
-        let value = &rec[key_bytes..key_bytes + value_len];
-        let headers = &rec[key_bytes + value_len..];
-        // Walk the headers so every later accessor can trust their lengths.
-        let mut h = headers;
-        for _ in 0..header_count {
-            let bad = || format!("record at offset {} has a bad header", self.next_offset);
-            if h.len() < 2 {
-                return Err(bad());
-            }
-            let name_len = u16::from_le_bytes([h[0], h[1]]) as usize;
-            if h.len() < HEADER_OVERHEAD + name_len {
-                return Err(bad());
-            }
-            std::str::from_utf8(&h[2..2 + name_len]).map_err(|_| bad())?;
-            let at = 2 + name_len;
-            let vlen = u32::from_le_bytes(h[at..at + 4].try_into().unwrap()) as usize;
-            if h.len() - at - 4 < vlen {
-                return Err(bad());
-            }
-            h = &h[at + 4 + vlen..];
-        }
-        if !h.is_empty() {
-            return Err(format!(
-                "record at offset {} has trailing bytes",
-                self.next_offset
-            ));
-        }
-        let view = RecordView {
-            offset: self.next_offset,
-            timestamp,
-            key,
-            value,
-            header_count,
-            headers,
-        };
-        self.rest = &b[total..];
-        self.next_offset += 1;
-        Ok(view)
-    }
-}
-
-impl<'a> Iterator for RecordIter<'a> {
-    type Item = Result<RecordView<'a>, String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 {
-            return (!self.rest.is_empty()).then(|| {
-                let n = self.rest.len();
-                self.rest = &[];
-                Err(format!("{n} bytes after the last record"))
-            });
-        }
-        self.remaining -= 1;
-        let r = self.parse_one();
-        if r.is_err() {
-            self.remaining = 0;
-            self.rest = &[];
-        }
-        Some(r)
-    }
 }
 
 /// A validated batch held in memory.
@@ -436,8 +314,7 @@ impl Batch {
 }
 
 /// The records of a batch that [`decode_batch`] (or the encoder) already
-/// walked: every length is known good, so none is checked again. Slicing
-/// still bounds-checks, so a broken invariant panics, never reads wrongly.
+/// walked: every length is known good, so none is checked again.
 struct ValidRecords<'a> {
     rest: &'a [u8],
     next_offset: u64,
@@ -452,26 +329,8 @@ impl<'a> Iterator for ValidRecords<'a> {
             return None;
         }
         self.remaining -= 1;
-        let b = self.rest;
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let total = u32_at(0) as usize + 4;
-        let key_len = u32_at(12);
-        let value_len = u32_at(16) as usize;
-        let rec = &b[RECORD_OVERHEAD..total];
-        let key_bytes = if key_len == NO_KEY {
-            0
-        } else {
-            key_len as usize
-        };
-        let view = RecordView {
-            offset: self.next_offset,
-            timestamp: i64::from_le_bytes(b[4..12].try_into().unwrap()),
-            key: (key_len != NO_KEY).then(|| &rec[..key_bytes]),
-            value: &rec[key_bytes..key_bytes + value_len],
-            header_count: u16::from_le_bytes([b[20], b[21]]),
-            headers: &rec[key_bytes + value_len..],
-        };
-        self.rest = &b[total..];
+        let (view, len) = read_checked_record(self.rest, self.next_offset);
+        self.rest = &self.rest[len..];
         self.next_offset += 1;
         Some(view)
     }

@@ -413,7 +413,7 @@ impl Storage for SimDisk {
         self.begin("prepare_dir", dir, 0, 0)
     }
 
-    fn list(&self, dir: &Path) -> Result<Vec<String>> {
+    async fn list(&self, dir: &Path) -> Result<Vec<String>> {
         self.begin("list", dir, 0, 0)?;
         let d = self.0.borrow();
         Ok(in_dir(&d.names, dir)
@@ -464,7 +464,7 @@ impl StorageFile for SimFile {
             let d = &mut *d;
             if d.faults.misdirect > 0.0 && d.rng.f64() < d.faults.misdirect {
                 d.counts.misdirected += 1;
-                let shift = d.rng.usize(1..=4) * crate::segment::BLOCK_SIZE as usize;
+                let shift = d.rng.usize(1..=4) * crate::storage::BLOCK_SIZE as usize;
                 at = if d.rng.bool() {
                     at + shift
                 } else {

@@ -1,31 +1,41 @@
 //! The write-ahead log of one shard: open (with recovery), append a batch,
 //! flush, read a batch back, close. The commit loop that turns appends into
-//! writes and fdatasyncs lives in [`crate::commit`]. Offsets are the
-//! caller's business: the partition layer ([`crate::Wal`]) assigns them.
+//! writes and fdatasyncs lives in [`committer`], segment rolls and spare
+//! preparation in [`roll`]. Offsets are the caller's business: the
+//! partition layer ([`crate::Shard`]) assigns them.
+
+mod close;
+mod committer;
+mod read;
+mod roll;
+mod state;
+mod watermark;
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, VecDeque},
+    collections::VecDeque,
     path::PathBuf,
     rc::Rc,
-    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use glommio::task::JoinHandle;
-
 use crate::{
-    batch::{encode_batch, encoded_batch_len, Batch, BatchInfo},
-    commit,
     config::{FsyncPolicy, ShardConfig},
-    dma::DmaStorage,
     error::{Error, Result},
-    record::Record,
-    recovery::{recover, RecoveredBatch, RecoveryReport},
-    segment::{align_up, crc_seed, BLOCK_SIZE},
+    format::{
+        batch::{encode_batch, encoded_batch_len, BatchInfo, RecoveredBatch, FLAG_CONTROL},
+        clean_marker,
+        record::Record,
+        segment::{align_up, crc_seed, spare_path, BLOCK_SIZE},
+        sidecar,
+    },
+    recovery::{recover, RecoveryReport},
     stats::{bump, Counters, ShardStats},
-    storage::{IoBuffer, Storage, StorageFile},
-    watermark::{Signal, Watermark},
+    storage::{dma::DmaStorage, IoBuffer, Storage, StorageFile},
+    wal::{
+        state::{Group, Inner, State},
+        watermark::{Signal, Watermark},
+    },
 };
 
 /// Where an acknowledged batch lives.
@@ -98,102 +108,10 @@ impl<S: Storage> Drop for Owner<S> {
     }
 }
 
-/// State shared by the shard's handles and its commit task.
-pub(crate) struct Inner<S: Storage> {
-    pub config: ShardConfig,
-    pub storage: S,
-    pub state: RefCell<State<S::File>>,
-    /// Id of the last commit group written.
-    pub written: Watermark,
-    /// Id of the last commit group covered by an fdatasync.
-    pub durable: Watermark,
-    /// Wakes the commit task.
-    pub work: Signal,
-    pub counters: Counters,
-}
-
-/// Appends gathered for one write. Groups are numbered from 1 in the order
-/// they are written; a group never spans two segments. Batches are encoded
-/// straight into the group's I/O buffer, which the write then takes.
-#[derive(Debug)]
-pub(crate) struct Group<B> {
-    pub id: u64,
-    pub segment: u64,
-    /// Block-aligned position of the group in its segment.
-    pub start: u64,
-    /// The batches, encoded back to back; allocated by the first append.
-    pub buf: Option<B>,
-    /// Bytes of `buf` holding batches.
-    pub len: usize,
-    pub appends: u64,
-}
-
-impl<B: IoBuffer> Group<B> {
-    /// An empty group at `start` of `segment`.
-    pub(crate) fn new(id: u64, segment: u64, start: u64) -> Self {
-        Group {
-            id,
-            segment,
-            start,
-            buf: None,
-            len: 0,
-            appends: 0,
-        }
-    }
-
-    /// The group written after this one, in the same segment.
-    pub(crate) fn successor(&self) -> Self {
-        Group::new(
-            self.id + 1,
-            self.segment,
-            align_up(self.start + self.len as u64),
-        )
-    }
-
-    /// Bytes the buffer can still take.
-    pub(crate) fn room(&self) -> usize {
-        self.buf
-            .as_ref()
-            .map_or(0, |b| b.as_slice().len() - self.len)
-    }
-}
-
-/// Mutable shard state; only the shard's thread touches it.
-pub(crate) struct State<F: StorageFile> {
-    /// Open segment files by sequence; the last one is written.
-    pub segments: BTreeMap<u64, Rc<F>>,
-    /// The group that accepts appends.
-    pub open: Group<F::Buffer>,
-    /// Groups closed to appends, waiting to be written, oldest first.
-    pub sealed: VecDeque<Group<F::Buffer>>,
-    /// Bytes in `open` and `sealed`.
-    pub pending_bytes: usize,
-    /// Highest group id a flush asked to make durable.
-    pub sync_target: u64,
-    /// The first I/O failure; sticky.
-    pub failed: Option<Arc<Error>>,
-    /// Set by close: no new appends.
-    pub closing: bool,
-    /// The spare segment being prepared in the background.
-    /// It yields the sequence its header names.
-    pub spare: Option<JoinHandle<Result<u64>>>,
-    /// The commit task.
-    pub committer: Option<JoinHandle<()>>,
-    /// Batches of the segments that have no sidecar yet (the active one,
-    /// and the next when a group waits for the roll), in log order.
-    pub unsealed: Vec<RecoveredBatch>,
-    /// A last segment recovery kept despite a damaged header (tolerate-any);
-    /// it is never appended to, and a close while it is still the last one
-    /// leaves no clean-shutdown marker, so the next open scans it again.
-    pub damaged_tail: Option<u64>,
-    /// Segment and position written, and made durable.
-    pub written_at: (u64, u64),
-    pub durable_at: (u64, u64),
-}
-
 impl Wal<DmaStorage> {
     /// Opens (creating if needed) the shard in `config.dir` on the real disk,
     /// recovering what is there. Must run on a glommio executor.
+    #[cfg(any(test, feature = "internals"))]
     pub async fn open(config: ShardConfig) -> Result<(Self, Recovery)> {
         Self::open_with(DmaStorage, config).await
     }
@@ -204,10 +122,11 @@ impl<S: Storage> Wal<S> {
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
         config.validate()?;
         storage.prepare_dir(&config.dir).await?;
-        let clean_end = commit::take_clean_marker(&storage, &config).await?;
-        let spare = crate::segment::spare_path(&config.dir);
+        let clean_end = clean_marker::take(&storage, &config).await?;
+        let spare = spare_path(&config.dir);
         if storage
-            .list(&config.dir)?
+            .list(&config.dir)
+            .await?
             .iter()
             .any(|n| config.dir.join(n) == spare)
         {
@@ -221,10 +140,10 @@ impl<S: Storage> Wal<S> {
                 // it would describe only its old batches; if its successor
                 // at the next seal were lost, a restart would trust it and
                 // miss the new ones.
-                crate::sidecar::remove(&storage, &config, t.sequence).await?;
+                sidecar::remove(&storage, &config, t.sequence).await?;
                 if t.writable {
                     let file = &recovered.segments.last().expect("tail has a segment").1;
-                    commit::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
+                    roll::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
                     // What recovery found is durable from here on.
                     file.fdatasync().await?;
                     (t.sequence, align_up(t.valid_end))
@@ -271,7 +190,7 @@ impl<S: Storage> Wal<S> {
             work: Signal::default(),
             counters: Counters::default(),
         });
-        commit::start(&inner);
+        committer::start(&inner);
         let recovery = Recovery {
             report: recovered.report,
             batches: recovered.batches,
@@ -290,7 +209,7 @@ impl<S: Storage> Wal<S> {
 
     /// Path of segment `segment`.
     pub fn segment_path(&self, segment: u64) -> PathBuf {
-        crate::segment::segment_path(&self.inner.config.dir, segment)
+        crate::format::segment::segment_path(&self.inner.config.dir, segment)
     }
 
     /// The configuration the shard was opened with.
@@ -304,6 +223,7 @@ impl<S: Storage> Wal<S> {
     ///
     /// Bad input (no records, a record or batch over the limits) is refused
     /// with nothing written.
+    #[cfg(any(test, feature = "internals"))]
     pub async fn append(
         &self,
         partition: u64,
@@ -367,7 +287,7 @@ impl<S: Storage> Wal<S> {
                 self.check_usable(&st)?;
                 (st.pending_bytes, self.inner.written.get() + 1)
             };
-            if pending + size <= commit::max_pending_bytes(config) || pending == 0 {
+            if pending + size <= state::max_pending_bytes(config) || pending == 0 {
                 return Ok(());
             }
             self.inner.written.wait_for(next_written).await;
@@ -386,7 +306,7 @@ impl<S: Storage> Wal<S> {
         keep: impl FnOnce(&[u8]),
     ) -> Result<Appended> {
         let config = &self.inner.config;
-        if info.flags & !crate::batch::FLAG_CONTROL != 0 {
+        if info.flags & !FLAG_CONTROL != 0 {
             return Err(Error::InvalidArgument(format!(
                 "unknown batch flags {:#x}",
                 info.flags
@@ -401,7 +321,7 @@ impl<S: Storage> Wal<S> {
         let appended = {
             let mut st = self.inner.state.borrow_mut();
             self.check_usable(&st)?;
-            commit::make_room(&mut st, config, size);
+            state::make_room(&mut st, config, size);
             if st.open.room() < size {
                 // Invariant: make_room left the open group empty if the
                 // batch does not fit its buffer.
@@ -489,58 +409,6 @@ impl<S: Storage> Wal<S> {
         }
     }
 
-    /// Reads the batch of `length` bytes at `position` in `segment` and
-    /// verifies it. Only batches whose write completed can be read.
-    pub async fn read_batch(&self, segment: u64, position: u64, length: u32) -> Result<Batch> {
-        let mut batches = self.read_batches(segment, &[(position, length)]).await?;
-        Ok(batches.pop().expect("one batch asked, one read"))
-    }
-
-    /// Reads the batches at `spans` (position, length; in position order)
-    /// of `segment` with one read covering them all, and verifies each.
-    /// Cold reads of a partition use it to read ahead.
-    pub async fn read_batches(&self, segment: u64, spans: &[(u64, u32)]) -> Result<Vec<Batch>> {
-        let (Some(&(first, _)), Some(&(last, last_len))) = (spans.first(), spans.last()) else {
-            return Ok(Vec::new());
-        };
-        let (file, written) = {
-            let st = self.inner.state.borrow();
-            let file = st.segments.get(&segment).cloned();
-            (file, st.written_at)
-        };
-        let end = last + u64::from(last_len);
-        if (segment, end) > written {
-            return Err(Error::InvalidArgument(format!(
-                "segment {segment} position {last}: not written yet"
-            )));
-        }
-        let Some(file) = file else {
-            return Err(Error::InvalidArgument(format!(
-                "segment {segment} does not exist"
-            )));
-        };
-        let from = first - first % BLOCK_SIZE;
-        bump(&self.inner.counters.batch_reads, spans.len() as u64);
-        let buf = file.read_at(from, (align_up(end) - from) as usize).await?;
-        let seed = crc_seed(self.inner.config.shard_id, segment);
-        spans
-            .iter()
-            .map(|&(position, length)| {
-                let skip = (position - from) as usize;
-                let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
-                    Error::corrupted(file.path(), position, "segment ends inside the batch")
-                })?;
-                let batch = Batch::decode(bytes.to_vec(), seed)
-                    .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))?;
-                batch
-                    .header()
-                    .check_position(position)
-                    .map_err(|why| Error::corrupted(file.path(), position, why))?;
-                Ok(batch)
-            })
-            .collect()
-    }
-
     /// Id of the last commit group whose write completed, and of the last
     /// one made durable. An [`Appended`] batch is written (durable) once the
     /// first (second) reaches its `group`.
@@ -594,11 +462,12 @@ impl<S: Storage> Wal<S> {
             file.close().await?;
         }
         // The sidecar first: a segment without one is simply scanned.
-        let sidecar = crate::sidecar::sidecar_path(&self.inner.config.dir, segment);
+        let sidecar = sidecar::sidecar_path(&self.inner.config.dir, segment);
         if self
             .inner
             .storage
-            .list(&self.inner.config.dir)?
+            .list(&self.inner.config.dir)
+            .await?
             .iter()
             .any(|n| sidecar.ends_with(n))
         {
@@ -629,7 +498,7 @@ impl<S: Storage> Wal<S> {
         if let Some(task) = committer {
             task.await;
         }
-        commit::finish_close(&self.inner).await
+        close::finish_close(&self.inner).await
     }
 
     /// Where the next batch will be logged: (segment, position). Every
@@ -644,7 +513,7 @@ impl<S: Storage> Wal<S> {
     /// commit, it is sticky, since the disk's state is no longer known.
     /// Returns the error for the caller to report.
     pub(crate) fn fail(&self, error: Error) -> Error {
-        commit::fail(&self.inner, error.clone());
+        state::fail(&self.inner, error.clone());
         self.inner.work.notify();
         error
     }

@@ -26,7 +26,10 @@ use std::collections::BTreeMap;
 use crate::{
     config::ShardConfig,
     error::{Error, Result},
-    segment::{align_up, BLOCK_SIZE},
+    format::{
+        le::{put_u32, put_u64, u32_at, u64_at},
+        segment::{align_up, BLOCK_SIZE},
+    },
     storage::{IoBuffer, Storage, StorageFile},
 };
 
@@ -47,7 +50,7 @@ pub(crate) struct Checkpoint {
 
 /// Reads the checkpoint, or an empty one when there is none.
 pub(crate) async fn load<S: Storage>(storage: &S, config: &ShardConfig) -> Result<Checkpoint> {
-    if !storage.list(&config.dir)?.iter().any(|n| n == FILE) {
+    if !storage.list(&config.dir).await?.iter().any(|n| n == FILE) {
         return Ok(Checkpoint::default());
     }
     let path = config.dir.join(FILE);
@@ -58,23 +61,25 @@ pub(crate) async fn load<S: Storage>(storage: &S, config: &ShardConfig) -> Resul
     if bytes.len() < HEAD + 4 || &bytes[..8] != MAGIC {
         return Err(corrupt("bad magic"));
     }
-    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-    let count = u64_at(24);
+    let count = u64_at(&bytes, 24);
     let end = count
         .checked_mul(24)
         .and_then(|n| n.checked_add(HEAD as u64))
         .filter(|&e| e < bytes.len() as u64 && bytes.len() as u64 - e >= 4)
         .ok_or_else(|| corrupt("bad partition count"))? as usize;
-    let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap());
+    let crc = u32_at(&bytes, end);
     if crc32c::crc32c(&bytes[..end]) != crc {
         return Err(corrupt("checksum mismatch"));
     }
     let checkpoint = Checkpoint {
-        log_end: (u64_at(8), u64_at(16)),
+        log_end: (u64_at(&bytes, 8), u64_at(&bytes, 16)),
         partitions: (0..count as usize)
             .map(|i| {
                 let at = HEAD + 24 * i;
-                (u64_at(at), (u64_at(at + 8), u64_at(at + 16)))
+                (
+                    u64_at(&bytes, at),
+                    (u64_at(&bytes, at + 8), u64_at(&bytes, at + 16)),
+                )
             })
             .collect(),
     };
@@ -96,17 +101,17 @@ pub(crate) async fn write_temp<S: Storage>(
     let bytes = buf.as_mut_slice();
     bytes.fill(0);
     bytes[..8].copy_from_slice(MAGIC);
-    bytes[8..16].copy_from_slice(&checkpoint.log_end.0.to_le_bytes());
-    bytes[16..24].copy_from_slice(&checkpoint.log_end.1.to_le_bytes());
-    bytes[24..32].copy_from_slice(&(checkpoint.partitions.len() as u64).to_le_bytes());
-    for (i, (partition, (start, stop))) in checkpoint.partitions.iter().enumerate() {
+    put_u64(bytes, 8, checkpoint.log_end.0);
+    put_u64(bytes, 16, checkpoint.log_end.1);
+    put_u64(bytes, 24, checkpoint.partitions.len() as u64);
+    for (i, (&partition, &(start, stop))) in checkpoint.partitions.iter().enumerate() {
         let at = HEAD + 24 * i;
-        bytes[at..at + 8].copy_from_slice(&partition.to_le_bytes());
-        bytes[at + 8..at + 16].copy_from_slice(&start.to_le_bytes());
-        bytes[at + 16..at + 24].copy_from_slice(&stop.to_le_bytes());
+        put_u64(bytes, at, partition);
+        put_u64(bytes, at + 8, start);
+        put_u64(bytes, at + 16, stop);
     }
     let crc = crc32c::crc32c(&bytes[..end]);
-    bytes[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+    put_u32(bytes, end, crc);
     let tmp = config.dir.join(TMP);
     let file = storage.open(&tmp, true).await?;
     let total = buf.as_slice().len();
@@ -136,7 +141,7 @@ pub(crate) async fn install<S: Storage>(storage: &S, config: &ShardConfig) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{Faults, SimDisk};
+    use crate::storage::sim::{Faults, SimDisk};
     use proptest::prelude::*;
 
     proptest! {

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bytemuck::{Pod, Zeroable};
 
-/// Unit of O_DIRECT I/O and of commit alignment, in bytes.
-pub const BLOCK_SIZE: u64 = 4096;
+pub use crate::storage::BLOCK_SIZE;
 /// First eight bytes of a segment file.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"CORELOG\0");
 /// Segment format version. 1: the initial format.

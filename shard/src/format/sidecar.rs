@@ -18,11 +18,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    batch::{BatchHeader, BATCH_HEADER_LEN},
     config::ShardConfig,
     error::{Error, Result},
-    recovery::RecoveredBatch,
-    segment::{align_up, BLOCK_SIZE},
+    format::{
+        batch::{BatchHeader, RecoveredBatch, BATCH_HEADER_LEN},
+        le::{put_u32, put_u64, u32_at, u64_at},
+        segment::{align_up, BLOCK_SIZE},
+    },
     storage::{IoBuffer, Storage, StorageFile},
 };
 
@@ -51,18 +53,18 @@ pub(crate) async fn write<S: Storage>(
     let bytes = buf.as_mut_slice();
     bytes.fill(0);
     bytes[..8].copy_from_slice(MAGIC);
-    bytes[8..12].copy_from_slice(&config.shard_id.to_le_bytes());
-    bytes[16..24].copy_from_slice(&sequence.to_le_bytes());
-    bytes[24..32].copy_from_slice(&(batches.len() as u64).to_le_bytes());
+    put_u32(bytes, 8, config.shard_id);
+    put_u64(bytes, 16, sequence);
+    put_u64(bytes, 24, batches.len() as u64);
     for (i, b) in batches.iter().enumerate() {
         // Invariant: a sidecar describes its own segment only.
         assert_eq!(b.segment, sequence);
         let at = HEAD + ENTRY * i;
-        bytes[at..at + 8].copy_from_slice(&b.position.to_le_bytes());
+        put_u64(bytes, at, b.position);
         bytes[at + 8..at + ENTRY].copy_from_slice(bytemuck::bytes_of(&b.header));
     }
     let crc = crc32c::crc32c(&bytes[..end]);
-    bytes[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+    put_u32(bytes, end, crc);
     let path = sidecar_path(&config.dir, sequence);
     let file = storage.open(&path, true).await?;
     let written = file.write_at(buf, 0).await?;
@@ -85,7 +87,8 @@ pub(crate) async fn remove<S: Storage>(
 ) -> Result<()> {
     let path = sidecar_path(&config.dir, sequence);
     if storage
-        .list(&config.dir)?
+        .list(&config.dir)
+        .await?
         .iter()
         .any(|n| config.dir.join(n) == path)
     {
@@ -114,12 +117,11 @@ pub(crate) async fn load<S: Storage>(
     let file = storage.open(&path, false).await?;
     let size = file.size().await?;
     let bytes = file.read_at(0, align_up(size) as usize).await?;
-    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
     let valid = bytes.len() >= HEAD + 4
         && &bytes[..8] == MAGIC
-        && bytes[8..12] == config.shard_id.to_le_bytes()
-        && u64_at(16) == sequence;
-    let count = if valid { u64_at(24) } else { 0 };
+        && u32_at(&bytes, 8) == config.shard_id
+        && u64_at(&bytes, 16) == sequence;
+    let count = if valid { u64_at(&bytes, 24) } else { 0 };
     let end = count
         .checked_mul(ENTRY as u64)
         .and_then(|n| n.checked_add(HEAD as u64))
@@ -127,14 +129,14 @@ pub(crate) async fn load<S: Storage>(
     let batches = match end {
         Some(end) if valid => {
             let end = end as usize;
-            let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap());
+            let crc = u32_at(&bytes, end);
             (crc32c::crc32c(&bytes[..end]) == crc).then(|| {
                 (0..count as usize)
                     .map(|i| {
                         let at = HEAD + ENTRY * i;
                         RecoveredBatch {
                             segment: sequence,
-                            position: u64_at(at),
+                            position: u64_at(&bytes, at),
                             header: bytemuck::pod_read_unaligned::<BatchHeader>(
                                 &bytes[at + 8..at + ENTRY],
                             ),
@@ -153,7 +155,7 @@ pub(crate) async fn load<S: Storage>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{Faults, SimDisk};
+    use crate::storage::sim::{Faults, SimDisk};
     use proptest::prelude::*;
 
     proptest! {

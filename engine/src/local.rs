@@ -1,0 +1,101 @@
+//! The local fast path: a narrow handle on the shard that owns a partition,
+//! for code that runs on that shard's own executor
+//! ([`Handle::run_on_shard`](crate::Handle::run_on_shard)). Each call runs
+//! on the shard directly, with no thread crossing; what it offers is what
+//! a [`Handle`](crate::Handle) offers, nothing of the shard's internals.
+
+use std::time::Duration;
+
+use corelog_shard::{Offsets, Record, Shard, ShardStats, StoredRecord};
+
+use crate::error::Result;
+
+/// The shard that owns a partition, reached from its own executor. Cheap
+/// to clone; not `Send` (it lives on the shard's thread).
+///
+/// Its methods mean what the [`Handle`](crate::Handle) methods of the same
+/// names mean, on this shard's partitions.
+#[derive(Clone)]
+pub struct LocalShard {
+    shard: Shard,
+}
+
+impl LocalShard {
+    /// Wraps the shard a request runs on.
+    pub(crate) fn new(shard: Shard) -> Self {
+        LocalShard { shard }
+    }
+
+    /// Appends `records` to `partition` with consecutive offsets, all or
+    /// none; returns the first offset once the fsync policy is met.
+    pub async fn append(&self, partition: u64, records: &[Record]) -> Result<u64> {
+        Ok(self.shard.append(partition, records).await?)
+    }
+
+    /// Records from `offset` on, up to `max_bytes` (at least one record when
+    /// `offset` is below the end).
+    pub async fn read(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        Ok(self.shard.read(partition, offset, max_bytes).await?)
+    }
+
+    /// Exactly the records in `[start, end)`.
+    pub async fn read_range(
+        &self,
+        partition: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<StoredRecord>> {
+        Ok(self.shard.read_range(partition, start, end).await?)
+    }
+
+    /// Start, end and high-water mark of `partition` (all zero if unknown).
+    pub fn offsets(&self, partition: u64) -> Offsets {
+        self.shard.offsets(partition)
+    }
+
+    /// Moves the start of `partition` to `offset`, durably.
+    pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
+        Ok(self.shard.delete_before(partition, offset).await?)
+    }
+
+    /// Removes offsets `from` and above of `partition`, durably.
+    pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
+        Ok(self.shard.truncate(partition, from).await?)
+    }
+
+    /// Makes everything appended to this shard so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        Ok(self.shard.flush().await?)
+    }
+
+    /// Waits until the end of `partition` passes `offset` or `timeout`
+    /// expires; returns whether it passed.
+    pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> bool {
+        self.shard.wait_for(partition, offset, timeout).await
+    }
+
+    /// The long poll of a consumer at the tail (see
+    /// [`Handle::fetch`](crate::Handle::fetch)).
+    pub async fn fetch(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StoredRecord>> {
+        Ok(self
+            .shard
+            .fetch(partition, offset, max_bytes, timeout)
+            .await?)
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> ShardStats {
+        self.shard.stats()
+    }
+}

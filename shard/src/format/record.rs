@@ -1,0 +1,292 @@
+//! Records as callers build them and as reads return them.
+//!
+//! Encoded record layout (little-endian), repeated `record_count` times after
+//! the batch header; docs/FORMAT.md has the full picture:
+//!
+//! ```text
+//! 0   u32  length of the rest of the record (from byte 4 on)
+//! 4   i64  timestamp, milliseconds since the Unix epoch
+//! 12  u32  key length, or 0xFFFF_FFFF when the record has no key
+//! 16  u32  value length
+//! 20  u16  header count
+//! 22  key bytes, value bytes, then per header:
+//!          u16 name length, name (UTF-8), u32 value length, value
+//! ```
+
+use crate::format::le::{i64_at, u16_at, u32_at};
+
+/// Fixed bytes of an encoded record before its key.
+pub const RECORD_OVERHEAD: usize = 22;
+/// Fixed bytes of an encoded header before its name and after it.
+pub const HEADER_OVERHEAD: usize = 6;
+/// Key length that marks a record without a key.
+const NO_KEY: u32 = u32::MAX;
+
+/// Byte positions of a record's fixed fields (the table above).
+mod at {
+    pub const LENGTH: usize = 0;
+    pub const TIMESTAMP: usize = 4;
+    pub const KEY_LEN: usize = 12;
+    pub const VALUE_LEN: usize = 16;
+    pub const HEADER_COUNT: usize = 20;
+}
+const _: () = assert!(at::HEADER_COUNT + 2 == RECORD_OVERHEAD);
+
+/// A record to append: a value with an optional key, headers and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    /// Milliseconds since the Unix epoch; `None` takes the append time.
+    pub(crate) timestamp: Option<i64>,
+}
+
+impl Record {
+    /// A record holding `value`, with no key and no headers, timestamped at
+    /// append time.
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Record {
+            value: value.into(),
+            ..Record::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header; names need not be unique.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the timestamp in milliseconds since the Unix epoch.
+    pub fn with_timestamp(mut self, ms: i64) -> Self {
+        self.timestamp = Some(ms);
+        self
+    }
+
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// The key, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// The headers in the order they were added.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+
+    /// The timestamp set by [`Record::with_timestamp`], if any.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timestamp
+    }
+
+    /// Size of this record once encoded, or `None` when a field does not fit
+    /// its length prefix (a key or value of 4 GiB, a header name of 64 KiB).
+    pub fn encoded_len(&self) -> Option<usize> {
+        let mut len = RECORD_OVERHEAD + self.value.len();
+        if let Some(k) = &self.key {
+            if k.len() >= NO_KEY as usize {
+                return None;
+            }
+            len += k.len();
+        }
+        if self.value.len() > u32::MAX as usize || self.headers.len() > u16::MAX as usize {
+            return None;
+        }
+        for (name, value) in &self.headers {
+            if name.len() > u16::MAX as usize || value.len() > u32::MAX as usize {
+                return None;
+            }
+            len += HEADER_OVERHEAD + name.len() + value.len();
+        }
+        // The length prefix must hold the rest of the record.
+        (len - 4 <= u32::MAX as usize).then_some(len)
+    }
+}
+
+/// A record read back from the log, borrowed from its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub(crate) offset: u64,
+    pub(crate) timestamp: i64,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: &'a [u8],
+    pub(crate) header_count: u16,
+    pub(crate) headers: &'a [u8],
+}
+
+impl<'a> RecordView<'a> {
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Milliseconds since the Unix epoch.
+    #[cfg(any(test, feature = "internals"))]
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+
+    /// The key, if any.
+    #[cfg(any(test, feature = "internals"))]
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.key
+    }
+
+    /// The value.
+    pub fn value(&self) -> &'a [u8] {
+        self.value
+    }
+
+    /// The headers, in the order they were written.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        let mut rest = self.headers;
+        (0..self.header_count).map(move |_| {
+            // Invariant: `parse_record` checked every header of this record
+            // before the view was handed out.
+            let (name, value, next) = split_header(rest).expect("headers checked by the decoder");
+            rest = next;
+            (name, value)
+        })
+    }
+}
+
+/// Writes `r` at the start of `out`, timestamped `timestamp`, and returns
+/// its encoded length. The caller sized `out` with [`Record::encoded_len`].
+pub(crate) fn encode_record(r: &Record, timestamp: i64, out: &mut [u8]) -> usize {
+    let len = r.encoded_len().expect("record size checked by the caller");
+    let mut pos = 0;
+    let mut put = |bytes: &[u8]| {
+        out[pos..pos + bytes.len()].copy_from_slice(bytes);
+        pos += bytes.len();
+    };
+    put(&((len - 4) as u32).to_le_bytes());
+    put(&timestamp.to_le_bytes());
+    put(&r
+        .key
+        .as_ref()
+        .map_or(NO_KEY, |k| k.len() as u32)
+        .to_le_bytes());
+    put(&(r.value.len() as u32).to_le_bytes());
+    put(&(r.headers.len() as u16).to_le_bytes());
+    if let Some(k) = &r.key {
+        put(k);
+    }
+    put(&r.value);
+    for (name, value) in &r.headers {
+        put(&(name.len() as u16).to_le_bytes());
+        put(name.as_bytes());
+        put(&(value.len() as u32).to_le_bytes());
+        put(value);
+    }
+    // Invariant: encoded_len and this encoder agree on the layout.
+    debug_assert_eq!(pos, len, "record encoder and encoded_len disagree");
+    len
+}
+
+/// The fixed fields at the start of an encoded record.
+struct Fixed {
+    /// Bytes of the whole record, its length prefix included.
+    total: usize,
+    timestamp: i64,
+    key_len: u32,
+    value_len: usize,
+    header_count: u16,
+}
+
+impl Fixed {
+    /// Reads the fixed fields; `b` holds at least [`RECORD_OVERHEAD`] bytes.
+    fn read(b: &[u8]) -> Self {
+        Fixed {
+            total: u32_at(b, at::LENGTH) as usize + 4,
+            timestamp: i64_at(b, at::TIMESTAMP),
+            key_len: u32_at(b, at::KEY_LEN),
+            value_len: u32_at(b, at::VALUE_LEN) as usize,
+            header_count: u16_at(b, at::HEADER_COUNT),
+        }
+    }
+
+    /// Bytes of the key (none when the record has no key).
+    fn key_bytes(&self) -> usize {
+        if self.key_len == NO_KEY {
+            0
+        } else {
+            self.key_len as usize
+        }
+    }
+
+    /// The view of the record whose fields are `self` and whose bytes after
+    /// the fixed fields are `rec`, which holds key and value at least.
+    fn view<'a>(&self, offset: u64, rec: &'a [u8]) -> RecordView<'a> {
+        let key_bytes = self.key_bytes();
+        RecordView {
+            offset,
+            timestamp: self.timestamp,
+            key: (self.key_len != NO_KEY).then(|| &rec[..key_bytes]),
+            value: &rec[key_bytes..key_bytes + self.value_len],
+            header_count: self.header_count,
+            headers: &rec[key_bytes + self.value_len..],
+        }
+    }
+}
+
+/// Splits the header at the start of `h` into name, value and the bytes
+/// after it; `None` when its lengths overrun `h` or its name is not UTF-8.
+fn split_header(h: &[u8]) -> Option<(&str, &[u8], &[u8])> {
+    let name_len = u16_at(h.get(..2)?, 0) as usize;
+    let value_at = 2 + name_len + 4;
+    let name = std::str::from_utf8(h.get(2..2 + name_len)?).ok()?;
+    let value_len = u32_at(h.get(..value_at)?, value_at - 4) as usize;
+    let value = h.get(value_at..value_at.checked_add(value_len)?)?;
+    Some((name, value, &h[value_at + value_len..]))
+}
+
+/// Parses and checks the record at the start of `b`, whose offset is
+/// `offset`: every length, every header, the UTF-8 of header names.
+/// Returns the record and its encoded length.
+pub(crate) fn parse_record(b: &[u8], offset: u64) -> Result<(RecordView<'_>, usize), String> {
+    if b.len() < RECORD_OVERHEAD {
+        return Err(format!("record at offset {offset} is cut short"));
+    }
+    let fixed = Fixed::read(b);
+    if fixed.total > b.len() || fixed.total < RECORD_OVERHEAD {
+        return Err(format!("record at offset {offset} has a bad length"));
+    }
+    let rec = &b[RECORD_OVERHEAD..fixed.total];
+    if fixed.key_bytes() + fixed.value_len > rec.len() {
+        return Err(format!("record at offset {offset} overruns its length"));
+    }
+    let view = fixed.view(offset, rec);
+    let mut h = view.headers;
+    for _ in 0..fixed.header_count {
+        let Some((_, _, rest)) = split_header(h) else {
+            return Err(format!("record at offset {offset} has a bad header"));
+        };
+        h = rest;
+    }
+    if !h.is_empty() {
+        return Err(format!("record at offset {offset} has trailing bytes"));
+    }
+    Ok((view, fixed.total))
+}
+
+/// Reads the record at the start of `b` that [`parse_record`] (or the
+/// encoder) already checked: no length is checked again. Slicing still
+/// bounds-checks, so a broken invariant panics, never reads wrongly.
+pub(crate) fn read_checked_record(b: &[u8], offset: u64) -> (RecordView<'_>, usize) {
+    let fixed = Fixed::read(b);
+    (
+        fixed.view(offset, &b[RECORD_OVERHEAD..fixed.total]),
+        fixed.total,
+    )
+}

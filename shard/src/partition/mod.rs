@@ -1,0 +1,136 @@
+//! Partitions: each one's offsets, its offset index and the control
+//! operations logged for it; the memtable of recent batches; and the
+//! replay that rebuilds them all from the recovered log on open.
+//!
+//! Every partition has dense offsets from 0, an end (the next offset), a
+//! start (the first readable offset) and a high-water mark (the end of what
+//! an fdatasync covered). Starts and truncations are logged as control
+//! batches in the WAL, in order with the data, and replayed on open on top
+//! of the partition checkpoint ([`crate::format::checkpoint`]).
+
+pub(crate) mod index;
+pub(crate) mod memtable;
+pub(crate) mod replay;
+
+use std::{collections::VecDeque, task::Waker};
+
+use crate::partition::index::OffsetIndex;
+
+/// An operation on a partition, logged as a control batch: one record
+/// whose value is the operation's byte, at the batch's base offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Moves the partition's start offset up to the batch's base offset.
+    DeleteBefore,
+    /// Removes the partition's offsets from the batch's base offset on.
+    Truncate,
+}
+
+impl Control {
+    /// The byte the control record holds.
+    pub(crate) fn byte(self) -> u8 {
+        match self {
+            Control::DeleteBefore => 1,
+            Control::Truncate => 2,
+        }
+    }
+
+    /// The operation whose byte is `byte`, if any.
+    pub(crate) fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Control::DeleteBefore),
+            2 => Some(Control::Truncate),
+            _ => None,
+        }
+    }
+
+    /// Applies the operation at `offset` to `part`, in memory.
+    pub(crate) fn apply(self, part: &mut Partition, offset: u64) {
+        match self {
+            Control::DeleteBefore => part.delete_before(offset),
+            Control::Truncate => part.truncate(offset),
+        }
+    }
+}
+
+/// The offsets of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offsets {
+    /// First readable offset.
+    pub start: u64,
+    /// Next offset to be assigned.
+    pub end: u64,
+    /// End of the records an fdatasync has covered.
+    pub high_watermark: u64,
+}
+
+/// One partition's state.
+#[derive(Debug, Default)]
+pub(crate) struct Partition {
+    /// First readable offset.
+    pub(crate) start: u64,
+    /// Next offset to be assigned.
+    pub(crate) end: u64,
+    /// End of the records an fdatasync has covered.
+    pub(crate) high_watermark: u64,
+    /// Where each batch of the partition lives.
+    pub(crate) index: OffsetIndex,
+    /// Ends of appended batches not yet known durable: (commit group, end).
+    pub(crate) pending: VecDeque<(u64, u64)>,
+    /// End of the appends acknowledged so far (their policy was met).
+    pub(crate) acked_end: u64,
+    /// Tasks waiting in [`Shard::wait_for`] for `acked_end` to move.
+    pub(crate) tail_waiters: Vec<Waker>,
+}
+
+impl Partition {
+    /// The offsets, with the high-water mark moved up to the batches whose
+    /// commit group `durable_group` covered.
+    pub(crate) fn offsets(&mut self, durable_group: u64) -> Offsets {
+        while let Some(&(group, end)) = self.pending.front() {
+            if group > durable_group {
+                break;
+            }
+            self.high_watermark = end;
+            self.pending.pop_front();
+        }
+        Offsets {
+            start: self.start,
+            end: self.end,
+            high_watermark: self.high_watermark,
+        }
+    }
+
+    /// Records that appends up to `end` are acknowledged, waking tail
+    /// readers.
+    pub(crate) fn acknowledge(&mut self, end: u64) {
+        // An append that completes after a truncation acknowledges offsets
+        // that are gone.
+        let end = end.min(self.end);
+        if end > self.acked_end {
+            self.acked_end = end;
+            for w in self.tail_waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Removes the offsets from `from` on.
+    pub(crate) fn truncate(&mut self, from: u64) {
+        self.index.truncate(from);
+        self.acked_end = self.acked_end.min(from);
+        self.end = from;
+        self.high_watermark = self.high_watermark.min(from);
+        // A pending batch past the cut still carries the offsets before it:
+        // when its group is durable, so are they (up to `from`).
+        for (_, end) in self.pending.iter_mut() {
+            *end = (*end).min(from);
+        }
+    }
+
+    /// Moves the start up to `offset` (never down).
+    pub(crate) fn delete_before(&mut self, offset: u64) {
+        self.start = self.start.max(offset);
+        self.index.remove_before(self.start);
+    }
+}

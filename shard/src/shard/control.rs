@@ -1,0 +1,196 @@
+//! Control operations of a shard: delete-before and truncate (logged as
+//! control batches), retention, the partition checkpoint, and the deletion
+//! of segments nothing needs any more.
+
+use std::cell::RefCell;
+
+use crate::{
+    error::{Error, Result},
+    format::{
+        batch::{BatchInfo, FLAG_CONTROL},
+        checkpoint::{self, Checkpoint},
+        record::Record,
+    },
+    partition::{Control, Offsets},
+    shard::{read::out_of_range, Shard, ShardState},
+    storage::Storage,
+};
+
+impl<S: Storage> Shard<S> {
+    /// Advances the start of `partition` to `offset`, durably: earlier
+    /// records are no longer readable, and segments nothing needs any more
+    /// are deleted. An offset at or below the start changes nothing.
+    pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
+        self.control(partition, offset, Control::DeleteBefore)
+            .await?;
+        self.delete_unneeded_segments().await
+    }
+
+    /// Removes the offsets of `partition` from `from` on, durably; the next
+    /// append gets offset `from`. `from` at the end changes nothing.
+    pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
+        self.control(partition, from, Control::Truncate).await
+    }
+
+    /// Logs a control batch, applies it in memory before any other batch of
+    /// the partition can be logged after it, and waits until it is durable.
+    async fn control(&self, partition: u64, offset: u64, op: Control) -> Result<()> {
+        let records = [Record::new(vec![op.byte()]).with_timestamp(0)];
+        let size = self.wal.check_batch(partition, &records)?;
+        self.wal.wait_for_room(size).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let part = st.partitions.entry(partition).or_default();
+            // Check again: other operations ran while we waited for room.
+            let o = Offsets {
+                start: part.start,
+                end: part.end,
+                high_watermark: part.high_watermark,
+            };
+            match op {
+                Control::Truncate if offset < o.start || offset > o.end => {
+                    return Err(out_of_range(partition, offset, o))
+                }
+                Control::DeleteBefore if offset > o.end => {
+                    return Err(out_of_range(partition, offset, o))
+                }
+                Control::Truncate if offset == o.end => return Ok(()),
+                Control::DeleteBefore if offset <= o.start => return Ok(()),
+                _ => {}
+            }
+            let info = BatchInfo {
+                partition,
+                base_offset: offset,
+                flags: FLAG_CONTROL,
+                ..BatchInfo::default()
+            };
+            self.wal.encode(info, &records, size, |_| {})?;
+            // A cached batch holding `offset` stays (it may not be written
+            // yet); reads stop where its index entry ends.
+            match op {
+                Control::Truncate => st.memtable.remove_from(partition, offset),
+                Control::DeleteBefore => st.memtable.remove_before(partition, offset),
+            }
+            op.apply(part, offset);
+        }
+        self.wal.flush().await
+    }
+
+    /// Applies the retention limits of the configuration: drops the oldest
+    /// sealed segments while the shard holds more than `retention_bytes` of
+    /// segments, or while their newest record is older than
+    /// `retention_age`. Partitions that had records there see their start
+    /// move past them, durably. Runs by itself whenever a segment is sealed.
+    pub async fn enforce_retention(&self) -> Result<()> {
+        let config = self.config();
+        let segments = self.wal.segments();
+        let active = self.wal.stats().active_segment;
+        let oldest_kept_ms = config
+            .retention_age
+            .map(|age| crate::wal::now_ms().saturating_sub(age.as_millis() as i64));
+        let mut total = segments.len() as u64 * config.segment_bytes;
+        {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            for s in segments.into_iter().take_while(|&s| s < active) {
+                let too_big = config.retention_bytes.is_some_and(|max| total > max);
+                let newest = st.segment_max_ts.get(&s).copied().unwrap_or(i64::MIN);
+                let too_old = oldest_kept_ms.is_some_and(|oldest| newest < oldest);
+                if !(too_big || too_old) {
+                    break;
+                }
+                total -= config.segment_bytes;
+                let s32 = u32::try_from(s).expect("segment sequence fits u32");
+                for (&p, part) in st.partitions.iter_mut() {
+                    if let Some(end) = part.index.end_through_segment(s32) {
+                        part.delete_before(end);
+                        st.memtable.remove_before(p, end);
+                    }
+                }
+            }
+        }
+        self.delete_unneeded_segments().await
+    }
+
+    /// The last error of the retention that appends run when a segment is
+    /// sealed, if any (the appends themselves succeeded).
+    pub fn take_retention_error(&self) -> Option<Error> {
+        self.state.borrow_mut().retention_error.take()
+    }
+
+    /// Deletes the oldest segments that hold no batch any partition needs,
+    /// after recording every partition's offsets in the checkpoint.
+    async fn delete_unneeded_segments(&self) -> Result<()> {
+        if std::mem::replace(&mut self.state.borrow_mut().deleting, true) {
+            return Ok(());
+        }
+        /// Clears the flag however the deletion ends, even if its future is
+        /// dropped half way.
+        struct Deleting<'a>(&'a RefCell<ShardState>);
+        impl Drop for Deleting<'_> {
+            fn drop(&mut self) {
+                self.0.borrow_mut().deleting = false;
+            }
+        }
+        let _deleting = Deleting(&self.state);
+        self.delete_unneeded_segments_now().await
+    }
+
+    /// Records every partition's offsets in the checkpoint, as of the end
+    /// of the log, once everything logged is durable.
+    pub(super) async fn write_checkpoint(&self) -> Result<()> {
+        // One snapshot, with no await inside: the offsets reflect exactly
+        // the batches before `log_end` (control batches are applied when
+        // they are logged). The flush then makes all of them durable, so
+        // no end in the checkpoint counts an append a crash could lose.
+        let checkpoint = {
+            let st = self.state.borrow();
+            Checkpoint {
+                log_end: self.wal.log_end(),
+                partitions: st
+                    .partitions
+                    .iter()
+                    .map(|(&p, part)| (p, (part.start, part.end)))
+                    .collect(),
+            }
+        };
+        self.wal.flush().await?;
+        // A failure before the rename leaves the old checkpoint in place
+        // and the shard usable; after it, the directory's state is unknown.
+        checkpoint::write_temp(self.wal.storage(), self.config(), &checkpoint).await?;
+        checkpoint::install(self.wal.storage(), self.config())
+            .await
+            .map_err(|e| self.wal.fail(e))
+    }
+
+    async fn delete_unneeded_segments_now(&self) -> Result<()> {
+        let segments = self.wal.segments();
+        let active = self.wal.stats().active_segment;
+        let needed = {
+            let st = self.state.borrow();
+            st.partitions
+                .values()
+                .filter_map(|p| p.index.first_segment())
+                .map(u64::from)
+                .min()
+                .unwrap_or(active)
+        };
+        let doomed: Vec<u64> = segments
+            .into_iter()
+            .take_while(|&s| s < needed && s < active)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        self.write_checkpoint().await?;
+        for s in doomed {
+            self.wal
+                .remove_segment(s)
+                .await
+                .map_err(|e| self.wal.fail(e))?;
+            self.state.borrow_mut().segment_max_ts.remove(&s);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! The partition logs of one shard: appends, reads, delete-before,
+//! truncate and retention over one [`Wal`], with each partition's offsets,
+//! offset index and the memtable ([`crate::partition`]).
+//!
+//! The [`Shard`] is split by concern: opening and appending here, reads and
+//! long polls in [`read`], control operations, retention and segment
+//! deletion in [`control`].
+
+mod control;
+mod read;
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+};
+
+use crate::{
+    config::ShardConfig,
+    error::{Error, Result},
+    format::{
+        batch::{Batch, BatchInfo, RecoveredBatch, FLAG_CONTROL},
+        checkpoint,
+        record::Record,
+    },
+    partition::{
+        index::IndexEntry,
+        memtable::Memtable,
+        replay::{replay, ReplayInput},
+        Offsets, Partition,
+    },
+    recovery::RecoveryReport,
+    stats::ShardStats,
+    storage::{dma::DmaStorage, Storage},
+    wal::Wal,
+};
+
+/// The partition logs of one core: many partitions over one WAL.
+///
+/// Lives on one glommio executor, cheap to clone there.
+pub struct Shard<S: Storage = DmaStorage> {
+    wal: Wal<S>,
+    state: Rc<RefCell<ShardState>>,
+}
+
+impl<S: Storage> Clone for Shard<S> {
+    fn clone(&self) -> Self {
+        Shard {
+            wal: self.wal.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The partition state of a shard; only its thread touches it.
+struct ShardState {
+    partitions: HashMap<u64, Partition>,
+    memtable: Memtable,
+    /// Newest record timestamp in each segment, for retention by age.
+    segment_max_ts: BTreeMap<u64, i64>,
+    /// Active segment when retention was last enforced.
+    retention_checked: u64,
+    /// Segment deletion is under way; a second one waits its turn.
+    deleting: bool,
+    /// The last failure of retention run after an append.
+    retention_error: Option<Error>,
+    /// Set when the shard is about to close: tail waiters return at once.
+    waiters_released: bool,
+}
+
+impl Shard<DmaStorage> {
+    /// Opens (creating if needed) the shard in `config.dir` on the real
+    /// disk, recovering its partitions. Must run on a glommio executor.
+    pub async fn open(config: ShardConfig) -> Result<(Self, RecoveryReport)> {
+        Self::open_with(DmaStorage, config).await
+    }
+}
+
+impl<S: Storage> Shard<S> {
+    /// Opens the shard on the given storage: recovers the WAL, then replays
+    /// the partitions from the checkpoint and the surviving batches.
+    pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, RecoveryReport)> {
+        let memtable_bytes = config.memtable_bytes;
+        let mode = config.recovery;
+        let (wal, mut recovery) = Wal::open_with(storage, config).await?;
+        let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
+        let controls = read_controls(&wal, &recovery.batches, checkpoint.log_end).await?;
+        let replayed = replay(ReplayInput {
+            dir: &wal.config().dir,
+            mode,
+            checkpoint,
+            log_end: wal.log_end(),
+            active_segment: wal.stats().active_segment,
+            batches: &recovery.batches,
+            controls: &controls,
+        })?;
+        recovery.report.skipped.extend(replayed.skipped);
+        recovery.report.orphaned.extend(replayed.orphaned);
+        let shard = Shard {
+            wal,
+            state: Rc::new(RefCell::new(ShardState {
+                partitions: replayed.partitions,
+                memtable: Memtable::new(memtable_bytes),
+                segment_max_ts: replayed.segment_max_ts,
+                retention_checked: 0,
+                deleting: false,
+                retention_error: None,
+                waiters_released: false,
+            })),
+        };
+        if !recovery.report.orphaned.is_empty() {
+            // Orphans stay in the log. A checkpoint past them accounts for
+            // them, so later opens, when their segment is no longer the
+            // active one, do not take them for damage.
+            shard.write_checkpoint().await?;
+        }
+        Ok((shard, recovery.report))
+    }
+
+    /// The write-ahead log underneath: its internal write protocol, for
+    /// benchmarks and tests only.
+    #[cfg(feature = "internals")]
+    pub fn wal(&self) -> &Wal<S> {
+        &self.wal
+    }
+
+    /// The configuration the shard was opened with.
+    pub fn config(&self) -> &ShardConfig {
+        self.wal.config()
+    }
+
+    /// Appends `records` to `partition` with consecutive offsets, atomically,
+    /// and returns the first offset once the fsync policy is met.
+    pub async fn append(&self, partition: u64, records: &[Record]) -> Result<u64> {
+        let size = self.wal.check_batch(partition, records)?;
+        self.wal.wait_for_room(size).await?;
+        // From here to the encode nothing awaits, so offsets are assigned in
+        // the order batches enter the log.
+        let appended = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let part = st.partitions.entry(partition).or_default();
+            let info = BatchInfo {
+                partition,
+                base_offset: part.end,
+                ..BatchInfo::default()
+            };
+            let mut kept = None;
+            let a = self
+                .wal
+                .encode(info, records, size, |bytes| kept = Some(bytes.to_vec()))?;
+            part.end = a.base_offset + u64::from(a.record_count);
+            part.pending.push_back((a.group, part.end));
+            part.index.push(IndexEntry::new(
+                a.base_offset,
+                a.segment,
+                a.position,
+                a.length,
+                a.record_count,
+            ));
+            st.memtable.insert(
+                Batch::encoded(kept.expect("encode shows the batch")),
+                a.group,
+            );
+            let ts = st.segment_max_ts.entry(a.segment).or_insert(i64::MIN);
+            *ts = (*ts).max(a.max_timestamp);
+            a
+        };
+        self.wal.wait_committed(appended.group).await?;
+        let written = self.wal.watermarks().0;
+        let rolled = {
+            let mut st = self.state.borrow_mut();
+            st.memtable.evict(written);
+            if let Some(part) = st.partitions.get_mut(&partition) {
+                part.acknowledge(appended.base_offset + u64::from(appended.record_count));
+            }
+            let active = self.wal.stats().active_segment;
+            std::mem::replace(&mut st.retention_checked, active) != active
+        };
+        let config = self.config();
+        if rolled && (config.retention_bytes.is_some() || config.retention_age.is_some()) {
+            // The append itself succeeded; a failure to apply retention is
+            // kept for `take_retention_error`, not reported as the append's.
+            if let Err(e) = self.enforce_retention().await {
+                self.state.borrow_mut().retention_error = Some(e);
+            }
+        }
+        Ok(appended.base_offset)
+    }
+
+    /// The offsets of `partition`; a partition never written has all zero.
+    pub fn offsets(&self, partition: u64) -> Offsets {
+        let durable = self.wal.watermarks().1;
+        let mut st = self.state.borrow_mut();
+        st.partitions
+            .get_mut(&partition)
+            .map_or_else(Offsets::default, |p| p.offsets(durable))
+    }
+
+    /// Makes everything appended so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.wal.flush().await
+    }
+
+    /// Counters of the WAL, with the memtable's size.
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            memtable_bytes: self.state.borrow().memtable.bytes() as u64,
+            ..self.wal.stats()
+        }
+    }
+
+    /// Closes the shard (see [`Wal::close`]).
+    pub async fn close(&self) -> Result<()> {
+        self.release_waiters();
+        self.wal.close().await
+    }
+
+    /// Releases every task parked in [`Shard::wait_for`] or
+    /// [`Shard::fetch`], and makes later ones return at once (`wait_for`
+    /// with false, `fetch` with `Closed`), so that closing the shard does
+    /// not wait for their timeouts. Called on the way to a close.
+    pub fn release_waiters(&self) {
+        let mut st = self.state.borrow_mut();
+        st.waiters_released = true;
+        for part in st.partitions.values_mut() {
+            for w in part.tail_waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The first byte of the value of every control batch at or past
+/// `replay_from` (the checkpoint's log end), by (segment, position): what
+/// replay needs to apply them, read before it so that it does no I/O.
+async fn read_controls<S: Storage>(
+    wal: &Wal<S>,
+    batches: &[RecoveredBatch],
+    replay_from: (u64, u64),
+) -> Result<HashMap<(u64, u64), Option<u8>>> {
+    let mut controls = HashMap::new();
+    for b in batches
+        .iter()
+        .filter(|b| b.header.flags & FLAG_CONTROL != 0 && (b.segment, b.position) >= replay_from)
+    {
+        let batch = wal
+            .read_batch(b.segment, b.position, b.header.length)
+            .await?;
+        let byte = batch
+            .records()
+            .next()
+            .and_then(|r| r.value().first().copied());
+        controls.insert((b.segment, b.position), byte);
+    }
+    Ok(controls)
+}

@@ -1,0 +1,264 @@
+//! Reads of a shard: by offset and by range, from the memtable or from
+//! disk with read-ahead, and the long polls of consumers at the tail.
+
+use std::{future::poll_fn, sync::Arc, task::Poll, time::Duration};
+
+use crate::{
+    error::{Error, Result},
+    format::{batch::Batch, stored_record::StoredRecord},
+    partition::{index::IndexEntry, Offsets},
+    shard::Shard,
+    storage::Storage,
+};
+
+/// Batches taken from the memtable at once by a read.
+const MEMTABLE_RUN: usize = 64;
+/// A cold read also fetches the partition's next batches in the same
+/// segment, up to this many bytes past the first and this many batches.
+const READ_AHEAD_BYTES: u64 = 256 << 10;
+const READ_AHEAD_BATCHES: usize = 256;
+
+impl<S: Storage> Shard<S> {
+    /// Waits until an acknowledged append takes the end of `partition` past
+    /// `offset`, or until `timeout` passes. Returns whether the end passed
+    /// `offset`. This is the long poll of a consumer following the tail; it
+    /// parks, it does not spin. Once the shard is closing (see
+    /// [`Shard::release_waiters`]) it returns at once: false then means
+    /// closing, not a timeout.
+    pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> bool {
+        let passed = poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            let released = st.waiters_released;
+            let part = st.partitions.entry(partition).or_default();
+            if part.acked_end > offset {
+                Poll::Ready(true)
+            } else if released {
+                Poll::Ready(false)
+            } else {
+                // A waiter that timed out leaves its waker behind until the
+                // next append; do not let a polling loop pile them up.
+                if !part.tail_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    part.tail_waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        });
+        let expired = async {
+            glommio::timer::sleep(timeout).await;
+            false
+        };
+        futures_lite::future::or(passed, expired).await
+    }
+
+    /// The long poll of a consumer at the tail: waits (as [`Shard::wait_for`])
+    /// until an acknowledged append takes the end of `partition` past
+    /// `offset`, then returns records from `offset` on as [`Shard::read`]
+    /// does, but only acknowledged ones (a follower never receives a record
+    /// whose commit may still fail); returns nothing when `timeout` passes
+    /// first. One call per step of a follower, where `wait_for` then `read`
+    /// take two. A shard that failed or is closing answers with its error.
+    pub async fn fetch(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StoredRecord>> {
+        self.wal.usable()?;
+        self.check_offset(partition, offset)?;
+        if !self.wait_for(partition, offset, timeout).await {
+            // The shard may have failed, or begun to close, meanwhile.
+            self.wal.usable()?;
+            if self.state.borrow().waiters_released {
+                return Err(Error::Closed);
+            }
+            return Ok(Vec::new());
+        }
+        // A truncation may have moved the end while this waited.
+        let o = self.check_offset(partition, offset)?;
+        let acked = self
+            .state
+            .borrow()
+            .partitions
+            .get(&partition)
+            .map_or(0, |p| p.acked_end);
+        self.collect(partition, offset, acked.min(o.end), max_bytes)
+            .await
+    }
+
+    /// Records of `partition` from `offset` on, up to `max_bytes` of keys,
+    /// values and headers, but always at least one record when `offset` is
+    /// below the end. Reading at the end returns nothing.
+    pub async fn read(
+        &self,
+        partition: u64,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let o = self.check_offset(partition, offset)?;
+        self.collect(partition, offset, o.end, max_bytes).await
+    }
+
+    /// Exactly the records of `partition` in `[start, end)`.
+    pub async fn read_range(
+        &self,
+        partition: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<StoredRecord>> {
+        let o = self.check_offset(partition, start)?;
+        if end < start || end > o.end {
+            return Err(out_of_range(partition, end, o));
+        }
+        self.collect(partition, start, end, usize::MAX).await
+    }
+
+    /// The records of `partition` in `[from, stop)`, stopping early before
+    /// a record that would take the payload past `max_bytes` (the first
+    /// record always comes back).
+    async fn collect(
+        &self,
+        partition: u64,
+        from: u64,
+        stop: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::with_capacity((stop - from).min(4096) as usize);
+        let mut bytes = 0usize;
+        let mut next = from;
+        while next < stop && (out.is_empty() || bytes < max_bytes) {
+            let want = max_bytes.saturating_sub(bytes) as u64;
+            for (batch, batch_end) in self.batches_at(partition, next, want).await? {
+                let end = batch_end.min(stop);
+                for v in batch
+                    .records()
+                    .filter(|r| r.offset() >= next && r.offset() < end)
+                {
+                    let r = StoredRecord::new(&batch, &v);
+                    if !out.is_empty() && bytes.saturating_add(r.payload_len()) > max_bytes {
+                        return Ok(out);
+                    }
+                    bytes += r.payload_len();
+                    out.push(r);
+                }
+                next = batch_end;
+                if next >= stop {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks that `offset` can be read in `partition`; returns its offsets.
+    fn check_offset(&self, partition: u64, offset: u64) -> Result<Offsets> {
+        let o = self.offsets(partition);
+        if offset < o.start || offset > o.end {
+            return Err(out_of_range(partition, offset, o));
+        }
+        Ok(o)
+    }
+
+    /// The batch of `partition` holding `offset` and, when it is in the
+    /// memtable, the batches that follow it there: from memory, or one batch
+    /// read from disk and verified.
+    ///
+    /// With each batch comes where its records end for the partition:
+    /// before the batch's own end when a truncation cut it short.
+    /// `want_bytes` bounds the read-ahead.
+    async fn batches_at(
+        &self,
+        partition: u64,
+        offset: u64,
+        want_bytes: u64,
+    ) -> Result<Vec<(Arc<Batch>, u64)>> {
+        let entry = {
+            let st = self.state.borrow();
+            let mut cached = Vec::new();
+            let mut next = offset;
+            let index = st.partitions.get(&partition).map(|p| &p.index);
+            st.memtable.walk(partition, offset, |b| {
+                let h = b.header();
+                // The index says where the batch's records end for the
+                // partition (a truncation may have cut it short).
+                let end = index
+                    .and_then(|ix| ix.find(h.base_offset))
+                    .filter(|e| e.base_offset == h.base_offset)
+                    .map(|e| e.end_offset());
+                match end {
+                    Some(end) if h.base_offset <= next && end > next => {
+                        next = end;
+                        cached.push((b.clone(), end));
+                        cached.len() < MEMTABLE_RUN
+                    }
+                    _ => false,
+                }
+            });
+            if !cached.is_empty() {
+                return Ok(cached);
+            }
+            // Read ahead: the batch holding `offset` and the partition's
+            // next batches in the same segment, within one read.
+            let entries = st
+                .partitions
+                .get(&partition)
+                .map_or(&[][..], |p| p.index.from_offset(offset));
+            let first = entries.first().copied();
+            let limit = READ_AHEAD_BYTES.min(want_bytes);
+            let run: Vec<IndexEntry> = entries
+                .iter()
+                .take(READ_AHEAD_BATCHES)
+                .enumerate()
+                .take_while(|&(i, e)| {
+                    first.is_some_and(|f| {
+                        i == 0
+                            || (e.segment == f.segment
+                                && u64::from(e.position) + u64::from(e.length)
+                                    <= u64::from(f.position) + limit)
+                    })
+                })
+                .map(|(_, e)| *e)
+                .collect();
+            run
+        };
+        let Some(first) = entry.first().copied() else {
+            return Err(Error::corrupted(
+                self.config().dir.clone(),
+                0,
+                format!("partition {partition} offset {offset} is in no batch"),
+            ));
+        };
+        let segment = u64::from(first.segment);
+        let spans: Vec<(u64, u32)> = entry
+            .iter()
+            .map(|e| (u64::from(e.position), e.length))
+            .collect();
+        let batches = self.wal.read_batches(segment, &spans).await?;
+        let mut out = Vec::with_capacity(batches.len());
+        for (batch, e) in batches.into_iter().zip(&entry) {
+            let h = batch.header();
+            if h.partition != partition || h.base_offset != e.base_offset {
+                return Err(Error::corrupted(
+                    self.wal.segment_path(segment),
+                    u64::from(e.position),
+                    format!(
+                        "index points partition {partition} offset {} at another batch",
+                        e.base_offset
+                    ),
+                ));
+            }
+            out.push((Arc::new(batch), e.end_offset()));
+        }
+        Ok(out)
+    }
+}
+
+/// The error for `offset` outside `o`.
+pub(super) fn out_of_range(partition: u64, offset: u64, o: Offsets) -> Error {
+    Error::OffsetOutOfRange {
+        partition,
+        offset,
+        start: o.start,
+        end: o.end,
+    }
+}

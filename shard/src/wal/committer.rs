@@ -1,0 +1,258 @@
+//! The commit task: one per shard, the only writer of segment files.
+//!
+//! Appends encode their batch into the open [`Group`] and wait. The commit
+//! task takes whole groups, writes each with one O_DIRECT write of the
+//! group's own buffer (padded to the block size), and runs fdatasync as the
+//! policy asks. Appends
+//! that arrive while a write or an fdatasync is in flight gather in the next
+//! group: that is group commit.
+//!
+//! Invariant: a group starts on a block boundary and the commit after it
+//! starts on the next one, so no write ever touches a block that holds
+//! acknowledged data.
+//!
+//! Invariant: writes are issued in log order, at most
+//! [`MAX_WRITES_IN_FLIGHT`] at once, and a group is acknowledged only when
+//! it and every write before it completed. A crash can therefore tear only
+//! writes that were in flight together, at the end of the log; each batch
+//! records in `floor_block` where the completed prefix ended when it was
+//! appended, so recovery can tell such a tear from damage to completed data.
+
+use std::{collections::VecDeque, rc::Rc, time::Instant};
+
+use futures_lite::future;
+use glommio::task::JoinHandle;
+
+use crate::{
+    config::FsyncPolicy,
+    error::{Error, Result},
+    format::segment::{align_up, BLOCK_SIZE},
+    stats::bump,
+    storage::{IoBuffer, Storage, StorageFile},
+    wal::{
+        roll::{prepare_spare, roll, sync, write_all},
+        state::{fail, take_group, Group, Inner},
+    },
+};
+
+/// Starts the commit task and the preparation of the first spare segment.
+pub(super) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
+    let task = glommio::spawn_local(run(inner.clone())).detach();
+    let next = {
+        let mut st = inner.state.borrow_mut();
+        st.committer = Some(task);
+        st.open.segment + 1
+    };
+    prepare_spare(inner, next);
+}
+
+/// Writes handed to the kernel at once, at most. More than one keeps the
+/// device queue busy between commits; recovery tells a write torn in flight
+/// from damage to completed data by each batch's `floor_block`.
+const MAX_WRITES_IN_FLIGHT: usize = 4;
+
+/// A group's write, handed to the kernel and not yet reaped.
+struct InFlight {
+    task: JoinHandle<Result<()>>,
+    group: Written,
+}
+
+/// A group whose write was issued.
+struct Written {
+    id: u64,
+    segment: u64,
+    /// Block-aligned end of the group in its segment.
+    end: u64,
+    appends: u64,
+}
+
+/// The commit task's own state.
+struct Committer<S: Storage> {
+    inner: Rc<Inner<S>>,
+    /// Interval policy: when the oldest unsynced write must be synced.
+    sync_due: Option<Instant>,
+    /// Writes in flight, oldest first; they complete groups in log order.
+    in_flight: VecDeque<InFlight>,
+    /// A group for the next segment, waiting for the writes in flight to
+    /// complete before the roll.
+    waiting: Option<Group<<S::File as StorageFile>::Buffer>>,
+    /// Id of the last group handed to the kernel.
+    issued: u64,
+}
+
+/// The commit loop. Ends when the shard closes or fails.
+async fn run<S: Storage>(inner: Rc<Inner<S>>) {
+    let mut c = Committer {
+        inner: inner.clone(),
+        sync_due: None,
+        in_flight: VecDeque::new(),
+        waiting: None,
+        issued: 0,
+    };
+    loop {
+        match c.step().await {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                fail(&inner, e);
+                break;
+            }
+        }
+    }
+}
+
+impl<S: Storage> Committer<S> {
+    /// One round of the commit loop; returns false when the loop should end.
+    async fn step(&mut self) -> Result<bool> {
+        let inner = self.inner.clone();
+        if inner.state.borrow().failed.is_some() {
+            // Failed outside the commit path (see `Wal::fail`).
+            return Ok(false);
+        }
+        let unsynced = inner.durable.get() < inner.written.get();
+        if unsynced && self.sync_due.is_some_and(|t| Instant::now() >= t) {
+            // Interval policy: the deadline of the oldest unsynced write passed.
+            sync(&inner).await?;
+            self.sync_due = None;
+            return Ok(true);
+        }
+        self.issue().await?;
+        let window_open = self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting();
+        if let Some(front) = self.in_flight.front_mut() {
+            // Without an fdatasync per completion (`Never`, `Interval`), new
+            // appends are written while earlier writes are in flight, up to
+            // the window: a lone append does not wait for a write it is not
+            // part of. Under `Always` they gather for the next group, which
+            // shares the next fdatasync.
+            let pipelined = inner.config.fsync != FsyncPolicy::Always && window_open;
+            let done = if pipelined {
+                future::or(async { Some((&mut front.task).await) }, async {
+                    inner.work.wait().await;
+                    None
+                })
+                .await
+            } else {
+                Some((&mut front.task).await)
+            };
+            let Some(done) = done else {
+                return Ok(true);
+            };
+            let front = self.in_flight.pop_front().expect("awaited above");
+            done.unwrap_or(Err(Error::Closed))?;
+            self.complete(front.group).await?;
+            return Ok(true);
+        }
+        let (closing, flush_wanted) = {
+            let st = inner.state.borrow();
+            (st.closing, st.sync_target > inner.durable.get())
+        };
+        if unsynced && (closing || flush_wanted) {
+            sync(&inner).await?;
+            self.sync_due = None;
+            return Ok(true);
+        }
+        if closing {
+            return Ok(false);
+        }
+        match self.sync_due {
+            Some(t) => {
+                let sleep = glommio::timer::Timer::new(t.saturating_duration_since(Instant::now()));
+                future::or(inner.work.wait(), async {
+                    sleep.await;
+                })
+                .await;
+            }
+            None => inner.work.wait().await,
+        }
+        Ok(true)
+    }
+
+    /// Hands group writes to the kernel until the window is full or nothing
+    /// is pending. A group for the next segment waits until every write to
+    /// the current one completed, then rolls.
+    async fn issue(&mut self) -> Result<()> {
+        let inner = self.inner.clone();
+        while self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting() {
+            let Some(mut group) = self.waiting.take().or_else(|| take_group(&inner)) else {
+                return Ok(());
+            };
+            let active = inner.state.borrow().written_at.0;
+            if group.segment != active {
+                if !self.in_flight.is_empty() {
+                    self.waiting = Some(group);
+                    return Ok(());
+                }
+                // Invariant: groups arrive in log order, one segment after another.
+                assert_eq!(group.segment, active + 1, "groups skipped a segment");
+                roll(&inner, group.segment).await?;
+            }
+            let (file, written_at) = {
+                let st = inner.state.borrow();
+                (st.segments[&group.segment].clone(), st.written_at)
+            };
+            // Invariant: every commit starts on a block boundary, and no
+            // write touches a block that holds acknowledged data: a group
+            // starts at or past the block-aligned end of what was written.
+            assert!(
+                group.start.is_multiple_of(BLOCK_SIZE) && group.start >= BLOCK_SIZE,
+                "commit group {} starts at {}, not on a block boundary past the segment header",
+                group.id,
+                group.start
+            );
+            assert!(
+                group.segment > written_at.0 || group.start >= align_up(written_at.1),
+                "commit group {} at segment {} position {} would rewrite written data (written to {:?})",
+                group.id,
+                group.segment,
+                group.start,
+                written_at
+            );
+            let total = align_up(group.len as u64) as usize;
+            let mut buf = group.buf.take().expect("a group with batches has a buffer");
+            buf.truncate(total);
+            buf.as_mut_slice()[group.len..].fill(0);
+            let pos = group.start;
+            let task =
+                glommio::spawn_local(async move { write_all(&*file, buf, total, pos).await })
+                    .detach();
+            bump(&inner.counters.writes, 1);
+            bump(&inner.counters.bytes_written, total as u64);
+            let group = Written {
+                id: group.id,
+                segment: group.segment,
+                end: group.start + total as u64,
+                appends: group.appends,
+            };
+            self.issued = group.id;
+            self.in_flight.push_back(InFlight { task, group });
+        }
+        Ok(())
+    }
+
+    /// A flush (or a close) waits for groups already issued: issue no more
+    /// until they are written and synced, or a steady stream of appends
+    /// would keep the writes in flight, and the flush waiting, for ever.
+    fn flush_waiting(&self) -> bool {
+        let target = self.inner.state.borrow().sync_target;
+        target > self.inner.durable.get() && self.issued >= target
+    }
+
+    /// A group's write completed, and so did every write before it.
+    async fn complete(&mut self, done: Written) -> Result<()> {
+        let inner = &self.inner;
+        let c = &inner.counters;
+        bump(&c.commits, 1);
+        c.max_commit_appends
+            .set(c.max_commit_appends.get().max(done.appends));
+        inner.state.borrow_mut().written_at = (done.segment, done.end);
+        inner.written.advance(done.id);
+        match inner.config.fsync {
+            FsyncPolicy::Always => sync(inner).await?,
+            FsyncPolicy::Interval(d) => {
+                self.sync_due.get_or_insert_with(|| Instant::now() + d);
+            }
+            FsyncPolicy::Never => {}
+        }
+        Ok(())
+    }
+}

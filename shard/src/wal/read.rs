@@ -1,0 +1,68 @@
+//! Reading batches back from the WAL's segments: one aligned read for a
+//! run of batches, each verified (checksum, and position against the
+//! header) before it is returned.
+
+use crate::{
+    error::{Error, Result},
+    format::{
+        batch::Batch,
+        segment::{align_up, crc_seed, BLOCK_SIZE},
+    },
+    stats::bump,
+    storage::{Storage, StorageFile},
+    wal::Wal,
+};
+
+impl<S: Storage> Wal<S> {
+    /// Reads the batch of `length` bytes at `position` in `segment` and
+    /// verifies it. Only batches whose write completed can be read.
+    pub async fn read_batch(&self, segment: u64, position: u64, length: u32) -> Result<Batch> {
+        let mut batches = self.read_batches(segment, &[(position, length)]).await?;
+        Ok(batches.pop().expect("one batch asked, one read"))
+    }
+
+    /// Reads the batches at `spans` (position, length; in position order)
+    /// of `segment` with one read covering them all, and verifies each.
+    /// Cold reads of a partition use it to read ahead.
+    pub async fn read_batches(&self, segment: u64, spans: &[(u64, u32)]) -> Result<Vec<Batch>> {
+        let (Some(&(first, _)), Some(&(last, last_len))) = (spans.first(), spans.last()) else {
+            return Ok(Vec::new());
+        };
+        let (file, written) = {
+            let st = self.inner.state.borrow();
+            let file = st.segments.get(&segment).cloned();
+            (file, st.written_at)
+        };
+        let end = last + u64::from(last_len);
+        if (segment, end) > written {
+            return Err(Error::InvalidArgument(format!(
+                "segment {segment} position {last}: not written yet"
+            )));
+        }
+        let Some(file) = file else {
+            return Err(Error::InvalidArgument(format!(
+                "segment {segment} does not exist"
+            )));
+        };
+        let from = first - first % BLOCK_SIZE;
+        bump(&self.inner.counters.batch_reads, spans.len() as u64);
+        let buf = file.read_at(from, (align_up(end) - from) as usize).await?;
+        let seed = crc_seed(self.inner.config.shard_id, segment);
+        spans
+            .iter()
+            .map(|&(position, length)| {
+                let skip = (position - from) as usize;
+                let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
+                    Error::corrupted(file.path(), position, "segment ends inside the batch")
+                })?;
+                let batch = Batch::decode(bytes.to_vec(), seed)
+                    .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))?;
+                batch
+                    .header()
+                    .check_position(position)
+                    .map_err(|why| Error::corrupted(file.path(), position, why))?;
+                Ok(batch)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,186 @@
+//! Segment files under the commit task: the spare segment prepared ahead
+//! in the background, the roll that seals the active segment and renames
+//! the spare into place, the sidecar a sealed segment gets, and the
+//! fdatasyncs and zeroing they need.
+
+use std::rc::Rc;
+
+use futures_lite::future;
+
+use crate::{
+    config::FsyncPolicy,
+    error::{Error, Result},
+    format::{
+        segment::{align_up, segment_path, spare_path, SegmentHeader, BLOCK_SIZE},
+        sidecar,
+    },
+    stats::bump,
+    storage::{IoBuffer, Storage, StorageFile},
+    wal::state::Inner,
+};
+
+/// Creates segment `sequence` in the background, under the spare's name:
+/// preallocated, its header written, and when configured the rest filled
+/// with zeros (so writes into it later neither allocate blocks nor convert
+/// extents), then synced. A roll then only renames it. A spare left by a
+/// crash is removed on open, whatever it holds.
+pub(super) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) {
+    inner.counters.spare_ready.set(false);
+    let inner2 = inner.clone();
+    let task = glommio::spawn_local(async move {
+        let (config, storage) = (&inner2.config, &inner2.storage);
+        let file = storage.open(&spare_path(&config.dir), true).await?;
+        file.allocate(config.segment_bytes).await?;
+        let mut buf = storage.alloc(BLOCK_SIZE as usize);
+        let bytes = buf.as_mut_slice();
+        bytes.fill(0);
+        let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
+        bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
+        write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
+        if config.prezero_segments && config.fsync != FsyncPolicy::Never {
+            zero_range(storage, &file, BLOCK_SIZE, config.segment_bytes).await?;
+        } else {
+            file.fdatasync().await?;
+        }
+        file.close().await?;
+        inner2.counters.spare_ready.set(true);
+        Ok(sequence)
+    })
+    .detach();
+    inner.state.borrow_mut().spare = Some(task);
+}
+
+/// Writes zeros over `[from, to)`, preserving the bytes before `from` in its
+/// block, then syncs. Used to pre-zero segments and to erase the garbage a
+/// torn write left after the recovered tail.
+pub(super) async fn zero_range<S: Storage>(
+    storage: &S,
+    file: &S::File,
+    from: u64,
+    to: u64,
+) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let mut pos = from - from % BLOCK_SIZE;
+    let keep = (from - pos) as usize;
+    let chunk_max: u64 = 1 << 20;
+    while pos < to {
+        let len = chunk_max.min(align_up(to) - pos) as usize;
+        let mut buf = storage.alloc(len);
+        let bytes = buf.as_mut_slice();
+        bytes.fill(0);
+        if keep > 0 && pos < from {
+            let old = file.read_at(pos, BLOCK_SIZE as usize).await?;
+            bytes[..keep].copy_from_slice(&old[..keep]);
+        }
+        write_all(file, buf, len, pos).await?;
+        pos += len as u64;
+    }
+    file.fdatasync().await
+}
+
+/// Writes `buf` (of `len` bytes) at `pos` and checks the count.
+pub(super) async fn write_all<F: StorageFile>(
+    file: &F,
+    buf: F::Buffer,
+    len: usize,
+    pos: u64,
+) -> Result<()> {
+    let written = file.write_at(buf, pos).await?;
+    if written != len {
+        return Err(Error::ShortWrite {
+            path: file.path().to_path_buf(),
+            position: pos,
+            expected: len,
+            written,
+        });
+    }
+    Ok(())
+}
+
+/// fdatasync of the active segment; everything written becomes durable.
+pub(super) async fn sync<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
+    let (file, written_at) = {
+        let st = inner.state.borrow();
+        (st.segments.get(&st.written_at.0).cloned(), st.written_at)
+    };
+    let id = inner.written.get();
+    if let Some(file) = file {
+        file.fdatasync().await?;
+        bump(&inner.counters.fdatasyncs, 1);
+    }
+    {
+        let mut st = inner.state.borrow_mut();
+        // Invariant: the durable position only moves forward, and only
+        // after an fdatasync covered everything before it.
+        assert!(
+            written_at >= st.durable_at,
+            "durable position would move back from {:?} to {written_at:?}",
+            st.durable_at
+        );
+        st.durable_at = written_at;
+    }
+    inner.durable.advance(id);
+    Ok(())
+}
+
+/// Seals the active segment (fdatasync) and makes segment `sequence` active
+/// from the prepared spare file.
+pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<()> {
+    let config = &inner.config;
+    // Invariant: a roll never reuses a sequence; the rename below would
+    // replace a segment holding data.
+    assert!(
+        inner.state.borrow().segments.keys().all(|&s| s < sequence),
+        "roll to segment {sequence}, which is not past every existing segment"
+    );
+    sync(inner).await?;
+    write_sidecar(inner, sequence - 1).await?;
+    let spare = inner.state.borrow_mut().spare.take();
+    let mut spare = spare.expect("a spare is always being prepared");
+    let ready = match future::poll_once(&mut spare).await {
+        Some(ready) => ready,
+        None => {
+            // Slow path: the segment is needed before it was ready.
+            bump(&inner.counters.roll_waits, 1);
+            spare.await
+        }
+    };
+    let prepared = ready.unwrap_or(Err(Error::Closed))?;
+    // Invariant: the spare was made for the segment that follows the active one.
+    assert_eq!(
+        prepared, sequence,
+        "the spare holds the wrong segment header"
+    );
+    let path = segment_path(&config.dir, sequence);
+    inner
+        .storage
+        .rename(&spare_path(&config.dir), &path)
+        .await?;
+    let file = inner.storage.open(&path, false).await?;
+    inner.storage.sync_dir(&config.dir).await?;
+    bump(&inner.counters.rolls, 1);
+    {
+        let mut st = inner.state.borrow_mut();
+        st.segments.insert(sequence, Rc::new(file));
+        st.written_at = (sequence, BLOCK_SIZE);
+        st.durable_at = (sequence, BLOCK_SIZE);
+    }
+    prepare_spare(inner, sequence + 1);
+    Ok(())
+}
+
+/// Writes the sidecar of sealed segment `segment` from the batches logged
+/// in it (nothing for segment 0, which does not exist).
+pub(super) async fn write_sidecar<S: Storage>(inner: &Rc<Inner<S>>, segment: u64) -> Result<()> {
+    if segment == 0 {
+        return Ok(());
+    }
+    let batches: Vec<_> = {
+        let mut st = inner.state.borrow_mut();
+        let split = st.unsealed.partition_point(|b| b.segment <= segment);
+        st.unsealed.drain(..split).collect()
+    };
+    sidecar::write(&inner.storage, &inner.config, segment, &batches).await
+}

@@ -1,0 +1,180 @@
+//! The state one shard's WAL handles and its commit task share: the open
+//! commit group that appends encode into, the groups sealed and waiting to
+//! be written, the segment files, the written and durable positions, and
+//! the sticky failure. Only the shard's thread touches it.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, VecDeque},
+    rc::Rc,
+    sync::Arc,
+};
+
+use glommio::task::JoinHandle;
+
+use crate::{
+    config::ShardConfig,
+    error::{Error, Result},
+    format::{
+        batch::RecoveredBatch,
+        segment::{align_up, BLOCK_SIZE},
+    },
+    stats::Counters,
+    storage::{IoBuffer, Storage, StorageFile},
+    wal::watermark::{Signal, Watermark},
+};
+
+/// State shared by the shard's handles and its commit task.
+pub(super) struct Inner<S: Storage> {
+    pub(super) config: ShardConfig,
+    pub(super) storage: S,
+    pub(super) state: RefCell<State<S::File>>,
+    /// Id of the last commit group written.
+    pub(super) written: Watermark,
+    /// Id of the last commit group covered by an fdatasync.
+    pub(super) durable: Watermark,
+    /// Wakes the commit task.
+    pub(super) work: Signal,
+    pub(super) counters: Counters,
+}
+
+/// Appends gathered for one write. Groups are numbered from 1 in the order
+/// they are written; a group never spans two segments. Batches are encoded
+/// straight into the group's I/O buffer, which the write then takes.
+#[derive(Debug)]
+pub(super) struct Group<B> {
+    pub(super) id: u64,
+    pub(super) segment: u64,
+    /// Block-aligned position of the group in its segment.
+    pub(super) start: u64,
+    /// The batches, encoded back to back; allocated by the first append.
+    pub(super) buf: Option<B>,
+    /// Bytes of `buf` holding batches.
+    pub(super) len: usize,
+    pub(super) appends: u64,
+}
+
+impl<B: IoBuffer> Group<B> {
+    /// An empty group at `start` of `segment`.
+    pub(super) fn new(id: u64, segment: u64, start: u64) -> Self {
+        Group {
+            id,
+            segment,
+            start,
+            buf: None,
+            len: 0,
+            appends: 0,
+        }
+    }
+
+    /// The group written after this one, in the same segment.
+    pub(super) fn successor(&self) -> Self {
+        Group::new(
+            self.id + 1,
+            self.segment,
+            align_up(self.start + self.len as u64),
+        )
+    }
+
+    /// Bytes the buffer can still take.
+    pub(super) fn room(&self) -> usize {
+        self.buf
+            .as_ref()
+            .map_or(0, |b| b.as_slice().len() - self.len)
+    }
+}
+
+/// Mutable shard state; only the shard's thread touches it.
+pub(super) struct State<F: StorageFile> {
+    /// Open segment files by sequence; the last one is written.
+    pub(super) segments: BTreeMap<u64, Rc<F>>,
+    /// The group that accepts appends.
+    pub(super) open: Group<F::Buffer>,
+    /// Groups closed to appends, waiting to be written, oldest first.
+    pub(super) sealed: VecDeque<Group<F::Buffer>>,
+    /// Bytes in `open` and `sealed`.
+    pub(super) pending_bytes: usize,
+    /// Highest group id a flush asked to make durable.
+    pub(super) sync_target: u64,
+    /// The first I/O failure; sticky.
+    pub(super) failed: Option<Arc<Error>>,
+    /// Set by close: no new appends.
+    pub(super) closing: bool,
+    /// The spare segment being prepared in the background.
+    /// It yields the sequence its header names.
+    pub(super) spare: Option<JoinHandle<Result<u64>>>,
+    /// The commit task.
+    pub(super) committer: Option<JoinHandle<()>>,
+    /// Batches of the segments that have no sidecar yet (the active one,
+    /// and the next when a group waits for the roll), in log order.
+    pub(super) unsealed: Vec<RecoveredBatch>,
+    /// A last segment recovery kept despite a damaged header (tolerate-any);
+    /// it is never appended to, and a close while it is still the last one
+    /// leaves no clean-shutdown marker, so the next open scans it again.
+    pub(super) damaged_tail: Option<u64>,
+    /// Segment and position written, and made durable.
+    pub(super) written_at: (u64, u64),
+    pub(super) durable_at: (u64, u64),
+}
+
+/// Bytes queued for writing beyond which appends wait.
+pub(super) fn max_pending_bytes(config: &ShardConfig) -> usize {
+    (config.max_write_bytes * 16).max(config.max_batch_bytes * 2)
+}
+
+/// Makes sure the open group can take a batch of `size` bytes: seals it when
+/// its buffer is full or the batch would cross the end of its segment. An
+/// empty group keeps its buffer for its successor.
+pub(super) fn make_room<F: StorageFile>(st: &mut State<F>, config: &ShardConfig, size: usize) {
+    let open = &st.open;
+    let end = open.start + (open.len + size) as u64;
+    let crosses_segment = open.segment == 0 || end > config.segment_bytes;
+    let full = open.len > 0 && open.room() < size;
+    if !crosses_segment && !full {
+        return;
+    }
+    let mut next = open.successor();
+    if crosses_segment {
+        next.segment = open.segment + 1;
+        next.start = BLOCK_SIZE;
+    }
+    let mut old = std::mem::replace(&mut st.open, next);
+    if old.len == 0 {
+        // Nothing to write: the new group takes the old one's id and buffer.
+        st.open.id = old.id;
+        st.open.buf = old.buf.take();
+    } else {
+        st.sealed.push_back(old);
+    }
+}
+
+/// Takes the oldest group waiting to be written: a sealed one, or the open
+/// one if it holds anything.
+pub(super) fn take_group<S: Storage>(
+    inner: &Inner<S>,
+) -> Option<Group<<S::File as StorageFile>::Buffer>> {
+    let mut st = inner.state.borrow_mut();
+    let group = match st.sealed.pop_front() {
+        Some(g) => Some(g),
+        None if st.open.len > 0 => {
+            let next = st.open.successor();
+            Some(std::mem::replace(&mut st.open, next))
+        }
+        None => None,
+    };
+    if let Some(g) = &group {
+        st.pending_bytes -= g.len;
+    }
+    group
+}
+
+/// Records the first failure and releases every waiter with it.
+pub(super) fn fail<S: Storage>(inner: &Rc<Inner<S>>, error: Error) {
+    inner
+        .state
+        .borrow_mut()
+        .failed
+        .get_or_insert(Arc::new(error));
+    inner.written.stop();
+    inner.durable.stop();
+}
