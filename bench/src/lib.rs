@@ -1,6 +1,9 @@
 //! Shared helpers for corelog's criterion benches: a shard kept open on a
 //! glommio executor across criterion samples, so samples measure appends and
-//! not setup.
+//! not setup. Also the load generator's JSON report format,
+//! [`load_report`].
+
+pub mod load_report;
 
 use std::{
     future::Future,

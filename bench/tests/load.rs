@@ -56,8 +56,14 @@ fn runs_and_verifies_under_every_policy_with_a_json_report() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.contains("verification     passed"), "{stdout}");
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let text = std::fs::read_to_string(&json).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // The typed report, as `cargo xtask load --vs-disk` reads it.
+        let typed: corelog_bench::load_report::Report =
+            serde_json::from_str(&text).expect("the report reads as a Report");
+        assert_eq!(typed.config.fsync, fsync);
+        assert_eq!(typed.records, report["records"].as_u64().unwrap());
+        assert!(typed.end_to_end_latency_us.count > 0);
         for field in [
             "profile",
             "config",

@@ -21,6 +21,10 @@
 //!   fsync figure in docs/BENCHMARKS.md is compared with.
 
 mod disk;
+// The load generator's report type, shared as source so that xtask need not
+// build the engine.
+#[path = "../../bench/src/load_report.rs"]
+mod load_report;
 mod profile;
 
 use std::process::{exit, Command};
@@ -90,51 +94,81 @@ fn load(args: &[String]) -> Result<(), String> {
     } else {
         None
     };
-    let report = std::env::temp_dir().join(format!("corelog-load-{}.json", std::process::id()));
-    if disk.is_some() && !args.iter().any(|a| a == "--json") {
-        args.push("--json".into());
-        args.push(report.display().to_string());
-    }
+    // With --vs-disk, the report is needed: into a temporary file unless
+    // the caller asked for one.
+    let temporary = match (&disk, json_path(&args)) {
+        (Some(_), None) => {
+            let path =
+                std::env::temp_dir().join(format!("corelog-load-{}.json", std::process::id()));
+            args.push("--json".into());
+            args.push(path.display().to_string());
+            Some(path)
+        }
+        _ => None,
+    };
     let mut cargo = vec!["run"];
     cargo.extend(LOAD_BIN);
     cargo.push("--");
     cargo.extend(args.iter().map(String::as_str));
     let result = run_cargo(&cargo);
     if let Some(disk) = disk {
-        let path = args
-            .iter()
-            .position(|a| a == "--json")
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_default();
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
-        let _ = std::fs::remove_file(&report);
-        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
-        println!("against the disk (fio, measured just before):");
-        println!(
-            "  write bandwidth  {:.1} MB/s = {:.2}x fio sequential write ({:.0} MB/s)",
-            f(&json["mb_per_s"]),
-            f(&json["mb_per_s"]) / disk.seq_write_mb,
-            disk.seq_write_mb
-        );
-        println!(
-            "  append p50       {:.0} us = {:.2}x fio 4 KiB write+fdatasync p50 ({:.0} us)",
-            f(&json["append_latency_us"]["p50"]),
-            f(&json["append_latency_us"]["p50"]) / disk.sync_write_p50_us,
-            disk.sync_write_p50_us
-        );
-        if let Some(cold) = json["cold_read"].get("mb_per_s") {
-            println!(
-                "  cold read        {:.1} MB/s = {:.2}x fio sequential read ({:.0} MB/s)",
-                f(cold),
-                f(cold) / disk.seq_read_mb,
-                disk.seq_read_mb
-            );
+        // Invariant: with --vs-disk, a --json path was given or added.
+        let path = json_path(&args).expect("a --json path");
+        let report = read_report(&path);
+        if let Some(temporary) = temporary {
+            let _ = std::fs::remove_file(temporary);
+        }
+        match report {
+            Ok(report) => print_vs_disk(&report, &disk),
+            // The load failed before it wrote its report: say why.
+            Err(e) => return result.and(Err(e)),
         }
     }
     result
+}
+
+/// The value of `--json PATH` or `--json=PATH` in the load's `args`.
+fn json_path(args: &[String]) -> Option<String> {
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--json") {
+            Some("") => args.get(i + 1).cloned(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => None,
+        })
+}
+
+/// Reads the load generator's JSON report at `path`; a missing field is an
+/// error.
+fn read_report(path: &str) -> Result<load_report::Report, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("load report {path}: {e}"))
+}
+
+/// Prints the load's figures as ratios of the disk's.
+fn print_vs_disk(report: &load_report::Report, disk: &disk::Disk) {
+    println!("against the disk (fio, measured just before):");
+    println!(
+        "  write bandwidth  {:.1} MB/s = {:.2}x fio sequential write ({:.0} MB/s)",
+        report.mb_per_s,
+        report.mb_per_s / disk.seq_write_mb,
+        disk.seq_write_mb
+    );
+    let p50 = report.append_latency_us.p50;
+    println!(
+        "  append p50       {:.0} us = {:.2}x fio 4 KiB write+fdatasync p50 ({:.0} us)",
+        p50,
+        p50 / disk.sync_write_p50_us,
+        disk.sync_write_p50_us
+    );
+    if let Some(cold) = &report.cold_read {
+        println!(
+            "  cold read        {:.1} MB/s = {:.2}x fio sequential read ({:.0} MB/s)",
+            cold.mb_per_s,
+            cold.mb_per_s / disk.seq_read_mb,
+            disk.seq_read_mb
+        );
+    }
 }
 
 /// Runs the simulation test over many seeds, optimised, printing its
@@ -230,5 +264,40 @@ fn run_cargo(args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("cargo {} failed: {status}", args.join(" ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn the_json_path_is_found_in_either_spelling() {
+        assert_eq!(
+            json_path(&strings(&["--json", "a.json"])).as_deref(),
+            Some("a.json")
+        );
+        assert_eq!(
+            json_path(&strings(&["-q", "--json=b.json"])).as_deref(),
+            Some("b.json")
+        );
+        assert_eq!(json_path(&strings(&["--jsonx", "c"])), None);
+        assert_eq!(json_path(&strings(&["--json"])), None);
+        assert_eq!(json_path(&strings(&[])), None);
+    }
+
+    #[test]
+    fn a_report_missing_a_field_is_refused() {
+        let dir = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("report.json");
+        std::fs::write(&path, r#"{"profile": "release", "mb_per_s": 1.0}"#).unwrap();
+        let err = read_report(path.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("missing field"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
