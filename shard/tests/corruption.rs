@@ -9,216 +9,19 @@
 //! segment is scanned on open; sealed segments have sidecars.
 
 mod common;
+#[path = "corruption/layout.rs"]
+mod layout;
+#[path = "corruption/reopen.rs"]
+mod reopen;
 
-use std::{
-    collections::BTreeMap,
-    fs::OpenOptions,
-    io::{Seek, SeekFrom, Write},
-    path::{Path, PathBuf},
-};
+use std::fs::OpenOptions;
 
 use common::{records_for, run, test_dir};
-use corelog_shard::{
-    internals::peek_header, Error, FsyncPolicy, Record, RecoveryMode, RecoveryReport, Shard,
-    ShardConfig,
+use corelog_shard::{Error, RecoveryMode, Shard};
+use layout::{all_batches, batches_in, overwrite, segments, segments_before, Located};
+use reopen::{
+    assert_lost_exactly, assert_refused, assert_served_exactly, config, reopen, setup, tail_damage,
 };
-
-const PARTITIONS: u64 = 4;
-const BATCHES: u64 = 240;
-
-fn config(dir: &Path, mode: RecoveryMode) -> ShardConfig {
-    let mut c = ShardConfig::new(dir);
-    c.fsync = FsyncPolicy::Always;
-    c.segment_bytes = 64 << 10;
-    c.max_record_bytes = 8 << 10;
-    c.max_batch_bytes = 16 << 10;
-    c.max_write_bytes = 32 << 10;
-    c.recovery = mode;
-    c
-}
-
-/// A batch found in a segment file: its position, partition, offsets.
-#[derive(Debug, Clone, Copy)]
-struct Located {
-    position: u64,
-    length: u64,
-    partition: u64,
-    base: u64,
-    end: u64,
-}
-
-/// What the shard was given: every partition's records by offset.
-type Expected = BTreeMap<u64, Vec<Record>>;
-
-/// Per partition, the offsets a reopened shard served and those it
-/// reported as damaged.
-type Seen = BTreeMap<u64, (Vec<u64>, Vec<u64>)>;
-
-/// Appends `BATCHES` batches round-robin over the partitions, then drops
-/// the shard without closing it.
-fn setup(dir: &Path, shard_id: u32) -> Expected {
-    let dir = dir.to_path_buf();
-    run(move || async move {
-        let mut c = config(&dir, RecoveryMode::TolerateTornTail);
-        c.shard_id = shard_id;
-        let (shard, _) = Shard::open(c).await.unwrap();
-        let mut expected = Expected::new();
-        for i in 0..BATCHES {
-            let p = i % PARTITIONS;
-            let records = records_for(i);
-            let base = shard.append(p, &records).await.unwrap();
-            let all = expected.entry(p).or_default();
-            assert_eq!(base, all.len() as u64);
-            all.extend(records);
-        }
-        expected
-    })
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    v.sort();
-    v
-}
-
-/// The batches in a segment file, found by walking headers (independent
-/// of the recovery code under test).
-fn batches_in(path: &Path) -> Vec<Located> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut out = Vec::new();
-    let mut pos = 4096;
-    while pos + 64 <= bytes.len() {
-        match peek_header(&bytes[pos..]) {
-            Some(h) if h.length >= 64 && h.flags == 0 => {
-                out.push(Located {
-                    position: pos as u64,
-                    length: u64::from(h.length),
-                    partition: h.partition,
-                    base: h.base_offset,
-                    end: h.end_offset(),
-                });
-                pos += h.length as usize;
-            }
-            _ => pos = (pos / 4096 + 1) * 4096,
-        }
-    }
-    out
-}
-
-fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
-    let mut f = OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
-}
-
-/// Opens the shard in `mode`, reads every offset of every partition one
-/// by one, and returns the report and, per partition, which offsets were
-/// served and which reported damage. Served records must equal what was
-/// appended.
-fn reopen(
-    dir: &Path,
-    mode: RecoveryMode,
-    expected: &Expected,
-) -> Result<(RecoveryReport, Seen), Error> {
-    let dir = dir.to_path_buf();
-    let expected = expected.clone();
-    run(move || async move {
-        let (shard, report) = Shard::open(config(&dir, mode)).await?;
-        let mut seen = BTreeMap::new();
-        for (&p, records) in &expected {
-            let o = shard.offsets(p);
-            let (mut served, mut damaged) = (Vec::new(), Vec::new());
-            for offset in o.start..o.end {
-                match shard.read(p, offset, 1).await {
-                    Ok(got) => {
-                        let r = &got[0];
-                        assert_eq!(r.offset(), offset);
-                        assert_eq!(r.value(), records[offset as usize].value());
-                        assert_eq!(r.key(), records[offset as usize].key());
-                        served.push(offset);
-                    }
-                    Err(Error::Corrupted { path, .. }) => {
-                        assert!(path.starts_with(&dir), "{path:?}");
-                        damaged.push(offset);
-                    }
-                    Err(e) => panic!("partition {p} offset {offset}: {e}"),
-                }
-            }
-            seen.insert(p, (served, damaged));
-        }
-        // The log goes on after recovery.
-        let base = shard.append(0, &records_for(9_999)).await?;
-        assert_eq!(base, shard.offsets(0).end - records_for(9_999).len() as u64);
-        shard.close().await?;
-        Ok((report, seen))
-    })
-}
-
-/// Checks that reading every offset reported damage for exactly the
-/// offsets of `lost` and served all the others.
-fn assert_lost_exactly(seen: &Seen, lost: &[Located], expected: &Expected) {
-    for (p, (served, damaged)) in seen {
-        let gone: u64 = lost
-            .iter()
-            .filter(|b| b.partition == *p)
-            .map(|b| b.end - b.base)
-            .sum();
-        assert_eq!(damaged.len() as u64, gone, "partition {p}");
-        assert_eq!(served.len() as u64 + gone, expected[p].len() as u64);
-    }
-}
-
-/// Offsets of each partition held by `batches`.
-fn offsets_of(batches: &[Located]) -> BTreeMap<u64, Vec<u64>> {
-    let mut m: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for b in batches {
-        m.entry(b.partition).or_default().extend(b.base..b.end);
-    }
-    m
-}
-
-/// All batches of the shard in log order.
-fn all_batches(dir: &Path) -> Vec<Located> {
-    segments(dir).iter().flat_map(|s| batches_in(s)).collect()
-}
-
-/// Checks that exactly the offsets of `kept` were served, all of them.
-fn assert_served_exactly(seen: &Seen, kept: &[Located]) {
-    let want = offsets_of(kept);
-    for (p, (served, damaged)) in seen {
-        assert!(damaged.is_empty(), "partition {p}: damaged {damaged:?}");
-        let want = want.get(p).cloned().unwrap_or_default();
-        assert_eq!(served, &want, "partition {p}");
-    }
-}
-
-fn assert_refused(result: Result<impl std::fmt::Debug, Error>, file: &Path, position: u64) {
-    match result {
-        Err(Error::Corrupted {
-            path,
-            position: at,
-            reason,
-        }) => {
-            assert_eq!(path, file, "{reason}");
-            assert_eq!(at, position, "{reason}");
-        }
-        other => panic!("expected a refusal naming {file:?} at {position}, got {other:?}"),
-    }
-}
-
-/// The damage a reopen in `mode` reported at the tail: cut under
-/// tolerate-torn-tail, skipped under tolerate-any.
-fn tail_damage(mode: RecoveryMode, report: &RecoveryReport) -> corelog_shard::Damage {
-    match mode {
-        RecoveryMode::TolerateTornTail => report.torn_tail.clone().expect("a cut"),
-        _ => report.skipped[0].clone(),
-    }
-}
 
 const MODES: [RecoveryMode; 3] = [
     RecoveryMode::TolerateTornTail,
@@ -339,15 +142,6 @@ fn a_segment_truncated_inside_a_batch() {
             }
         }
     }
-}
-
-/// Batches of the segments before `last`.
-fn segments_before(dir: &Path, last: &Path) -> Vec<Located> {
-    segments(dir)
-        .iter()
-        .filter(|s| s.as_path() < last)
-        .flat_map(|s| batches_in(s))
-        .collect()
 }
 
 #[test]

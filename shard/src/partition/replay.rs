@@ -270,12 +270,22 @@ mod tests {
             RecoveryMode::TolerateTornTail,
             Checkpoint::default(),
             &batches,
-            &[((1, 4296), Control::Truncate.byte()), ((2, 4196), Control::DeleteBefore.byte())],
+            &[
+                ((1, 4296), Control::Truncate.byte()),
+                ((2, 4196), Control::DeleteBefore.byte()),
+            ],
         )
         .expect("replays");
         let p = &out.partitions[&7];
-        assert_eq!((p.start, p.end, p.high_watermark, p.acked_end), (4, 15, 15, 15));
-        assert_eq!(p.index.find(11).map(|e| e.record_count), Some(2), "cut by the truncation");
+        assert_eq!(
+            (p.start, p.end, p.high_watermark, p.acked_end),
+            (4, 15, 15, 15)
+        );
+        assert_eq!(
+            p.index.find(11).map(|e| e.record_count),
+            Some(2),
+            "cut by the truncation"
+        );
         assert_eq!(p.index.find(12).map(|e| e.segment), Some(2));
         assert_eq!(out.segment_max_ts, BTreeMap::from([(1, 4196), (2, 4096)]));
         assert!(out.orphaned.is_empty() && out.skipped.is_empty());
@@ -292,14 +302,18 @@ mod tests {
         assert_eq!(kept.partitions[&3].end, 5);
         assert_eq!(kept.orphaned.len(), 1);
         assert_eq!(kept.orphaned[0].partition_end, 5);
-        for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::AbsoluteConsistency] {
+        for mode in [
+            RecoveryMode::TolerateTornTail,
+            RecoveryMode::AbsoluteConsistency,
+        ] {
             assert!(matches!(
                 run(mode, ckpt(), &gap, &[]),
                 Err(Error::Corrupted { position: 4196, .. })
             ));
         }
         assert!(run(RecoveryMode::AbsoluteConsistency, ckpt(), &orphan, &[]).is_err());
-        let salvaged = run(RecoveryMode::TolerateAnyCorruption, ckpt(), &gap, &[]).expect("keeps it");
+        let salvaged =
+            run(RecoveryMode::TolerateAnyCorruption, ckpt(), &gap, &[]).expect("keeps it");
         assert_eq!(salvaged.partitions[&3].end, 10);
     }
 

@@ -1,0 +1,134 @@
+//! The checks a run makes of the shard: after a reopen, every partition
+//! against the model; before a crash, the ends that must survive it; after
+//! a failure, that the shard stopped and named the file.
+
+use std::collections::BTreeMap;
+
+use corelog_shard::{sim::SimDisk, Error, Shard};
+
+use crate::{
+    model::{is_io_failure, Profile, DIR, PARTITIONS},
+    run::Run,
+    trace::note,
+};
+
+impl Run {
+    /// Everything the model knows must be there; what is beyond it must be
+    /// records that were appended. Then the model adopts what is there.
+    /// `required` is each partition's end that must have survived.
+    pub(crate) async fn verify(
+        &mut self,
+        shard: &Shard<SimDisk>,
+        required: &BTreeMap<u64, u64>,
+    ) -> bool {
+        let seed = self.seed;
+        for p in PARTITIONS {
+            let o = shard.offsets(p);
+            note(|| format!("verify {p}: {o:?}, need {:?}", required.get(&p)));
+            // Misdirected or flipped writes may destroy acknowledged data;
+            // then only "never serve damage" holds.
+            let need = match self.profile {
+                Profile::Corruption => 0,
+                _ => required.get(&p).copied().unwrap_or(0),
+            };
+            {
+                let model = self.model.borrow();
+                let part = model.parts.get(&p);
+                let (mut lo, hi) = part.map_or((0, 0), |m| (m.start_min, m.start_max));
+                if self.profile == Profile::Corruption {
+                    // A bit flipped in the last batch of the log reads as a
+                    // torn write and is cut: an acknowledged delete-before
+                    // can be lost that way, bringing back intact records.
+                    lo = 0;
+                }
+                assert!(
+                    lo <= o.start && o.start <= hi.max(lo),
+                    "seed {seed}: partition {p} start {} not in [{lo}, {hi}]",
+                    o.start
+                );
+                assert!(
+                    o.end >= need,
+                    "seed {seed}: partition {p} lost offsets {}..{need} (offsets would be reused)",
+                    o.end
+                );
+            }
+            let records = match shard.read_range(p, o.start, o.end).await {
+                Ok(r) => r,
+                Err(e @ Error::Corrupted { .. }) if self.profile == Profile::Corruption => {
+                    let _ = e;
+                    self.model.borrow_mut().tally.corruption_detected += 1;
+                    return false;
+                }
+                Err(e) => panic!("seed {seed}: partition {p} read_range: {e}"),
+            };
+            assert_eq!(
+                records.len() as u64,
+                o.end - o.start,
+                "seed {seed}: partition {p}"
+            );
+            let mut model = self.model.borrow_mut();
+            for (i, r) in records.iter().enumerate() {
+                let offset = o.start + i as u64;
+                assert_eq!(r.offset(), offset, "seed {seed}: partition {p}");
+                model.check_record(seed, p, offset, r.value());
+            }
+            model.tally.records_verified += records.len() as u64;
+            let part = model.parts.entry(p).or_default();
+            part.start_min = o.start;
+            part.start_max = o.start;
+            part.acked_end = o.end;
+            part.known = records
+                .into_iter()
+                .map(|r| (r.offset(), r.value().to_vec()))
+                .collect();
+        }
+        true
+    }
+
+    /// The ends that must survive a crash now: what the shard reports as
+    /// durable. Under `Always` that covers every acknowledged append.
+    pub(crate) fn durable_ends(&self, shard: &Shard<SimDisk>) -> BTreeMap<u64, u64> {
+        let model = self.model.borrow();
+        PARTITIONS
+            .iter()
+            .map(|&p| {
+                let o = shard.offsets(p);
+                if self.profile != Profile::Never {
+                    let acked = model.parts.get(&p).map_or(0, |m| m.acked_end);
+                    assert!(
+                        o.high_watermark >= acked.min(o.end),
+                        "seed {}: partition {p} acknowledged {acked} under Always but the high-water mark is {}",
+                        self.seed,
+                        o.high_watermark
+                    );
+                }
+                (p, o.high_watermark)
+            })
+            .collect()
+    }
+
+    /// After an append or a control operation failed: the shard must have
+    /// stopped, and say which file failed.
+    pub(crate) async fn check_stopped(&mut self, shard: &Shard<SimDisk>, e: &Error) {
+        assert!(self.fail_ok(e), "seed {}: unexpected error {e}", self.seed);
+        assert!(
+            e.to_string().contains(DIR),
+            "seed {}: error names no file: {e}",
+            self.seed
+        );
+        self.model.borrow_mut().tally.io_failures += 1;
+        // A failure confined to the checkpoint's temporary file leaves the
+        // log and the old checkpoint intact: the shard goes on.
+        if matches!(e, Error::Corrupted { .. }) || e.to_string().contains("partitions.ckpt.tmp") {
+            return;
+        }
+        let (_, records) = self.model.borrow_mut().issue(0, &mut self.rng);
+        match shard.append(0, &records).await {
+            Err(e) if is_io_failure(&e) => {}
+            other => panic!(
+                "seed {}: shard kept accepting appends after {e}: {other:?}",
+                self.seed
+            ),
+        }
+    }
+}
