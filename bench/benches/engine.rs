@@ -63,7 +63,7 @@ fn routing_cost() {
     let on_shard = block_on(log.run_on_shard(1, |shard| async move {
         let started = Instant::now();
         for _ in 0..N {
-            std::hint::black_box(shard.offsets(1));
+            let _ = std::hint::black_box(shard.offsets(1));
         }
         started.elapsed() / N
     }))

@@ -8,27 +8,49 @@ use std::time::Duration;
 
 use corelog_shard::{Offsets, Record, Shard, ShardStats, StoredRecord};
 
-use crate::error::Result;
+use crate::{
+    error::{Error, Result},
+    routing::shard_for,
+};
 
 /// The shard that owns a partition, reached from its own executor. Cheap
 /// to clone; not `Send` (it lives on the shard's thread).
 ///
 /// Its methods mean what the [`Handle`](crate::Handle) methods of the same
-/// names mean, on this shard's partitions.
+/// names mean, on this shard's partitions. A partition that another shard
+/// owns is refused with [`Error::InvalidArgument`]: written here, it would
+/// be where no [`Handle`](crate::Handle) ever looks.
 #[derive(Clone)]
 pub struct LocalShard {
     shard: Shard,
+    /// This shard's index, and how many shards the engine runs.
+    id: usize,
+    shards: usize,
 }
 
 impl LocalShard {
-    /// Wraps the shard a request runs on.
-    pub(crate) fn new(shard: Shard) -> Self {
-        LocalShard { shard }
+    /// Wraps shard `id` of `shards`.
+    pub(crate) fn new(shard: Shard, id: usize, shards: usize) -> Self {
+        LocalShard { shard, id, shards }
+    }
+
+    /// `Ok` when this shard owns `partition`.
+    fn owns(&self, partition: u64) -> Result<()> {
+        let owner = shard_for(partition, self.shards);
+        if owner == self.id {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "partition {partition} belongs to shard {owner}, not to shard {} where this task runs",
+                self.id
+            )))
+        }
     }
 
     /// Appends `records` to `partition` with consecutive offsets, all or
     /// none; returns the first offset once the fsync policy is met.
     pub async fn append(&self, partition: u64, records: &[Record]) -> Result<u64> {
+        self.owns(partition)?;
         Ok(self.shard.append(partition, records).await?)
     }
 
@@ -40,6 +62,7 @@ impl LocalShard {
         offset: u64,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>> {
+        self.owns(partition)?;
         Ok(self.shard.read(partition, offset, max_bytes).await?)
     }
 
@@ -50,21 +73,25 @@ impl LocalShard {
         start: u64,
         end: u64,
     ) -> Result<Vec<StoredRecord>> {
+        self.owns(partition)?;
         Ok(self.shard.read_range(partition, start, end).await?)
     }
 
     /// Start, end and high-water mark of `partition` (all zero if unknown).
-    pub fn offsets(&self, partition: u64) -> Offsets {
-        self.shard.offsets(partition)
+    pub fn offsets(&self, partition: u64) -> Result<Offsets> {
+        self.owns(partition)?;
+        Ok(self.shard.offsets(partition))
     }
 
     /// Moves the start of `partition` to `offset`, durably.
     pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
+        self.owns(partition)?;
         Ok(self.shard.delete_before(partition, offset).await?)
     }
 
     /// Removes offsets `from` and above of `partition`, durably.
     pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
+        self.owns(partition)?;
         Ok(self.shard.truncate(partition, from).await?)
     }
 
@@ -75,8 +102,9 @@ impl LocalShard {
 
     /// Waits until the end of `partition` passes `offset` or `timeout`
     /// expires; returns whether it passed.
-    pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> bool {
-        self.shard.wait_for(partition, offset, timeout).await
+    pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> Result<bool> {
+        self.owns(partition)?;
+        Ok(self.shard.wait_for(partition, offset, timeout).await)
     }
 
     /// The long poll of a consumer at the tail (see
@@ -88,6 +116,7 @@ impl LocalShard {
         max_bytes: usize,
         timeout: Duration,
     ) -> Result<Vec<StoredRecord>> {
+        self.owns(partition)?;
         Ok(self
             .shard
             .fetch(partition, offset, max_bytes, timeout)
@@ -97,5 +126,17 @@ impl LocalShard {
     /// This shard's counters.
     pub fn stats(&self) -> ShardStats {
         self.shard.stats()
+    }
+
+    /// Applies the retention limits of the configuration now (it also runs
+    /// by itself whenever a segment is sealed).
+    pub async fn enforce_retention(&self) -> Result<()> {
+        Ok(self.shard.enforce_retention().await?)
+    }
+
+    /// The last error of the retention that appends run when a segment is
+    /// sealed, if any (the appends themselves succeeded).
+    pub fn take_retention_error(&self) -> Option<Error> {
+        self.shard.take_retention_error().map(Error::from)
     }
 }

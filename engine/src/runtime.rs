@@ -11,7 +11,7 @@ use std::{
 };
 
 use corelog_shard::Shard;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::{
     config::Config,
@@ -39,9 +39,13 @@ pub(crate) fn start(
         _ => Placement::Unbound,
     };
     let shard_config = config.shard_config(id);
+    let shards = config.shards;
     let join = LocalExecutorBuilder::new(placement)
         .name(&format!("corelog-shard-{id}"))
         .io_memory(config.io_memory.expect("settled by Engine::open"))
+        // Renames and unlinks run on this pool: off the shard's core, so
+        // freeing a segment's extents does not compete with its reactor.
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .spawn(move || async move {
             let (shard, report) = match Shard::open(shard_config).await {
                 Ok(opened) => opened,
@@ -52,7 +56,8 @@ pub(crate) fn start(
                 }
             };
             let _ = ready.send((id, Ok(())));
-            serve(shard, Rc::new(report), receiver).await
+            let local = LocalShard::new(shard.clone(), id, shards);
+            serve(shard, local, Rc::new(report), receiver).await
         })
         .map_err(|e| Error::Runtime {
             shard: id,
@@ -65,14 +70,16 @@ pub(crate) fn start(
 /// requests in progress, then closes the shard.
 async fn serve(
     shard: Shard,
+    local: LocalShard,
     report: Rc<corelog_shard::RecoveryReport>,
     receiver: async_channel::Receiver<Request>,
 ) -> Result<()> {
     let in_progress = Rc::new(InProgress::default());
     while let Ok(request) = receiver.recv().await {
-        let (shard, report, guard) = (shard.clone(), report.clone(), in_progress.enter());
+        let (shard, local, report) = (shard.clone(), local.clone(), report.clone());
+        let guard = in_progress.enter();
         glommio::spawn_local(async move {
-            handle(&shard, &report, request).await;
+            handle(&shard, local, &report, request).await;
             drop(guard);
         })
         .detach();
@@ -85,7 +92,12 @@ async fn serve(
 }
 
 /// Runs one request and sends its reply (a caller that went away is fine).
-async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: Request) {
+async fn handle(
+    shard: &Shard,
+    local: LocalShard,
+    report: &corelog_shard::RecoveryReport,
+    request: Request,
+) {
     fn send<T>(reply: crate::request::Reply<T>, result: corelog_shard::Result<T>) {
         let _ = reply.send(result.map_err(Error::from));
     }
@@ -136,7 +148,7 @@ async fn handle(shard: &Shard, report: &corelog_shard::RecoveryReport, request: 
             shard.fetch(partition, offset, max_bytes, timeout).await,
         ),
         Request::Stats { reply } => send(reply, Ok((shard.stats(), report.clone()))),
-        Request::Run(task) => task(LocalShard::new(shard.clone())).await,
+        Request::Run(task) => task(local).await,
     }
 }
 

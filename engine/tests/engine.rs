@@ -305,5 +305,20 @@ fn code_on_a_shard_uses_the_local_fast_path() {
     assert_eq!(read_back, vec![b"local".to_vec(), b"again".to_vec()]);
     // The same data seen through the handle.
     assert_eq!(block_on(log.offsets(3)).unwrap().end, 2);
+    // A partition another shard owns is refused: written there, no handle
+    // would ever find it.
+    let shards = 2; // as common::config sets
+    let foreign = (0..64u64)
+        .find(|&p| corelog::shard_for(p, shards) != corelog::shard_for(3, shards))
+        .expect("more than one shard");
+    let refused = block_on(log.run_on_shard(3, move |shard| async move {
+        shard.append(foreign, &[Record::new(b"x".to_vec())]).await
+    }))
+    .unwrap();
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(why)) if why.contains(&format!("partition {foreign}"))),
+        "{refused:?}"
+    );
+    assert_eq!(block_on(log.offsets(foreign)).unwrap().end, 0);
     engine.close().unwrap();
 }

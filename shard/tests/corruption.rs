@@ -72,8 +72,15 @@ fn bytes_overwritten_in_the_middle_of_the_last_segment() {
             }
             _ => {
                 let (report, seen) = result.unwrap();
-                assert_eq!(report.skipped.len(), 1, "{report:?}");
+                // The damaged batch, then the hole it leaves in its
+                // partition's offsets.
+                assert_eq!(report.skipped.len(), 2, "{report:?}");
                 assert_eq!(report.skipped[0].position, hit.position);
+                let hole = format!(
+                    "partition {} after replay: offsets [{}, {}) are in no batch",
+                    hit.partition, hit.base, hit.end
+                );
+                assert_eq!(report.skipped[1].reason, hole);
                 for (p, (served, damaged)) in &seen {
                     if *p == hit.partition {
                         assert_eq!(damaged, &(hit.base..hit.end).collect::<Vec<_>>());

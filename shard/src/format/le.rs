@@ -6,6 +6,7 @@
 //! never reads the wrong bytes.
 
 /// The `N` bytes at `at`.
+#[inline]
 fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     let mut out = [0; N];
     out.copy_from_slice(&b[at..at + N]);
@@ -13,31 +14,37 @@ fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
 }
 
 /// The `u16` at `at`.
+#[inline]
 pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(bytes_at(b, at))
 }
 
 /// The `u32` at `at`.
+#[inline]
 pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes_at(b, at))
 }
 
 /// The `u64` at `at`.
+#[inline]
 pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes_at(b, at))
 }
 
 /// The `i64` at `at`.
+#[inline]
 pub(crate) fn i64_at(b: &[u8], at: usize) -> i64 {
     i64::from_le_bytes(bytes_at(b, at))
 }
 
 /// Writes `v` at `at`.
+#[inline]
 pub(crate) fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Writes `v` at `at`.
+#[inline]
 pub(crate) fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }

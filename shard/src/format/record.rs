@@ -206,9 +206,12 @@ struct Fixed {
 
 impl Fixed {
     /// Reads the fixed fields; `b` holds at least [`RECORD_OVERHEAD`] bytes.
+    #[inline]
     fn read(b: &[u8]) -> Self {
         Fixed {
-            total: u32_at(b, at::LENGTH) as usize + 4,
+            // Saturating: a length near 4 GiB must fail the caller's bounds
+            // check, not overflow where usize is 32 bits.
+            total: (u32_at(b, at::LENGTH) as usize).saturating_add(4),
             timestamp: i64_at(b, at::TIMESTAMP),
             key_len: u32_at(b, at::KEY_LEN),
             value_len: u32_at(b, at::VALUE_LEN) as usize,
@@ -217,6 +220,7 @@ impl Fixed {
     }
 
     /// Bytes of the key (none when the record has no key).
+    #[inline]
     fn key_bytes(&self) -> usize {
         if self.key_len == NO_KEY {
             0
@@ -227,6 +231,7 @@ impl Fixed {
 
     /// The view of the record whose fields are `self` and whose bytes after
     /// the fixed fields are `rec`, which holds key and value at least.
+    #[inline]
     fn view<'a>(&self, offset: u64, rec: &'a [u8]) -> RecordView<'a> {
         let key_bytes = self.key_bytes();
         RecordView {
@@ -283,6 +288,7 @@ pub(crate) fn parse_record(b: &[u8], offset: u64) -> Result<(RecordView<'_>, usi
 /// Reads the record at the start of `b` that [`parse_record`] (or the
 /// encoder) already checked: no length is checked again. Slicing still
 /// bounds-checks, so a broken invariant panics, never reads wrongly.
+#[inline]
 pub(crate) fn read_checked_record(b: &[u8], offset: u64) -> (RecordView<'_>, usize) {
     let fixed = Fixed::read(b);
     (

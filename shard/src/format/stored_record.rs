@@ -24,6 +24,7 @@ pub struct StoredRecord {
 
 impl StoredRecord {
     /// The record `view`, which borrows from `batch`.
+    #[inline]
     pub(crate) fn new(batch: &Arc<Batch>, view: &RecordView<'_>) -> Self {
         let base = batch.as_bytes().as_ptr() as usize;
         let range = |s: &[u8]| {
@@ -80,6 +81,7 @@ impl StoredRecord {
     }
     /// Bytes of key, value and header names and values: what counts
     /// against a read's `max_bytes`.
+    #[inline]
     pub(crate) fn payload_len(&self) -> usize {
         // Each header is framed by a u16 name length and a u32 value length.
         let header_bytes = self.headers.1 as usize - HEADER_OVERHEAD * self.header_count as usize;

@@ -36,9 +36,10 @@ pub(crate) struct ReplayInput<'a> {
     /// Every surviving batch, in log order.
     pub(crate) batches: &'a [RecoveredBatch],
     /// The first byte of the value of every control batch at or past the
-    /// checkpoint's log end, by (segment, position); `None` when its value
-    /// is empty.
-    pub(crate) controls: &'a HashMap<(u64, u64), Option<u8>>,
+    /// checkpoint's log end, by (segment, position) (`None` when its value
+    /// is empty), or why it could not be read: the error is raised only if
+    /// replay applies that batch.
+    pub(crate) controls: &'a HashMap<(u64, u64), Result<Option<u8>>>,
 }
 
 /// The partitions replay rebuilt, and what it reports.
@@ -159,13 +160,17 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
             }
         }
         if h.flags & FLAG_CONTROL != 0 {
-            let byte = controls.get(&(b.segment, b.position)).copied().flatten();
+            let byte = match controls.get(&(b.segment, b.position)) {
+                Some(Ok(byte)) => *byte,
+                Some(Err(e)) => return Err(e.clone()),
+                None => None,
+            };
             let Some(op) = byte.and_then(Control::from_byte) else {
                 debug_assert_eq!(decide(Finding::UnknownControl, mode), Action::Refuse);
                 return Err(Error::corrupted(
                     segment_path(dir, b.segment),
                     b.position,
-                    format!("unknown control batch {byte:?}"),
+                    format!("unknown control batch {:?}", Some(byte)),
                 ));
             };
             op.apply(part, h.base_offset);
@@ -191,13 +196,16 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
         // the scan cannot see breaks it (an oldest segment file removed by
         // hand): a gap, refused with the partition named, never served.
         if let Err(why) = part.index.check_covers(part.start, part.end) {
+            let reason = format!("partition {p} after replay: {why}");
             if decide(Finding::OffsetGap, mode) != Action::Keep {
-                return Err(Error::corrupted(
-                    dir,
-                    0,
-                    format!("partition {p} after replay: {why}"),
-                ));
+                return Err(Error::corrupted(dir, 0, reason));
             }
+            out.skipped.push(Damage {
+                path: dir.to_path_buf(),
+                position: 0,
+                bytes: 0,
+                reason,
+            });
         }
     }
     for b in batches
@@ -245,7 +253,10 @@ mod tests {
         batches: &[RecoveredBatch],
         controls: &[((u64, u64), u8)],
     ) -> Result<Replayed> {
-        let controls: HashMap<_, _> = controls.iter().map(|&(at, op)| (at, Some(op))).collect();
+        let controls: HashMap<_, _> = controls
+            .iter()
+            .map(|&(at, op)| (at, Ok(Some(op))))
+            .collect();
         replay(ReplayInput {
             dir: Path::new("/d"),
             mode,
@@ -325,7 +336,11 @@ mod tests {
         };
         assert!(run(RecoveryMode::TolerateTornTail, ahead.clone(), &[], &[]).is_err());
         let salvaged = run(RecoveryMode::TolerateAnyCorruption, ahead, &[], &[]).expect("skips");
-        assert_eq!(salvaged.skipped.len(), 1);
+        // Skipped: the checkpoint ahead, then the hole it leaves in
+        // partition 1 (offsets 0..4 in no batch).
+        assert_eq!(salvaged.skipped.len(), 2);
+        assert!(salvaged.skipped[0].reason.contains("checkpoint"));
+        assert!(salvaged.skipped[1].reason.contains("partition 1"));
         assert_eq!(salvaged.partitions[&1].end, 4);
         let unknown = [control(1, 4096, 1, 0)];
         for mode in [
@@ -365,7 +380,12 @@ mod tests {
             matches!(&refused, Err(Error::Corrupted { reason, .. }) if reason.contains("partition 5")),
             "{refused:?}"
         );
-        let salvaged = run(RecoveryMode::TolerateAnyCorruption, checkpoint, &[], &[]);
-        assert_eq!(salvaged.expect("kept").partitions[&5].end, 10);
+        let salvaged =
+            run(RecoveryMode::TolerateAnyCorruption, checkpoint, &[], &[]).expect("kept");
+        assert_eq!(salvaged.partitions[&5].end, 10);
+        assert!(
+            salvaged.skipped[0].reason.contains("partition 5"),
+            "reported"
+        );
     }
 }

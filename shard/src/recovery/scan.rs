@@ -83,7 +83,12 @@ impl<F: StorageFile> Scan<'_, F> {
                 h.crc_seed()
             }
             Err(reason) => {
-                let finding = if self.is_last && self.creation_torn(seq).await? {
+                // Probing for a torn creation reads the whole segment: only
+                // worth it where the two findings are handled differently.
+                let mode = self.config.recovery;
+                let distinct = decide(Finding::TornSegmentCreation, mode)
+                    != decide(Finding::BadSegmentHeader, mode);
+                let finding = if self.is_last && distinct && self.creation_torn(seq).await? {
                     Finding::TornSegmentCreation
                 } else {
                     Finding::BadSegmentHeader
@@ -197,7 +202,7 @@ impl<F: StorageFile> Scan<'_, F> {
                             return Ok(Some((valid_end, dirty_end)));
                         }
                         _ => {
-                            let why = match probe.proof {
+                            let why = match probe.proof.filter(|_| finding == Finding::ProvenDamage) {
                                 Some(at) => format!(
                                     "{}; the batch at {at} was appended after this position had been written completely",
                                     damage.reason

@@ -84,7 +84,7 @@ impl<S: Storage> Shard<S> {
         let mode = config.recovery;
         let (wal, mut recovery) = Wal::open_with(storage, config).await?;
         let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
-        let controls = read_controls(&wal, &recovery.batches, checkpoint.log_end).await?;
+        let controls = read_controls(&wal, &recovery.batches, checkpoint.log_end).await;
         let replayed = replay(ReplayInput {
             dir: &wal.config().dir,
             mode,
@@ -232,26 +232,30 @@ impl<S: Storage> Shard<S> {
 }
 
 /// The first byte of the value of every control batch at or past
-/// `replay_from` (the checkpoint's log end), by (segment, position): what
-/// replay needs to apply them, read before it so that it does no I/O.
+/// `replay_from` (the checkpoint's log end), by (segment, position), or why
+/// it could not be read: what replay needs to apply them, read before it so
+/// that it does no I/O. A batch replay drops or refuses is never applied,
+/// so its read error is kept for replay to raise only if it applies it.
 async fn read_controls<S: Storage>(
     wal: &Wal<S>,
     batches: &[RecoveredBatch],
     replay_from: (u64, u64),
-) -> Result<HashMap<(u64, u64), Option<u8>>> {
+) -> HashMap<(u64, u64), Result<Option<u8>>> {
     let mut controls = HashMap::new();
     for b in batches
         .iter()
         .filter(|b| b.header.flags & FLAG_CONTROL != 0 && (b.segment, b.position) >= replay_from)
     {
-        let batch = wal
+        let byte = wal
             .read_batch(b.segment, b.position, b.header.length)
-            .await?;
-        let byte = batch
-            .records()
-            .next()
-            .and_then(|r| r.value().first().copied());
+            .await
+            .map(|batch| {
+                batch
+                    .records()
+                    .next()
+                    .and_then(|r| r.value().first().copied())
+            });
         controls.insert((b.segment, b.position), byte);
     }
-    Ok(controls)
+    controls
 }
