@@ -69,6 +69,10 @@ pub struct Offsets {
 pub(crate) struct Partition {
     /// First readable offset.
     pub(crate) start: u64,
+    /// The start as far as the log (a delete-before's control batch) or the
+    /// checkpoint records it. Retention moves `start` past it in memory
+    /// only, until the next checkpoint. Invariant: `logged_start <= start`.
+    pub(crate) logged_start: u64,
     /// Next offset to be assigned.
     pub(crate) end: u64,
     /// End of the records an fdatasync has covered.

@@ -191,6 +191,7 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
         part.index.remove_before(part.start);
         part.high_watermark = part.end;
         part.acked_end = part.end;
+        part.logged_start = part.start;
         // Invariant: outside tolerate-any, every offset in [start, end) of
         // a replayed partition is in exactly one indexed batch. Only damage
         // the scan cannot see breaks it (an oldest segment file removed by

@@ -248,12 +248,13 @@ impl<F: StorageFile> Scan<'_, F> {
                 Step::Damage("non-zero bytes in commit padding".into())
             });
         }
+        // Read any batch the format allows, one that ends inside the
+        // segment: `max_batch_bytes` limits new appends only, and an
+        // earlier run may have written under a larger limit.
+        let room = self.expected_len.saturating_sub(pos) as usize;
         let want = peek_header(head)
             .map_or(BATCH_HEADER_LEN, |h| h.length as usize)
-            .clamp(
-                BATCH_HEADER_LEN,
-                self.config.max_batch_bytes.max(BATCH_HEADER_LEN),
-            );
+            .clamp(BATCH_HEADER_LEN, room.max(BATCH_HEADER_LEN));
         let bytes = self.window.get(pos, want).await?;
         Ok(match decode_batch(bytes, seed) {
             Ok(h) => match h.check_position(pos) {

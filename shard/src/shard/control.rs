@@ -48,33 +48,59 @@ impl<S: Storage> Shard<S> {
                 end: part.end,
                 high_watermark: part.high_watermark,
             };
-            match op {
+            // Nothing to log when the partition already ends at `offset`,
+            // or a logged start covers it; but what set that end or start
+            // may still wait for its fdatasync, and this call returns only
+            // once its effect is durable: the flush below covers it.
+            let noop = match op {
                 Control::Truncate if offset < o.start || offset > o.end => {
                     return Err(out_of_range(partition, offset, o))
                 }
                 Control::DeleteBefore if offset > o.end => {
                     return Err(out_of_range(partition, offset, o))
                 }
-                Control::Truncate if offset == o.end => return Ok(()),
-                Control::DeleteBefore if offset <= o.start => return Ok(()),
-                _ => {}
-            }
-            let info = BatchInfo {
-                partition,
-                base_offset: offset,
-                flags: FLAG_CONTROL,
-                ..BatchInfo::default()
+                Control::Truncate => offset == o.end,
+                // A start that retention moved is not logged yet: log this
+                // one, so that a crash keeps the start at `offset` at least.
+                Control::DeleteBefore => offset <= part.logged_start,
             };
-            self.wal.encode(info, &records, size, |_| {})?;
-            // A cached batch holding `offset` stays (it may not be written
-            // yet); reads stop where its index entry ends.
-            match op {
-                Control::Truncate => st.memtable.remove_from(partition, offset),
-                Control::DeleteBefore => st.memtable.remove_before(partition, offset),
+            if !noop {
+                self.log_control(st, partition, offset, op, &records, size)?;
             }
-            op.apply(part, offset);
         }
         self.wal.flush().await
+    }
+
+    /// Logs control batch `op` at `offset` of `partition` and applies it in
+    /// memory, with no await in between.
+    fn log_control(
+        &self,
+        st: &mut ShardState,
+        partition: u64,
+        offset: u64,
+        op: Control,
+        records: &[Record],
+        size: usize,
+    ) -> Result<()> {
+        let part = st.partitions.entry(partition).or_default();
+        let info = BatchInfo {
+            partition,
+            base_offset: offset,
+            flags: FLAG_CONTROL,
+            ..BatchInfo::default()
+        };
+        self.wal.encode(info, records, size, |_| {})?;
+        // A cached batch holding `offset` stays (it may not be written
+        // yet); reads stop where its index entry ends.
+        match op {
+            Control::Truncate => st.memtable.remove_from(partition, offset),
+            Control::DeleteBefore => {
+                st.memtable.remove_before(partition, offset);
+                part.logged_start = part.logged_start.max(offset);
+            }
+        }
+        op.apply(part, offset);
+        Ok(())
     }
 
     /// Applies the retention limits of the configuration: drops the oldest
@@ -161,7 +187,15 @@ impl<S: Storage> Shard<S> {
         checkpoint::write_temp(self.wal.storage(), self.config(), &checkpoint).await?;
         checkpoint::install(self.wal.storage(), self.config())
             .await
-            .map_err(|e| self.wal.fail(e))
+            .map_err(|e| self.wal.fail(e))?;
+        // The starts in the checkpoint are durable now, retention's too.
+        let mut st = self.state.borrow_mut();
+        for (p, &(start, _)) in &checkpoint.partitions {
+            if let Some(part) = st.partitions.get_mut(p) {
+                part.logged_start = part.logged_start.max(start);
+            }
+        }
+        Ok(())
     }
 
     async fn delete_unneeded_segments_now(&self) -> Result<()> {

@@ -244,6 +244,13 @@ impl<S: Storage> Committer<S> {
         bump(&c.commits, 1);
         c.max_commit_appends
             .set(c.max_commit_appends.get().max(done.appends));
+        // Invariant: groups complete in log order, one after another (an
+        // empty group is never written and hands its id to the next).
+        assert_eq!(
+            done.id,
+            inner.written.get() + 1,
+            "commit group completed out of log order"
+        );
         inner.state.borrow_mut().written_at = (done.segment, done.end);
         inner.written.advance(done.id);
         match inner.config.fsync {

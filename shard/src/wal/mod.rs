@@ -452,6 +452,16 @@ impl<S: Storage> Wal<S> {
                     "segment {segment} is being written and cannot be removed"
                 )));
             }
+            // Invariant: segments are removed oldest first, so the ones on
+            // disk stay contiguous (recovery refuses a hole).
+            assert!(
+                st.segments
+                    .keys()
+                    .next()
+                    .is_none_or(|&oldest| segment <= oldest),
+                "segment {segment} removed before older segment {:?}",
+                st.segments.keys().next()
+            );
             st.segments.remove(&segment)
         };
         let Some(file) = file else {

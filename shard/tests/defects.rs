@@ -1,0 +1,130 @@
+//! Regression tests for defects a review of the shard found (issue 15),
+//! one test each, written to fail before its fix.
+
+mod common;
+
+use common::{run, test_dir};
+use corelog_shard::{
+    sim::{CrashKind, Faults, SimDisk},
+    Record, Shard, ShardConfig,
+};
+
+/// Recovery must read any batch the format allows: `max_batch_bytes`
+/// limits new appends, not what an earlier run wrote. A directory written
+/// with large batches and reopened with a smaller limit keeps them all.
+#[test]
+fn batches_over_a_lowered_max_batch_bytes_survive_a_reopen() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut config = ShardConfig::new(&path);
+        config.segment_bytes = 16 << 20;
+        config.max_record_bytes = 4 << 20;
+        let big = 3 << 20;
+        let (shard, _) = Shard::open(config.clone()).await.unwrap();
+        for i in 0..3u8 {
+            shard.append(1, &[Record::new(vec![i; big])]).await.unwrap();
+        }
+        // Abandoned without a close, as a crash would leave it: the last
+        // segment is scanned on the next open.
+        drop(shard);
+        config.max_record_bytes = 1 << 20;
+        config.max_batch_bytes = 1 << 20;
+        let (shard, report) = Shard::open(config).await.unwrap();
+        assert!(report.torn_tail.is_none(), "{report:?}");
+        assert!(report.skipped.is_empty(), "{report:?}");
+        assert_eq!(shard.offsets(1).end, 3);
+        let last = shard.read(1, 2, usize::MAX).await.unwrap();
+        assert_eq!(last[0].value(), &vec![2u8; big][..]);
+        shard.close().await.unwrap();
+    });
+}
+
+const SIM_DIR: &str = "/sim/shard-000";
+
+fn sim_config() -> ShardConfig {
+    let mut c = ShardConfig::new(SIM_DIR);
+    c.segment_bytes = 64 << 10;
+    c.max_record_bytes = 8 << 10;
+    c.max_batch_bytes = 16 << 10;
+    c.max_write_bytes = 32 << 10;
+    c.memtable_bytes = 1 << 20;
+    c
+}
+
+/// Seeds of the simulated disk each test runs.
+const SEEDS: u64 = 20;
+
+/// A disk whose operations yield to other tasks before they complete, so
+/// that a write and its fdatasync are in flight while other tasks run.
+fn slow_disk() -> Faults {
+    Faults {
+        max_delay: 20,
+        ..Faults::default()
+    }
+}
+
+/// Ten records in partition 1, durable.
+async fn ten_records(disk: &SimDisk) -> Shard<SimDisk> {
+    let (shard, _) = Shard::open_with(disk.clone(), sim_config()).await.unwrap();
+    let records: Vec<Record> = (0..10u8).map(|i| Record::new(vec![i; 10])).collect();
+    shard.append(1, &records).await.unwrap();
+    shard
+}
+
+/// A control operation returns only when its effect is durable, even when
+/// an identical one issued just before it is still waiting for its
+/// fdatasync: otherwise a crash undoes what the second caller was told had
+/// succeeded.
+#[test]
+fn a_repeated_truncate_returns_only_once_it_is_durable() {
+    run(|| async {
+        for seed in 0..SEEDS {
+            let disk = SimDisk::new(seed, slow_disk());
+            let shard = ten_records(&disk).await;
+            let first = glommio::spawn_local({
+                let shard = shard.clone();
+                async move { shard.truncate(1, 5).await }
+            })
+            .detach();
+            // Let the first truncate log its control batch and start waiting.
+            futures_lite::future::yield_now().await;
+            assert_eq!(shard.offsets(1).end, 5, "applied in memory");
+            shard.truncate(1, 5).await.unwrap();
+            // The second caller was told the partition ends at 5: a crash now
+            // must keep that.
+            let crashed = disk.crash(CrashKind::DurableOnly);
+            let (reopened, _) = Shard::open_with(crashed, sim_config()).await.unwrap();
+            assert_eq!(reopened.offsets(1).end, 5, "seed {seed}");
+            drop(first);
+        }
+    });
+}
+
+/// The same for a delete-before at or below a start that retention (or an
+/// earlier delete-before still in flight) moved only in memory.
+#[test]
+fn a_repeated_delete_before_returns_only_once_it_is_durable() {
+    run(|| async {
+        for seed in 0..SEEDS {
+            let disk = SimDisk::new(seed, slow_disk());
+            let shard = ten_records(&disk).await;
+            let first = glommio::spawn_local({
+                let shard = shard.clone();
+                async move { shard.delete_before(1, 4).await }
+            })
+            .detach();
+            futures_lite::future::yield_now().await;
+            assert_eq!(shard.offsets(1).start, 4, "applied in memory");
+            shard.delete_before(1, 3).await.unwrap();
+            let crashed = disk.crash(CrashKind::DurableOnly);
+            let (reopened, _) = Shard::open_with(crashed, sim_config()).await.unwrap();
+            assert!(
+                reopened.offsets(1).start >= 3,
+                "seed {seed}: {:?}",
+                reopened.offsets(1)
+            );
+            drop(first);
+        }
+    });
+}
