@@ -160,20 +160,35 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
             }
         }
         if h.flags & FLAG_CONTROL != 0 {
-            let byte = match controls.get(&(b.segment, b.position)) {
-                Some(Ok(byte)) => *byte,
-                Some(Err(e)) => return Err(e.clone()),
-                None => None,
-            };
-            let Some(op) = byte.and_then(Control::from_byte) else {
-                debug_assert_eq!(decide(Finding::UnknownControl, mode), Action::Refuse);
-                return Err(Error::corrupted(
+            let damage = match controls.get(&(b.segment, b.position)) {
+                Some(Ok(byte)) => match byte.and_then(Control::from_byte) {
+                    Some(op) => {
+                        op.apply(part, h.base_offset);
+                        continue;
+                    }
+                    None => Error::corrupted(
+                        segment_path(dir, b.segment),
+                        b.position,
+                        format!("unknown control batch {:?}", Some(byte)),
+                    ),
+                },
+                Some(Err(e)) => e.clone(),
+                None => Error::corrupted(
                     segment_path(dir, b.segment),
                     b.position,
-                    format!("unknown control batch {:?}", Some(byte)),
-                ));
+                    "control batch not read before replay",
+                ),
             };
-            op.apply(part, h.base_offset);
+            if decide(Finding::DamagedControl, mode) != Action::Skip {
+                return Err(damage);
+            }
+            // Salvage: the operation is lost; the data around it is served.
+            out.skipped.push(Damage {
+                path: segment_path(dir, b.segment),
+                position: b.position,
+                bytes: u64::from(h.length),
+                reason: damage.to_string(),
+            });
             continue;
         }
         part.end = part.end.max(h.end_offset());
@@ -330,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_ahead_of_the_log_or_an_unknown_control_is_refused() {
+    fn a_checkpoint_ahead_of_the_log_or_an_unknown_control_is_refused_unless_salvaging() {
         let ahead = Checkpoint {
             log_end: (3, 4096),
             partitions: BTreeMap::from([(1, (0, 4))]),
@@ -347,10 +362,17 @@ mod tests {
         for mode in [
             RecoveryMode::TolerateTornTail,
             RecoveryMode::AbsoluteConsistency,
-            RecoveryMode::TolerateAnyCorruption,
         ] {
             assert!(run(mode, Checkpoint::default(), &unknown, &[((1, 4096), 9)]).is_err());
         }
+        let salvaged = run(
+            RecoveryMode::TolerateAnyCorruption,
+            Checkpoint::default(),
+            &unknown,
+            &[((1, 4096), 9)],
+        )
+        .expect("skips it");
+        assert!(salvaged.skipped[0].reason.contains("unknown control batch"));
     }
 
     #[test]

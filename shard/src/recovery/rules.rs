@@ -15,7 +15,7 @@
 //! | `CheckpointAhead`            | refuse           | refuse              | skip                  |
 //! | `Orphan`                     | drop             | refuse              | keep                  |
 //! | `OffsetGap`                  | refuse           | refuse              | keep                  |
-//! | `UnknownControl`             | refuse           | refuse              | refuse                |
+//! | `DamagedControl`             | refuse           | refuse              | skip                  |
 
 use crate::config::RecoveryMode;
 
@@ -53,8 +53,9 @@ pub(crate) enum Finding {
     Orphan,
     /// A batch past its partition's end outside the active segment.
     OffsetGap,
-    /// A control batch whose operation is unknown.
-    UnknownControl,
+    /// A control batch to replay that cannot be read back or names no
+    /// known operation.
+    DamagedControl,
 }
 
 impl Finding {
@@ -71,7 +72,7 @@ impl Finding {
         Finding::CheckpointAhead,
         Finding::Orphan,
         Finding::OffsetGap,
-        Finding::UnknownControl,
+        Finding::DamagedControl,
     ];
 }
 
@@ -96,7 +97,7 @@ pub(crate) fn decide(finding: Finding, mode: RecoveryMode) -> Action {
     use Finding::*;
     use RecoveryMode::*;
     match (finding, mode) {
-        (DamageAfterCleanShutdown | UnknownControl, _) => Refuse,
+        (DamageAfterCleanShutdown, _) => Refuse,
         (_, AbsoluteConsistency) => Refuse,
         (TornSegmentCreation, TolerateTornTail | TolerateAnyCorruption) => Drop,
         (TornTail, TolerateTornTail) => CutTail,
@@ -127,7 +128,7 @@ mod tests {
         (CheckpointAhead, [Refuse, Refuse, Skip]),
         (Orphan, [Drop, Refuse, Keep]),
         (OffsetGap, [Refuse, Refuse, Keep]),
-        (UnknownControl, [Refuse, Refuse, Refuse]),
+        (DamagedControl, [Refuse, Refuse, Skip]),
     ];
 
     #[test]
@@ -177,7 +178,7 @@ mod tests {
                 | CheckpointAhead
                 | Orphan
                 | OffsetGap
-                | UnknownControl => (),
+                | DamagedControl => (),
             };
         }
     }
