@@ -3,8 +3,7 @@
 
 use std::{
     fs::File,
-    io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{mpsc, Arc},
     time::Duration,
 };
@@ -16,6 +15,7 @@ use crate::{
     budget::ByteBudget,
     config::Config,
     error::{Error, Result},
+    layout,
     local::LocalShard,
     request::{Reply, Request},
     routing::shard_for,
@@ -24,8 +24,6 @@ use crate::{
 
 /// Name of the lock file in the data directory.
 const LOCK_FILE: &str = "LOCK";
-/// Name of the file that records the shard count.
-const LAYOUT_FILE: &str = "engine.layout";
 
 /// A running engine: one shard per core, each on its own thread.
 ///
@@ -74,8 +72,15 @@ impl Engine {
         let config = with_io_memory(config)?;
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io("create directory", &config.dir, e))?;
+        // The directory's own entry, if this created it, must survive a
+        // crash with everything written under it.
+        if let Some(parent) = config.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io("fsync directory", parent, e))?;
+        }
         let lock = lock_dir(&config.dir)?;
-        check_layout(&config.dir, config.shards)?;
+        layout::check(&config.dir, config.shards)?;
         let cores: Vec<usize> = core_affinity::get_core_ids()
             .unwrap_or_default()
             .into_iter()
@@ -257,42 +262,6 @@ fn lock_dir(dir: &Path) -> Result<File> {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
-    }
-}
-
-/// Records the shard count on first open; refuses another count later.
-fn check_layout(dir: &Path, shards: usize) -> Result<()> {
-    let path: PathBuf = dir.join(LAYOUT_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let found = text
-                .trim()
-                .strip_prefix("shards=")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| Error::Corrupted {
-                    path: path.clone(),
-                    position: 0,
-                    reason: format!("expected `shards=N`, found {text:?}"),
-                })?;
-            if found != shards {
-                return Err(Error::ShardCountMismatch {
-                    dir: dir.to_path_buf(),
-                    found,
-                    configured: shards,
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-            f.write_all(format!("shards={shards}\n").as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| Error::io("write", &path, e))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io("fsync directory", dir, e))
-        }
-        Err(e) => Err(Error::io("read", &path, e)),
     }
 }
 

@@ -25,6 +25,7 @@ mod budget;
 mod config;
 mod engine;
 mod error;
+mod layout;
 mod local;
 mod request;
 mod routing;

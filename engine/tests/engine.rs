@@ -322,3 +322,28 @@ fn code_on_a_shard_uses_the_local_fast_path() {
     assert_eq!(block_on(log.offsets(foreign)).unwrap().end, 0);
     engine.close().unwrap();
 }
+
+/// The layout file is written atomically, with a magic, a version and the
+/// routing scheme. An empty one, which a crash during the first open could
+/// leave before it was written atomically, no longer makes every later
+/// open fail; the first format (`shards=N`) still opens.
+#[test]
+fn the_layout_file_is_atomic_versioned_and_read_in_both_formats() {
+    let dir = test_dir();
+    std::fs::write(dir.path().join("engine.layout"), b"").unwrap();
+    Engine::open(config(dir.path())).unwrap().close().unwrap();
+    let text = std::fs::read_to_string(dir.path().join("engine.layout")).unwrap();
+    assert_eq!(
+        text,
+        "corelog-layout 1\nshards=2\nrouting=fibonacci-multiply-shift\n"
+    );
+    assert!(!dir.path().join("engine.layout.tmp").exists());
+    // An empty layout beside shard directories is damage, named as such.
+    std::fs::write(dir.path().join("engine.layout"), b"").unwrap();
+    assert!(matches!(
+        Engine::open(config(dir.path())),
+        Err(Error::Corrupted { path, .. }) if path.ends_with("engine.layout")
+    ));
+    std::fs::write(dir.path().join("engine.layout"), b"shards=2\n").unwrap();
+    Engine::open(config(dir.path())).unwrap().close().unwrap();
+}

@@ -220,6 +220,7 @@ impl<F: StorageFile> Scan<'_, F> {
     /// Classifies the bytes at `pos`.
     async fn step(&mut self, pos: u64, seed: u32) -> Result<Step> {
         let block_end = align_up(pos + 1);
+        let room = self.window.file_len.saturating_sub(pos) as usize;
         let head = self.window.get(pos, BATCH_HEADER_LEN).await?;
         if head.len() < 4 {
             let len = self.window.file_len;
@@ -248,10 +249,9 @@ impl<F: StorageFile> Scan<'_, F> {
                 Step::Damage("non-zero bytes in commit padding".into())
             });
         }
-        // Read any batch the format allows, one that ends inside the
-        // segment: `max_batch_bytes` limits new appends only, and an
-        // earlier run may have written under a larger limit.
-        let room = self.expected_len.saturating_sub(pos) as usize;
+        // Read any batch the file can hold: `max_batch_bytes` limits new
+        // appends only, and an earlier run may have written under a larger
+        // limit. (A length past the end of the file reads as cut short.)
         let want = peek_header(head)
             .map_or(BATCH_HEADER_LEN, |h| h.length as usize)
             .clamp(BATCH_HEADER_LEN, room.max(BATCH_HEADER_LEN));

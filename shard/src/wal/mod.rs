@@ -122,6 +122,11 @@ impl<S: Storage> Wal<S> {
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
         config.validate()?;
         storage.prepare_dir(&config.dir).await?;
+        // The shard directory's entry in its parent, if the line above
+        // created it, is durable only once the parent is synced.
+        if let Some(parent) = config.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            storage.sync_dir(parent).await?;
+        }
         let clean_end = clean_marker::take(&storage, &config).await?;
         let spare = spare_path(&config.dir);
         if storage
