@@ -81,6 +81,11 @@ pub(crate) struct Partition {
     pub(crate) index: OffsetIndex,
     /// Ends of appended batches not yet known durable: (commit group, end).
     pub(crate) pending: VecDeque<(u64, u64)>,
+    /// Ends of appended batches not yet acknowledged: (commit group, end),
+    /// in log order. A truncation clamps them, so an append cut by one
+    /// acknowledges only what is left of its offsets, never offsets that a
+    /// later append took over and that may still wait for their commit.
+    pub(crate) unacked: VecDeque<(u64, u64)>,
     /// End of the appends acknowledged so far (their policy was met).
     pub(crate) acked_end: u64,
     /// Tasks waiting in [`Shard::wait_for`] for `acked_end` to move.
@@ -105,12 +110,20 @@ impl Partition {
         }
     }
 
-    /// Records that appends up to `end` are acknowledged, waking tail
+    /// Records that commit group `group` met the fsync policy: the appends
+    /// it and every earlier group carried are acknowledged. Wakes tail
     /// readers.
-    pub(crate) fn acknowledge(&mut self, end: u64) {
-        // An append that completes after a truncation acknowledges offsets
-        // that are gone.
-        let end = end.min(self.end);
+    pub(crate) fn acknowledge(&mut self, group: u64) {
+        let mut end = self.acked_end;
+        while let Some(&(g, e)) = self.unacked.front() {
+            if g > group {
+                break;
+            }
+            end = end.max(e);
+            self.unacked.pop_front();
+        }
+        // Invariant: only offsets that exist are acknowledged.
+        debug_assert!(end <= self.end, "acknowledged past the end");
         if end > self.acked_end {
             self.acked_end = end;
             for w in self.tail_waiters.drain(..) {
@@ -127,7 +140,7 @@ impl Partition {
         self.high_watermark = self.high_watermark.min(from);
         // A pending batch past the cut still carries the offsets before it:
         // when its group is durable, so are they (up to `from`).
-        for (_, end) in self.pending.iter_mut() {
+        for (_, end) in self.pending.iter_mut().chain(self.unacked.iter_mut()) {
             *end = (*end).min(from);
         }
     }

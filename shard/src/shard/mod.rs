@@ -151,6 +151,7 @@ impl<S: Storage> Shard<S> {
                 .encode(info, records, size, |bytes| kept = Some(bytes.to_vec()))?;
             part.end = a.base_offset + u64::from(a.record_count);
             part.pending.push_back((a.group, part.end));
+            part.unacked.push_back((a.group, part.end));
             part.index.push(IndexEntry::new(
                 a.base_offset,
                 a.segment,
@@ -172,7 +173,7 @@ impl<S: Storage> Shard<S> {
             let mut st = self.state.borrow_mut();
             st.memtable.evict(written);
             if let Some(part) = st.partitions.get_mut(&partition) {
-                part.acknowledge(appended.base_offset + u64::from(appended.record_count));
+                part.acknowledge(appended.group);
             }
             let active = self.wal.stats().active_segment;
             std::mem::replace(&mut st.retention_checked, active) != active
