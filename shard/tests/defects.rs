@@ -217,10 +217,84 @@ fn fetch_never_returns_a_record_whose_append_is_not_acknowledged() {
             let fetched = follower.await.unwrap().unwrap();
             // Whatever the follower got at offset 3 and on was acknowledged.
             if fetched.first().is_some_and(|r| r.value().starts_with(b"c")) {
-                assert!(c_done.get(), "seed {seed}: fetch served C before its append was acknowledged");
+                assert!(
+                    c_done.get(),
+                    "seed {seed}: fetch served C before its append was acknowledged"
+                );
             }
             let _ = (append_a.await, truncate.await, append_c.await);
             assert!(a_done.get());
         }
+    });
+}
+
+/// The batches of a segment file, control batches too, found by walking
+/// headers: (position, length, flags).
+fn walk_batches(bytes: &[u8]) -> Vec<(usize, usize, u16)> {
+    let mut out = Vec::new();
+    let mut pos = 4096;
+    while pos + 64 <= bytes.len() {
+        match corelog_shard::internals::peek_header(&bytes[pos..]) {
+            Some(h) if h.length >= 64 && h.magic == corelog_shard::internals::BATCH_MAGIC => {
+                out.push((pos, h.length as usize, h.flags));
+                pos += h.length as usize;
+            }
+            _ => pos = (pos / 4096 + 1) * 4096,
+        }
+    }
+    out
+}
+
+/// Recovery decides before it writes: an open that is refused leaves the
+/// files as they were (nothing erased, the clean-shutdown marker kept), so
+/// that a salvage can still read what the refusal protected.
+#[test]
+fn a_refused_open_changes_nothing_on_disk() {
+    use corelog_shard::{Error, RecoveryMode};
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let mut config = common::small_config(&path, corelog_shard::FsyncPolicy::Always);
+        let (shard, _) = Shard::open(config.clone()).await.unwrap();
+        for i in 0..120u32 {
+            let value = vec![(i % 251) as u8; 1000];
+            shard.append(1, &[Record::new(value)]).await.unwrap();
+        }
+        // Deletes the first segment, so a checkpoint records the log up to
+        // just after this delete-before's control batch.
+        shard.delete_before(1, 100).await.unwrap();
+        drop(shard);
+        let segments: Vec<_> = {
+            let mut v: Vec<_> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+                .collect();
+            v.sort();
+            v
+        };
+        let last = segments.last().unwrap().clone();
+        let mut bytes = std::fs::read(&last).unwrap();
+        let &(pos, _, flags) = walk_batches(&bytes).last().unwrap();
+        assert_eq!(flags, 1, "the delete-before's control batch ends the log");
+        // Damage it: the scan cuts it as a torn tail, then the checkpoint,
+        // which accounts for it, proves that synced data was lost.
+        bytes[pos + 70] ^= 0xFF;
+        std::fs::write(&last, &bytes).unwrap();
+        let refused = Shard::open(config.clone()).await.err();
+        assert!(
+            matches!(refused, Some(Error::Corrupted { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            std::fs::read(&last).unwrap() == bytes,
+            "a refused open erased bytes of {}",
+            last.display()
+        );
+        config.recovery = RecoveryMode::TolerateAnyCorruption;
+        let (shard, report) = Shard::open(config).await.unwrap();
+        assert!(!report.skipped.is_empty(), "{report:?}");
+        assert_eq!(shard.offsets(1).end, 120);
+        shard.close().await.unwrap();
     });
 }

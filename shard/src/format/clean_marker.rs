@@ -1,7 +1,8 @@
 //! The clean-shutdown marker: written last by a clean close, it names the
 //! last segment and where its data ends, so the next open can skip probing
 //! the tail. It speaks for one restart only: the open that reads it removes
-//! it, so a crash after that open never looks clean.
+//! it once it has accepted the log, so a crash after that open never looks
+//! clean, and an open refused for damage keeps it for the next try.
 //!
 //! Layout (little-endian), one block:
 //!
@@ -60,12 +61,12 @@ pub(crate) async fn write<S: Storage>(
     storage.sync_dir(&config.dir).await
 }
 
-/// Reads and removes the marker. Returns the last segment and the aligned
-/// end of its data when the marker is there and valid.
-pub(crate) async fn take<S: Storage>(
+/// Reads the marker without removing it: `None` when there is none, else
+/// the last segment and the aligned end of its data, when it is valid.
+pub(crate) async fn read<S: Storage>(
     storage: &S,
     config: &ShardConfig,
-) -> Result<Option<(u64, u64)>> {
+) -> Result<Option<Option<(u64, u64)>>> {
     if !storage.list(&config.dir).await?.iter().any(|n| n == FILE) {
         return Ok(None);
     }
@@ -78,7 +79,13 @@ pub(crate) async fn take<S: Storage>(
     let marker = valid.then(|| (u64_at(&bytes, 8), u64_at(&bytes, 16)));
     drop(bytes);
     file.close().await?;
-    storage.remove(&path).await?;
-    storage.sync_dir(&config.dir).await?;
-    Ok(marker)
+    Ok(Some(marker))
+}
+
+/// Removes the marker, durably. The open that read it does so once it has
+/// accepted the log: the marker speaks for one restart only, so a crash
+/// after that open must not look clean.
+pub(crate) async fn remove<S: Storage>(storage: &S, config: &ShardConfig) -> Result<()> {
+    storage.remove(&config.dir.join(FILE)).await?;
+    storage.sync_dir(&config.dir).await
 }

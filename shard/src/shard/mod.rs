@@ -82,7 +82,8 @@ impl<S: Storage> Shard<S> {
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, RecoveryReport)> {
         let memtable_bytes = config.memtable_bytes;
         let mode = config.recovery;
-        let (wal, mut recovery) = Wal::open_with(storage, config).await?;
+        // Nothing on disk changes until replay accepted what recovery found.
+        let (wal, mut recovery) = Wal::recover_with(storage, config).await?;
         let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
         let controls = read_controls(&wal, &recovery.batches, checkpoint.log_end).await;
         let replayed = replay(ReplayInput {
@@ -94,6 +95,7 @@ impl<S: Storage> Shard<S> {
             batches: &recovery.batches,
             controls: &controls,
         })?;
+        wal.finish_open().await?;
         recovery.report.skipped.extend(replayed.skipped);
         recovery.report.orphaned.extend(replayed.orphaned);
         let shard = Shard {

@@ -6,14 +6,13 @@
 
 mod close;
 mod committer;
+mod open;
 mod read;
 mod roll;
 mod state;
 mod watermark;
 
 use std::{
-    cell::RefCell,
-    collections::VecDeque,
     path::PathBuf,
     rc::Rc,
     time::{SystemTime, UNIX_EPOCH},
@@ -24,18 +23,14 @@ use crate::{
     error::{Error, Result},
     format::{
         batch::{encode_batch, encoded_batch_len, BatchInfo, RecoveredBatch, FLAG_CONTROL},
-        clean_marker,
         record::Record,
-        segment::{align_up, crc_seed, spare_path, BLOCK_SIZE},
+        segment::{align_up, crc_seed, BLOCK_SIZE},
         sidecar,
     },
-    recovery::{recover, RecoveryReport},
-    stats::{bump, Counters, ShardStats},
+    recovery::RecoveryReport,
+    stats::{bump, ShardStats},
     storage::{dma::DmaStorage, IoBuffer, Storage, StorageFile},
-    wal::{
-        state::{Group, Inner, State},
-        watermark::{Signal, Watermark},
-    },
+    wal::state::{Inner, State},
 };
 
 /// Where an acknowledged batch lives.
@@ -118,93 +113,13 @@ impl Wal<DmaStorage> {
 }
 
 impl<S: Storage> Wal<S> {
-    /// Opens the shard on the given storage.
+    /// Opens the shard on the given storage: recovers it, then finishes
+    /// the open at once (see [`Wal::finish_open`]).
+    #[cfg(any(test, feature = "internals"))]
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
-        config.validate()?;
-        storage.prepare_dir(&config.dir).await?;
-        // The shard directory's entry in its parent, if the line above
-        // created it, is durable only once the parent is synced.
-        if let Some(parent) = config.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            storage.sync_dir(parent).await?;
-        }
-        let clean_end = clean_marker::take(&storage, &config).await?;
-        let spare = spare_path(&config.dir);
-        if storage
-            .list(&config.dir)
-            .await?
-            .iter()
-            .any(|n| config.dir.join(n) == spare)
-        {
-            storage.remove(&spare).await?;
-        }
-        let recovered = recover(&storage, &config, clean_end).await?;
-        let (segment, start) = match &recovered.tail {
-            Some(t) => {
-                // Invariant: only sealed segments have a sidecar. The tail is
-                // appended to again, so a sidecar a clean shutdown left for
-                // it would describe only its old batches; if its successor
-                // at the next seal were lost, a restart would trust it and
-                // miss the new ones.
-                sidecar::remove(&storage, &config, t.sequence).await?;
-                if t.writable {
-                    let file = &recovered.segments.last().expect("tail has a segment").1;
-                    roll::zero_range(&storage, &**file, t.valid_end, t.dirty_end).await?;
-                    // What recovery found is durable from here on.
-                    file.fdatasync().await?;
-                    (t.sequence, align_up(t.valid_end))
-                } else {
-                    // Left as found: starting at its end makes the first
-                    // append roll to a new segment.
-                    (t.sequence, config.segment_bytes)
-                }
-            }
-            // No segment yet: the first append rolls into segment 1.
-            None => (0, 0),
-        };
-        let unsealed = recovered
-            .batches
-            .iter()
-            .filter(|b| b.segment == segment)
-            .copied()
-            .collect();
-        let state = State {
-            unsealed,
-            segments: recovered.segments.into_iter().collect(),
-            open: Group::new(1, segment, start),
-            sealed: VecDeque::new(),
-            pending_bytes: 0,
-            sync_target: 0,
-            failed: None,
-            closing: false,
-            spare: None,
-            committer: None,
-            damaged_tail: recovered
-                .tail
-                .as_ref()
-                .filter(|t| !t.writable)
-                .map(|t| t.sequence),
-            written_at: (segment, start),
-            durable_at: (segment, start),
-        };
-        let inner = Rc::new(Inner {
-            config,
-            storage,
-            state: RefCell::new(state),
-            written: Watermark::default(),
-            durable: Watermark::default(),
-            work: Signal::default(),
-            counters: Counters::default(),
-        });
-        committer::start(&inner);
-        let recovery = Recovery {
-            report: recovered.report,
-            batches: recovered.batches,
-        };
-        let shard = Wal {
-            _owner: Rc::new(Owner(inner.clone())),
-            inner,
-        };
-        Ok((shard, recovery))
+        let (wal, recovery) = Self::recover_with(storage, config).await?;
+        wal.finish_open().await?;
+        Ok((wal, recovery))
     }
 
     /// The storage the WAL runs on.

@@ -38,7 +38,7 @@ pub(super) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) {
         bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
         write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
         if config.prezero_segments && config.fsync != FsyncPolicy::Never {
-            zero_range(storage, &file, BLOCK_SIZE, config.segment_bytes).await?;
+            zero_range(storage, &file, BLOCK_SIZE, config.segment_bytes, None).await?;
         } else {
             file.fdatasync().await?;
         }
@@ -50,29 +50,37 @@ pub(super) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) {
     inner.state.borrow_mut().spare = Some(task);
 }
 
-/// Writes zeros over `[from, to)`, preserving the bytes before `from` in its
-/// block, then syncs. Used to pre-zero segments and to erase the garbage a
+/// Writes zeros over `[from, to)`, with `kept` (the bytes before `from` in
+/// its block, which the caller read and verified) written back before them,
+/// then syncs. Used to pre-zero segments and to erase the garbage a
 /// torn write left after the recovered tail.
 pub(super) async fn zero_range<S: Storage>(
     storage: &S,
     file: &S::File,
     from: u64,
     to: u64,
+    kept: Option<&[u8]>,
 ) -> Result<()> {
     if to <= from {
         return Ok(());
     }
     let mut pos = from - from % BLOCK_SIZE;
     let keep = (from - pos) as usize;
+    // Invariant: bytes before `from` in its block are written back as the
+    // caller read and verified them, never as a second read returns them.
+    assert_eq!(
+        kept.map_or(0, <[u8]>::len),
+        keep,
+        "zero_range needs the verified bytes before {from}"
+    );
     let chunk_max: u64 = 1 << 20;
     while pos < to {
         let len = chunk_max.min(align_up(to) - pos) as usize;
         let mut buf = storage.alloc(len);
         let bytes = buf.as_mut_slice();
         bytes.fill(0);
-        if keep > 0 && pos < from {
-            let old = file.read_at(pos, BLOCK_SIZE as usize).await?;
-            bytes[..keep].copy_from_slice(&old[..keep]);
+        if let Some(kept) = kept.filter(|_| pos < from) {
+            bytes[..keep].copy_from_slice(kept);
         }
         write_all(file, buf, len, pos).await?;
         pos += len as u64;

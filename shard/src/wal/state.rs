@@ -112,9 +112,35 @@ pub(super) struct State<F: StorageFile> {
     /// it is never appended to, and a close while it is still the last one
     /// leaves no clean-shutdown marker, so the next open scans it again.
     pub(super) damaged_tail: Option<u64>,
+    /// What the open still has to do once its caller accepted what
+    /// recovery found (see `Wal::finish_open`).
+    pub(super) finish: Option<OpenFinish>,
     /// Segment and position written, and made durable.
     pub(super) written_at: (u64, u64),
     pub(super) durable_at: (u64, u64),
+}
+
+/// The writes an open defers until its caller accepted what recovery found.
+#[derive(Debug)]
+pub(super) struct OpenFinish {
+    /// A clean-shutdown marker was read; it is removed.
+    pub(super) clean_marker: bool,
+    /// The last segment, appended to again.
+    pub(super) tail: Option<TailFinish>,
+}
+
+/// The last segment as recovery left it.
+#[derive(Debug)]
+pub(super) struct TailFinish {
+    pub(super) sequence: u64,
+    /// End of the last valid batch.
+    pub(super) valid_end: u64,
+    /// End of the non-zero bytes after it, to erase.
+    pub(super) dirty_end: u64,
+    /// Appends go on in it; else it is left as found.
+    pub(super) writable: bool,
+    /// Position of the last valid batch of the segment, if any.
+    pub(super) last_batch: Option<u64>,
 }
 
 /// Bytes queued for writing beyond which appends wait.
