@@ -315,7 +315,9 @@ impl Handle {
         .await
     }
 
-    /// Exactly the records in `[start, end)`.
+    /// Exactly the records in `[start, end)`; only the first of them when a
+    /// truncate or delete-before crossed the read while it waited for the
+    /// disk (what existed when it started, never a mix).
     pub async fn read_range(
         &self,
         partition: u64,

@@ -66,7 +66,9 @@ impl LocalShard {
         Ok(self.shard.read(partition, offset, max_bytes).await?)
     }
 
-    /// Exactly the records in `[start, end)`.
+    /// Exactly the records in `[start, end)`; only the first of them when a
+    /// truncate or delete-before crossed the read while it waited for the
+    /// disk (what existed when it started, never a mix).
     pub async fn read_range(
         &self,
         partition: u64,

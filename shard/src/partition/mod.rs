@@ -88,7 +88,10 @@ pub(crate) struct Partition {
     pub(crate) unacked: VecDeque<(u64, u64)>,
     /// End of the appends acknowledged so far (their policy was met).
     pub(crate) acked_end: u64,
-    /// Tasks waiting in [`Shard::wait_for`] for `acked_end` to move.
+    /// Truncations applied so far: a read that a truncation crossed ends
+    /// with what it read before it.
+    pub(crate) truncations: u64,
+    /// Tasks waiting in `Shard::wait_for` for `acked_end` to move.
     pub(crate) tail_waiters: Vec<Waker>,
 }
 
@@ -134,6 +137,7 @@ impl Partition {
 
     /// Removes the offsets from `from` on.
     pub(crate) fn truncate(&mut self, from: u64) {
+        self.truncations += 1;
         self.index.truncate(from);
         self.acked_end = self.acked_end.min(from);
         self.end = from;

@@ -99,7 +99,9 @@ impl<S: Storage> Shard<S> {
         self.collect(partition, offset, o.end, max_bytes).await
     }
 
-    /// Exactly the records of `partition` in `[start, end)`.
+    /// Exactly the records of `partition` in `[start, end)`; only the first
+    /// of them when a truncate or delete-before crossed the read while it
+    /// waited for the disk (what existed when it started, never a mix).
     pub async fn read_range(
         &self,
         partition: u64,
@@ -126,7 +128,20 @@ impl<S: Storage> Shard<S> {
         let mut out = Vec::with_capacity((stop - from).min(4096) as usize);
         let mut bytes = 0usize;
         let mut next = from;
+        let started = self.truncations(partition);
         while next < stop && (out.is_empty() || bytes < max_bytes) {
+            if next > from {
+                // Other operations ran while this read waited for the disk.
+                // After a truncation, or a delete-before past `next`, what is
+                // left is not what existed when the read started: it ends
+                // with what it has (never empty: the first step returns the
+                // batch holding `from`).
+                let o = self.offsets(partition);
+                if self.truncations(partition) != started || next < o.start || next >= o.end {
+                    debug_assert!(!out.is_empty(), "the first step returned a record");
+                    return Ok(out);
+                }
+            }
             let want = max_bytes.saturating_sub(bytes) as u64;
             for (batch, batch_end) in self.batches_at(partition, next, want).await? {
                 let end = batch_end.min(stop);
@@ -148,6 +163,12 @@ impl<S: Storage> Shard<S> {
             }
         }
         Ok(out)
+    }
+
+    /// Truncations applied to `partition` so far.
+    fn truncations(&self, partition: u64) -> u64 {
+        let st = self.state.borrow();
+        st.partitions.get(&partition).map_or(0, |p| p.truncations)
     }
 
     /// Checks that `offset` can be read in `partition`; returns its offsets.
