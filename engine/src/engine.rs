@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     path::Path,
-    sync::{mpsc, Arc},
+    sync::{mpsc, Arc, OnceLock},
     time::Duration,
 };
 
@@ -41,6 +41,8 @@ pub struct Handle {
     senders: Arc<[async_channel::Sender<Request>]>,
     /// Per shard, the bytes of appends in flight.
     budgets: Arc<[ByteBudget]>,
+    /// Per shard, the message of a panic that stopped it.
+    panics: Arc<[Arc<OnceLock<String>>]>,
 }
 
 /// Counters of every shard, with what its recovery did on open.
@@ -126,11 +128,16 @@ impl Engine {
             });
         }
         let senders = threads.iter().map(|t| t.sender.clone()).collect();
+        let panics = threads.iter().map(|t| t.panicked.clone()).collect();
         let budgets = (0..config.shards)
             .map(|_| ByteBudget::new(config.max_inflight_bytes))
             .collect();
         Ok(Engine {
-            handle: Handle { senders, budgets },
+            handle: Handle {
+                senders,
+                budgets,
+                panics,
+            },
             threads,
             _lock: lock,
         })
@@ -163,9 +170,9 @@ impl Engine {
         for t in &threads {
             t.sender.close();
         }
-        for t in threads {
+        for (shard, t) in threads.into_iter().enumerate() {
             let result = t.join.join().map_err(|e| Error::Runtime {
-                shard: 0,
+                shard,
                 reason: e.to_string(),
             });
             if let Err(e) = result.and_then(|r| r) {
@@ -272,8 +279,20 @@ impl Handle {
         self.senders[shard]
             .send(request(tx))
             .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+            .map_err(|_| self.stopped(shard))?;
+        rx.await.map_err(|_| self.stopped(shard))?
+    }
+
+    /// The error for a call that shard `shard` will not answer: it
+    /// panicked, or the engine is closed.
+    fn stopped(&self, shard: usize) -> Error {
+        match self.panics[shard].get() {
+            Some(message) => Error::ShardPanicked {
+                shard,
+                message: message.clone(),
+            },
+            None => Error::Closed,
+        }
     }
 
     fn shard(&self, partition: u64) -> usize {
@@ -386,11 +405,12 @@ impl Handle {
                 let _ = tx.send(task(shard).await);
             })
         });
-        self.senders[self.shard(partition)]
+        let shard = self.shard(partition);
+        self.senders[shard]
             .send(Request::Run(local))
             .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)
+            .map_err(|_| self.stopped(shard))?;
+        rx.await.map_err(|_| self.stopped(shard))
     }
 
     /// Waits until the end of `partition` passes `offset` (an acknowledged

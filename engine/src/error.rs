@@ -105,6 +105,18 @@ pub enum Error {
     #[error("the shard stopped after an earlier failure: {0}")]
     Failed(Arc<Error>),
 
+    /// A shard's thread panicked: a bug in corelog. The shard stopped
+    /// without a clean shutdown; its partitions are unavailable until the
+    /// engine is reopened, which recovers them as after a crash. Please
+    /// report the message.
+    #[error("shard {shard} stopped after a panic (a bug in corelog; reopen to recover, and please report it): {message}")]
+    ShardPanicked {
+        /// The shard.
+        shard: usize,
+        /// The panic's message.
+        message: String,
+    },
+
     /// Another process holds the data directory.
     #[error("{} is locked by another process; stop it or use another directory", path.display())]
     Locked {

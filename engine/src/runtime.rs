@@ -5,10 +5,13 @@
 use std::{
     cell::Cell,
     future::poll_fn,
+    panic::AssertUnwindSafe,
     rc::Rc,
-    sync::mpsc,
+    sync::{mpsc, Arc, OnceLock},
     task::{Poll, Waker},
 };
+
+use futures_lite::FutureExt;
 
 use corelog_shard::Shard;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
@@ -24,6 +27,8 @@ use crate::{
 pub(crate) struct ShardThread {
     pub sender: async_channel::Sender<Request>,
     pub join: ExecutorJoinHandle<Result<()>>,
+    /// Set, once, to the message of a panic that stopped the shard.
+    pub panicked: Arc<OnceLock<String>>,
 }
 
 /// Starts shard `id` on its thread; it reports on `ready` once recovered.
@@ -39,6 +44,8 @@ pub(crate) fn start(
         _ => Placement::Unbound,
     };
     let shard_config = config.shard_config(id);
+    let panicked = Arc::new(OnceLock::new());
+    let shard_panicked = panicked.clone();
     let shards = config.shards;
     let join = LocalExecutorBuilder::new(placement)
         .name(&format!("corelog-shard-{id}"))
@@ -57,29 +64,76 @@ pub(crate) fn start(
             };
             let _ = ready.send((id, Ok(())));
             let local = LocalShard::new(shard.clone(), id, shards);
-            serve(shard, local, Rc::new(report), receiver).await
+            let stop = Stop {
+                id,
+                panicked: shard_panicked,
+            };
+            serve(shard, local, Rc::new(report), receiver, stop).await
         })
         .map_err(|e| Error::Runtime {
             shard: id,
             reason: e.to_string(),
         })?;
-    Ok(ShardThread { sender, join })
+    Ok(ShardThread {
+        sender,
+        join,
+        panicked,
+    })
+}
+
+/// Where a shard records the panic that stops it.
+struct Stop {
+    id: usize,
+    panicked: Arc<OnceLock<String>>,
+}
+
+impl Stop {
+    /// The error for the callers of a shard that panicked, if it did.
+    fn error(&self) -> Option<Error> {
+        self.panicked.get().map(|message| Error::ShardPanicked {
+            shard: self.id,
+            message: message.clone(),
+        })
+    }
 }
 
 /// Serves requests until the queue is closed and drained, waits for the
 /// requests in progress, then closes the shard.
+///
+/// A request whose task panics (a bug) stops the shard: the panic is
+/// recorded (callers then get [`Error::ShardPanicked`]), the queue is
+/// closed, requests still queued are dropped, and the shard is abandoned
+/// without a clean shutdown, since its state in memory can no longer be
+/// trusted; the next open recovers it as after a crash.
 async fn serve(
     shard: Shard,
     local: LocalShard,
     report: Rc<corelog_shard::RecoveryReport>,
     receiver: async_channel::Receiver<Request>,
+    stop: Stop,
 ) -> Result<()> {
     let in_progress = Rc::new(InProgress::default());
+    let stop = Rc::new(stop);
     while let Ok(request) = receiver.recv().await {
+        if stop.panicked.get().is_some() {
+            // Dropped: its caller sees the panic.
+            continue;
+        }
         let (shard, local, report) = (shard.clone(), local.clone(), report.clone());
-        let guard = in_progress.enter();
+        let (stop, receiver, guard) = (stop.clone(), receiver.clone(), in_progress.enter());
         glommio::spawn_local(async move {
-            handle(&shard, local, &report, request).await;
+            let done = AssertUnwindSafe(handle(&shard, local, &report, request))
+                .catch_unwind()
+                .await;
+            if let Err(payload) = done {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                let _ = stop.panicked.set(message);
+                receiver.close();
+            }
             drop(guard);
         })
         .detach();
@@ -88,6 +142,9 @@ async fn serve(
     // whole timeout.
     shard.release_waiters();
     in_progress.idle().await;
+    if let Some(e) = stop.error() {
+        return Err(e);
+    }
     Ok(shard.close().await?)
 }
 

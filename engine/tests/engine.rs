@@ -347,3 +347,30 @@ fn the_layout_file_is_atomic_versioned_and_read_in_both_formats() {
     std::fs::write(dir.path().join("engine.layout"), b"shards=2\n").unwrap();
     Engine::open(config(dir.path())).unwrap().close().unwrap();
 }
+
+/// A panic in a shard's task (a bug) leaves no caller waiting: the call
+/// that hit it, every later call to that shard and `close` get an error
+/// naming the shard; the other shards go on.
+#[test]
+fn a_panic_on_a_shard_fails_its_callers_and_close_with_the_shard_named() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let shard = corelog::shard_for(1, 2);
+    let other = (0..64u64)
+        .find(|&p| corelog::shard_for(p, 2) != shard)
+        .unwrap();
+    let hit = block_on(log.run_on_shard(1, |_| async {
+        if true {
+            panic!("a bug in the shard");
+        }
+    }));
+    let named = |r: &Result<(), Error>| matches!(r, Err(Error::ShardPanicked { shard: s, message }) if *s == shard && message.contains("a bug in the shard"));
+    assert!(named(&hit), "{hit:?}");
+    let later = block_on(log.append(1, vec![Record::new(b"x".to_vec())])).map(|_| ());
+    assert!(named(&later), "{later:?}");
+    // The other shard still serves.
+    block_on(log.append(other, vec![Record::new(b"y".to_vec())])).unwrap();
+    let closed = engine.close();
+    assert!(named(&closed), "{closed:?}");
+}
