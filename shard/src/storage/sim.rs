@@ -98,6 +98,17 @@ struct Inode {
     pending: Vec<Pending>,
 }
 
+/// Panics unless an O_DIRECT operation's position and length are
+/// multiples of the block size.
+fn assert_aligned(op: &str, path: &Path, pos: u64, len: usize) {
+    let block = crate::storage::BLOCK_SIZE;
+    assert!(
+        pos.is_multiple_of(block) && (len as u64).is_multiple_of(block),
+        "{op} of {len} bytes at {pos} in {} is not block-aligned, as O_DIRECT requires",
+        path.display()
+    );
+}
+
 /// A write not yet durable.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -107,6 +118,9 @@ struct Pending {
     /// The write completed (its caller saw the result). An fdatasync
     /// covers only writes completed before it was issued.
     done: bool,
+    /// Where the write was aimed (position, length), whatever the
+    /// device did with it.
+    aimed: (usize, usize),
 }
 
 type InodeRef = Rc<RefCell<Inode>>;
@@ -355,6 +369,7 @@ impl Storage for SimDisk {
     type File = SimFile;
 
     fn alloc(&self, len: usize) -> SimBuffer {
+        assert_aligned("buffer allocation", Path::new("-"), 0, len);
         SimBuffer(vec![0; len])
     }
 
@@ -435,6 +450,24 @@ impl StorageFile for SimFile {
     /// dies before the completion; it completes after the delay.
     async fn write_at(&self, buf: SimBuffer, pos: u64) -> Result<usize> {
         let disk = &self.disk;
+        // The strictest disk: O_DIRECT wants block-aligned positions and
+        // lengths, and no two writes in flight may overlap.
+        assert_aligned("write", &self.path, pos, buf.0.len());
+        let aimed = (pos as usize, buf.0.len());
+        if let Some(other) =
+            self.inode.borrow().pending.iter().find(|p| {
+                !p.done && p.aimed.0 < aimed.0 + aimed.1 && aimed.0 < p.aimed.0 + p.aimed.1
+            })
+        {
+            panic!(
+                "two writes in flight overlap in {}: [{}, +{}) and [{}, +{})",
+                self.path.display(),
+                other.aimed.0,
+                other.aimed.1,
+                aimed.0,
+                aimed.1
+            );
+        }
         disk.begin("write", &self.path, pos, buf.0.len() as u64)?;
         if disk.chance(|f| f.write_eio) {
             disk.0.borrow_mut().counts.write_eio += 1;
@@ -486,6 +519,7 @@ impl StorageFile for SimFile {
                 id,
                 start: at,
                 len: data.len(),
+                aimed,
                 done: false,
             });
         }
@@ -503,6 +537,7 @@ impl StorageFile for SimFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
+        assert_aligned("read", &self.path, pos, len);
         self.disk.begin("read", &self.path, pos, len as u64)?;
         self.disk.delay().await;
         let mut data = {
