@@ -27,6 +27,9 @@ pub struct ShardStats {
     pub roll_waits: u64,
     /// Batches read back from segment files (memtable misses).
     pub batch_reads: u64,
+    /// Sidecar indexes that could not be written (a full disk, an I/O
+    /// error). A sidecar is a cache: the segment is scanned on open instead.
+    pub sidecar_failures: u64,
     /// The next segment file is prepared and a roll will not wait for it.
     pub spare_ready: bool,
     /// Bytes of batches held in the memtable.
@@ -69,6 +72,7 @@ pub(crate) struct Counters {
     pub rolls: Cell<u64>,
     pub roll_waits: Cell<u64>,
     pub batch_reads: Cell<u64>,
+    pub sidecar_failures: Cell<u64>,
     pub spare_ready: Cell<bool>,
 }
 

@@ -20,6 +20,8 @@ struct Plan {
     sync_errno: Cell<Option<i32>>,
     /// Report the next write as 512 bytes short.
     short_write: Cell<bool>,
+    /// Fail every sidecar write with this errno.
+    sidecar_errno: Cell<Option<i32>>,
 }
 
 /// The real disk, with faults injected on demand.
@@ -76,6 +78,15 @@ impl StorageFile for FaultyFile {
         self.real.path()
     }
     async fn write_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize> {
+        if self.path().extension().is_some_and(|e| e == "idx") {
+            if let Some(errno) = self.plan.sidecar_errno.get() {
+                return Err(Error::io(
+                    "write",
+                    self.path(),
+                    io::Error::from_raw_os_error(errno),
+                ));
+            }
+        }
         if is_segment(self.path()) && pos > 0 {
             if let Some(errno) = self.plan.write_errno.take() {
                 return Err(Error::io(
@@ -220,4 +231,40 @@ fn short_write_is_detected() {
     };
     assert!(matches!(**inner, Error::ShortWrite { .. }), "{inner}");
     assert_names(&first, "short write");
+}
+
+/// A sidecar is a cache: one that cannot be written (here ENOSPC) at a roll
+/// or at close costs the next open a scan, never the shard or the data.
+#[test]
+fn a_sidecar_that_cannot_be_written_stops_nothing() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    let config = small_config(&path, FsyncPolicy::Always);
+    let config2 = config.clone();
+    let appended = run(move || async move {
+        let plan = Rc::new(Plan::default());
+        plan.sidecar_errno.set(Some(28)); // ENOSPC
+        let storage = Faulty {
+            real: DmaStorage,
+            plan,
+        };
+        let (wal, _) = Wal::open_with(storage, config).await.unwrap();
+        let mut appended = 0;
+        // Enough to roll segments (64 KiB each) several times.
+        for i in 0..400 {
+            append(&wal, 1, &records_for(i)).await.unwrap();
+            appended += 1;
+        }
+        let stats = wal.stats();
+        assert!(stats.rolls >= 2, "{stats:?}");
+        assert!(stats.sidecar_failures >= 2, "{stats:?}");
+        wal.close().await.unwrap();
+        appended
+    });
+    run(move || async move {
+        let (wal, rec) = Wal::open(config2).await.unwrap();
+        assert_eq!(rec.batches.len(), appended);
+        assert_eq!(rec.report.sidecars_loaded, 0, "none was written");
+        wal.close().await.unwrap();
+    });
 }

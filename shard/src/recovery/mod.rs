@@ -148,9 +148,15 @@ pub(crate) async fn recover<S: Storage>(
                         writable: !header_damaged,
                     });
                 } else {
-                    // The sidecar was missing or damaged: rebuild it.
-                    sidecar::write(storage, config, seq, &out.batches[first_batch..]).await?;
-                    out.report.sidecars_rebuilt += 1;
+                    // The sidecar was missing or damaged: rebuild it. It is
+                    // a cache: one that cannot be written (a full disk)
+                    // costs the next open this scan again, not this open.
+                    if sidecar::write(storage, config, seq, &out.batches[first_batch..])
+                        .await
+                        .is_ok()
+                    {
+                        out.report.sidecars_rebuilt += 1;
+                    }
                 }
                 out.segments.push((seq, Rc::new(file)));
             }

@@ -34,10 +34,8 @@ pub(super) async fn finish_close<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()>
         // With the last segment's sidecar and the marker, the next open
         // scans nothing.
         None if written_at.0 > 0 && damaged_tail != Some(written_at.0) => {
-            match write_sidecar(inner, written_at.0).await {
-                Ok(()) => clean_marker::write(&inner.storage, &inner.config, written_at).await,
-                Err(e) => Err(e),
-            }
+            write_sidecar(inner, written_at.0).await;
+            clean_marker::write(&inner.storage, &inner.config, written_at).await
         }
         None => Ok(()),
     };

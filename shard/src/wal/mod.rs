@@ -352,6 +352,7 @@ impl<S: Storage> Wal<S> {
             rolls: c.rolls.get(),
             roll_waits: c.roll_waits.get(),
             batch_reads: c.batch_reads.get(),
+            sidecar_failures: c.sidecar_failures.get(),
             spare_ready: c.spare_ready.get(),
             memtable_bytes: 0,
             segments: st.segments.len() as u64,

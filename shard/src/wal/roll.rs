@@ -144,7 +144,7 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
         "roll to segment {sequence}, which is not past every existing segment"
     );
     sync(inner).await?;
-    write_sidecar(inner, sequence - 1).await?;
+    write_sidecar(inner, sequence - 1).await;
     let spare = inner.state.borrow_mut().spare.take();
     let mut spare = spare.expect("a spare is always being prepared");
     let ready = match future::poll_once(&mut spare).await {
@@ -180,15 +180,22 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
 }
 
 /// Writes the sidecar of sealed segment `segment` from the batches logged
-/// in it (nothing for segment 0, which does not exist).
-pub(super) async fn write_sidecar<S: Storage>(inner: &Rc<Inner<S>>, segment: u64) -> Result<()> {
+/// in it (nothing for segment 0, which does not exist). A sidecar is a
+/// cache that must validate before use: one that cannot be written (a full
+/// disk) costs a scan on the next open, never the shard; it is counted.
+pub(super) async fn write_sidecar<S: Storage>(inner: &Rc<Inner<S>>, segment: u64) {
     if segment == 0 {
-        return Ok(());
+        return;
     }
     let batches: Vec<_> = {
         let mut st = inner.state.borrow_mut();
         let split = st.unsealed.partition_point(|b| b.segment <= segment);
         st.unsealed.drain(..split).collect()
     };
-    sidecar::write(&inner.storage, &inner.config, segment, &batches).await
+    if sidecar::write(&inner.storage, &inner.config, segment, &batches)
+        .await
+        .is_err()
+    {
+        bump(&inner.counters.sidecar_failures, 1);
+    }
 }
