@@ -340,3 +340,22 @@ fn a_read_across_a_truncate_is_never_reported_as_corruption() {
         }
     });
 }
+
+/// A shard directory the open created is durable before the first append
+/// is acknowledged: its entry in the parent directory is synced, so a power
+/// loss keeps it, and with it every acknowledged append. (The simulated
+/// disk forgets the files of a directory whose entry was never synced.)
+#[test]
+fn a_new_shard_directory_survives_a_power_loss() {
+    run(|| async {
+        let disk = SimDisk::new(3, Faults::default());
+        let (shard, _) = Shard::open_with(disk.clone(), sim_config()).await.unwrap();
+        shard
+            .append(1, &[Record::new(b"acked".to_vec())])
+            .await
+            .unwrap();
+        let crashed = disk.crash(CrashKind::DurableOnly);
+        let (reopened, _) = Shard::open_with(crashed, sim_config()).await.unwrap();
+        assert_eq!(reopened.offsets(1).end, 1);
+    });
+}

@@ -17,7 +17,7 @@
 
 use std::{
     cell::RefCell,
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io,
     path::{Path, PathBuf},
     rc::Rc,
@@ -89,6 +89,12 @@ struct Disk {
     counts: FaultCounts,
     names: BTreeMap<PathBuf, InodeRef>,
     durable_names: BTreeMap<PathBuf, InodeRef>,
+    /// Directories `prepare_dir` created, and those whose entry a sync of
+    /// their parent made durable. A power loss forgets the files of a
+    /// created directory whose entry was not durable. (Directories no one
+    /// created, such as the root of the test, always exist.)
+    dirs: BTreeSet<PathBuf>,
+    durable_dirs: BTreeSet<PathBuf>,
     /// Set by a crash: the process that used this disk is gone.
     dead: bool,
     trace: u32,
@@ -136,6 +142,8 @@ impl SimDisk {
             counts: FaultCounts::default(),
             names: BTreeMap::new(),
             durable_names: BTreeMap::new(),
+            dirs: BTreeSet::new(),
+            durable_dirs: BTreeSet::new(),
             dead: false,
             trace: 0,
             next_write: 0,
@@ -174,11 +182,15 @@ impl SimDisk {
         let mut copies: Vec<(InodeRef, InodeRef)> = Vec::new();
         // A process kill loses nothing the kernel was told; power loss
         // keeps only the directory entries a directory sync covered.
-        let entries = match kind {
-            CrashKind::AllWritten => &d.names,
-            _ => &d.durable_names,
+        let (entries, dirs) = match kind {
+            CrashKind::AllWritten => (&d.names, &d.dirs),
+            _ => (&d.durable_names, &d.durable_dirs),
         };
-        for (path, inode) in entries {
+        let lost_dir = |path: &Path| {
+            path.parent()
+                .is_some_and(|dir| d.dirs.contains(dir) && !dirs.contains(dir))
+        };
+        for (path, inode) in entries.iter().filter(|(p, _)| !lost_dir(p)) {
             let copy = match copies.iter().find(|(old, _)| Rc::ptr_eq(old, inode)) {
                 Some((_, copy)) => copy.clone(),
                 None => {
@@ -201,6 +213,8 @@ impl SimDisk {
             counts,
             durable_names: names.clone(),
             names,
+            dirs: dirs.clone(),
+            durable_dirs: dirs.clone(),
             dead: false,
             trace: d.trace,
             next_write: 0,
@@ -379,11 +393,20 @@ impl Storage for SimDisk {
             .map(|(p, i)| (p.clone(), i.clone()))
             .collect();
         d.durable_names.extend(current);
+        let created: Vec<PathBuf> = d
+            .dirs
+            .iter()
+            .filter(|x| x.parent() == Some(dir))
+            .cloned()
+            .collect();
+        d.durable_dirs.extend(created);
         Ok(())
     }
 
     async fn prepare_dir(&self, dir: &Path) -> Result<()> {
-        self.begin("prepare_dir", dir, 0, 0)
+        self.begin("prepare_dir", dir, 0, 0)?;
+        self.0.borrow_mut().dirs.insert(dir.to_path_buf());
+        Ok(())
     }
 
     async fn list(&self, dir: &Path) -> Result<Vec<String>> {
