@@ -59,6 +59,12 @@ impl Storage for Faulty {
     async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         self.real.rename(from, to).await
     }
+    fn now(&self) -> std::time::Duration {
+        self.real.now()
+    }
+    async fn sleep(&self, d: std::time::Duration) {
+        self.real.sleep(d).await
+    }
     async fn sync_dir(&self, dir: &Path) -> Result<()> {
         self.real.sync_dir(dir).await
     }

@@ -9,6 +9,7 @@
 use std::{
     io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
@@ -125,6 +126,14 @@ impl Storage for DmaStorage {
         file.close().await.map_err(io_err("close", &probe))
     }
 
+    fn now(&self) -> Duration {
+        CLOCK_START.get_or_init(std::time::Instant::now).elapsed()
+    }
+
+    async fn sleep(&self, d: Duration) {
+        glommio::timer::sleep(d).await;
+    }
+
     async fn list(&self, dir: &Path) -> Result<Vec<String>> {
         let dir = dir.to_path_buf();
         glommio::executor()
@@ -143,6 +152,9 @@ impl Storage for DmaStorage {
             .await
     }
 }
+
+/// The start of [`DmaStorage`]'s clock: the first time it is read.
+static CLOCK_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 impl StorageFile for DmaStorageFile {
     type Buffer = DmaBuffer;

@@ -9,7 +9,7 @@
 //! Methods return the shard's [`Error`](crate::Error) with the operation and
 //! path already attached. Futures are not `Send`: a shard lives on one core.
 
-use std::{ops::Deref, path::Path};
+use std::{ops::Deref, path::Path, time::Duration};
 
 use crate::error::Result;
 
@@ -57,6 +57,12 @@ pub trait Storage: Clone + 'static {
     async fn prepare_dir(&self, dir: &Path) -> Result<()>;
     /// Names of the files in `dir`.
     async fn list(&self, dir: &Path) -> Result<Vec<String>>;
+    /// Time since an arbitrary start on this storage's clock: the
+    /// `Interval` policy's deadlines. The simulated disk keeps a virtual
+    /// clock, so that its runs replay exactly.
+    fn now(&self) -> Duration;
+    /// Completes once `d` has passed on [`Storage::now`]'s clock.
+    async fn sleep(&self, d: Duration);
 }
 
 /// One open file, read and written at explicit positions.

@@ -18,7 +18,7 @@
 //! records in `floor_block` where the completed prefix ended when it was
 //! appended, so recovery can tell such a tear from damage to completed data.
 
-use std::{collections::VecDeque, rc::Rc, time::Instant};
+use std::{collections::VecDeque, rc::Rc, time::Duration};
 
 use futures_lite::future;
 use glommio::task::JoinHandle;
@@ -70,7 +70,8 @@ struct Written {
 struct Committer<S: Storage> {
     inner: Rc<Inner<S>>,
     /// Interval policy: when the oldest unsynced write must be synced.
-    sync_due: Option<Instant>,
+    /// On the storage's clock ([`Storage::now`]).
+    sync_due: Option<Duration>,
     /// Writes in flight, oldest first; they complete groups in log order.
     in_flight: VecDeque<InFlight>,
     /// A group for the next segment, waiting for the writes in flight to
@@ -110,7 +111,7 @@ impl<S: Storage> Committer<S> {
             return Ok(false);
         }
         let unsynced = inner.durable.get() < inner.written.get();
-        if unsynced && self.sync_due.is_some_and(|t| Instant::now() >= t) {
+        if unsynced && self.sync_due.is_some_and(|t| inner.storage.now() >= t) {
             // Interval policy: the deadline of the oldest unsynced write passed.
             sync(&inner).await?;
             self.sync_due = None;
@@ -156,11 +157,8 @@ impl<S: Storage> Committer<S> {
         }
         match self.sync_due {
             Some(t) => {
-                let sleep = glommio::timer::Timer::new(t.saturating_duration_since(Instant::now()));
-                future::or(inner.work.wait(), async {
-                    sleep.await;
-                })
-                .await;
+                let sleep = inner.storage.sleep(t.saturating_sub(inner.storage.now()));
+                future::or(inner.work.wait(), sleep).await;
             }
             None => inner.work.wait().await,
         }
@@ -256,7 +254,7 @@ impl<S: Storage> Committer<S> {
         match inner.config.fsync {
             FsyncPolicy::Always => sync(inner).await?,
             FsyncPolicy::Interval(d) => {
-                self.sync_due.get_or_insert_with(|| Instant::now() + d);
+                self.sync_due.get_or_insert_with(|| inner.storage.now() + d);
             }
             FsyncPolicy::Never => {}
         }

@@ -93,7 +93,7 @@ impl Run {
             .iter()
             .map(|&p| {
                 let o = shard.offsets(p);
-                if self.profile != Profile::Never {
+                if !self.profile.acks_before_sync() {
                     let acked = model.parts.get(&p).map_or(0, |m| m.acked_end);
                     assert!(
                         o.high_watermark >= acked.min(o.end),

@@ -23,6 +23,10 @@ pub(crate) enum Profile {
     /// `Never`, with latency (writes overlap): only what a flush (or a
     /// roll) covered must survive.
     Never,
+    /// `Interval`, on the simulated disk's virtual clock, with latency:
+    /// only what an fdatasync covered must survive. Half of the seeds that
+    /// would be `Never`.
+    Interval,
     /// EIO on write and fdatasync, ENOSPC on write, under `Always`.
     IoErrors,
     /// Misdirected writes and flipped bits, stored or read.
@@ -31,19 +35,29 @@ pub(crate) enum Profile {
 
 impl Profile {
     pub(crate) fn of(seed: u64) -> Self {
-        [
+        match [
             Profile::Crash,
             Profile::Torn,
             Profile::Never,
             Profile::IoErrors,
             Profile::Corruption,
         ][(seed % 5) as usize]
+        {
+            Profile::Never if (seed / 5) % 2 == 1 => Profile::Interval,
+            profile => profile,
+        }
+    }
+
+    /// Whether an acknowledged append may be lost in a crash (only what
+    /// an fdatasync covered survives).
+    pub(crate) fn acks_before_sync(self) -> bool {
+        matches!(self, Profile::Never | Profile::Interval)
     }
 
     pub(crate) fn faults(self) -> Faults {
         match self {
             Profile::Crash => Faults::default(),
-            Profile::Torn | Profile::Never => Faults {
+            Profile::Torn | Profile::Never | Profile::Interval => Faults {
                 max_delay: 8,
                 ..Faults::default()
             },
@@ -223,10 +237,10 @@ impl Model {
 
 pub(crate) fn config(profile: Profile, mode: RecoveryMode) -> ShardConfig {
     let mut c = ShardConfig::new(DIR);
-    c.fsync = if profile == Profile::Never {
-        FsyncPolicy::Never
-    } else {
-        FsyncPolicy::Always
+    c.fsync = match profile {
+        Profile::Never => FsyncPolicy::Never,
+        Profile::Interval => FsyncPolicy::Interval(std::time::Duration::from_millis(5)),
+        _ => FsyncPolicy::Always,
     };
     c.segment_bytes = 64 << 10;
     c.max_record_bytes = 4 << 10;
