@@ -399,18 +399,16 @@ impl Handle {
         Fut: std::future::Future<Output = T> + 'static,
         T: Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let local: crate::request::LocalTask = Box::new(move |shard| {
-            Box::pin(async move {
-                let _ = tx.send(task(shard).await);
-            })
+        let task: crate::request::LocalTask = Box::new(move |shard| {
+            Box::pin(async move { Box::new(task(shard).await) as Box<dyn std::any::Any + Send> })
         });
-        let shard = self.shard(partition);
-        self.senders[shard]
-            .send(Request::Run(local))
-            .await
-            .map_err(|_| self.stopped(shard))?;
-        rx.await.map_err(|_| self.stopped(shard))
+        let output = self
+            .call(self.shard(partition), |reply| Request::Run { task, reply })
+            .await?;
+        // Invariant: the box holds what `task` returned.
+        Ok(*output
+            .downcast::<T>()
+            .expect("a local task's output has the task's type"))
     }
 
     /// Waits until the end of `partition` passes `offset` (an acknowledged

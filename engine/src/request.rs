@@ -2,7 +2,7 @@
 //! with the channel its reply goes back on.
 
 use std::time::Duration;
-use std::{future::Future, pin::Pin};
+use std::{any::Any, future::Future, pin::Pin};
 
 use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
 use futures_channel::oneshot;
@@ -64,9 +64,15 @@ pub(crate) enum Request {
     Stats {
         reply: Reply<(ShardStats, RecoveryReport)>,
     },
-    /// Runs caller code on the shard's executor, with a [`LocalShard`].
-    Run(LocalTask),
+    /// Runs caller code on the shard's executor, with a [`LocalShard`];
+    /// its output goes back boxed.
+    Run {
+        task: LocalTask,
+        reply: Reply<Box<dyn Any + Send>>,
+    },
 }
 
 /// Caller code sent to a shard: it builds a future on the shard's thread.
-pub(crate) type LocalTask = Box<dyn FnOnce(LocalShard) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+/// Its output comes back boxed.
+pub(crate) type LocalTask =
+    Box<dyn FnOnce(LocalShard) -> Pin<Box<dyn Future<Output = Box<dyn Any + Send>>>> + Send>;

@@ -3,8 +3,9 @@
 //! concurrent appends share commits.
 
 use std::{
+    any::Any,
     cell::Cell,
-    future::poll_fn,
+    future::{poll_fn, Future},
     panic::AssertUnwindSafe,
     rc::Rc,
     sync::{mpsc, Arc, OnceLock},
@@ -20,7 +21,7 @@ use crate::{
     config::Config,
     error::{Error, Result},
     local::LocalShard,
-    request::Request,
+    request::{Reply, Request},
 };
 
 /// A running shard thread and its request queue.
@@ -67,6 +68,7 @@ pub(crate) fn start(
             let stop = Stop {
                 id,
                 panicked: shard_panicked,
+                receiver: receiver.clone(),
             };
             serve(shard, local, Rc::new(report), receiver, stop).await
         })
@@ -85,9 +87,24 @@ pub(crate) fn start(
 struct Stop {
     id: usize,
     panicked: Arc<OnceLock<String>>,
+    /// The shard's queue, closed by a panic.
+    receiver: async_channel::Receiver<Request>,
 }
 
 impl Stop {
+    /// Records the panic whose payload is `payload`, closes the queue, and
+    /// returns the error its callers get.
+    fn record(&self, payload: Box<dyn Any + Send>) -> Error {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let _ = self.panicked.set(message);
+        self.receiver.close();
+        self.error().expect("just recorded")
+    }
+
     /// The error for the callers of a shard that panicked, if it did.
     fn error(&self) -> Option<Error> {
         self.panicked.get().map(|message| Error::ShardPanicked {
@@ -120,20 +137,9 @@ async fn serve(
             continue;
         }
         let (shard, local, report) = (shard.clone(), local.clone(), report.clone());
-        let (stop, receiver, guard) = (stop.clone(), receiver.clone(), in_progress.enter());
+        let (stop, guard) = (stop.clone(), in_progress.enter());
         glommio::spawn_local(async move {
-            let done = AssertUnwindSafe(handle(&shard, local, &report, request))
-                .catch_unwind()
-                .await;
-            if let Err(payload) = done {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into());
-                let _ = stop.panicked.set(message);
-                receiver.close();
-            }
+            handle(&shard, local, &report, request, &stop).await;
             drop(guard);
         })
         .detach();
@@ -148,64 +154,116 @@ async fn serve(
     Ok(shard.close().await?)
 }
 
-/// Runs one request and sends its reply (a caller that went away is fine).
+/// Runs `work` and sends its result on `reply` (a caller that went away is
+/// fine). A panic in `work` (a bug) is caught before the reply is dropped:
+/// it is recorded, stops the shard, and is the caller's answer.
+async fn answer<T>(reply: Reply<T>, work: impl Future<Output = Result<T>>, stop: &Stop) {
+    let result = match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(stop.record(payload)),
+    };
+    let _ = reply.send(result);
+}
+
+/// Runs one request and sends its reply.
 async fn handle(
     shard: &Shard,
     local: LocalShard,
     report: &corelog_shard::RecoveryReport,
     request: Request,
+    stop: &Stop,
 ) {
-    fn send<T>(reply: crate::request::Reply<T>, result: corelog_shard::Result<T>) {
-        let _ = reply.send(result.map_err(Error::from));
-    }
+    let s = shard;
     match request {
         Request::Append {
             partition,
             records,
             reply,
-        } => send(reply, shard.append(partition, &records).await),
+        } => {
+            answer(
+                reply,
+                async { Ok(s.append(partition, &records).await?) },
+                stop,
+            )
+            .await
+        }
         Request::Read {
             partition,
             offset,
             max_bytes,
             reply,
-        } => send(reply, shard.read(partition, offset, max_bytes).await),
+        } => {
+            answer(
+                reply,
+                async { Ok(s.read(partition, offset, max_bytes).await?) },
+                stop,
+            )
+            .await
+        }
         Request::ReadRange {
             partition,
             start,
             end,
             reply,
-        } => send(reply, shard.read_range(partition, start, end).await),
-        Request::Offsets { partition, reply } => send(reply, Ok(shard.offsets(partition))),
+        } => {
+            answer(
+                reply,
+                async { Ok(s.read_range(partition, start, end).await?) },
+                stop,
+            )
+            .await
+        }
+        Request::Offsets { partition, reply } => {
+            answer(reply, async { Ok(s.offsets(partition)) }, stop).await
+        }
         Request::DeleteBefore {
             partition,
             offset,
             reply,
-        } => send(reply, shard.delete_before(partition, offset).await),
+        } => {
+            answer(
+                reply,
+                async { Ok(s.delete_before(partition, offset).await?) },
+                stop,
+            )
+            .await
+        }
         Request::Truncate {
             partition,
             from,
             reply,
-        } => send(reply, shard.truncate(partition, from).await),
-        Request::Flush { reply } => send(reply, shard.flush().await),
+        } => {
+            answer(
+                reply,
+                async { Ok(s.truncate(partition, from).await?) },
+                stop,
+            )
+            .await
+        }
+        Request::Flush { reply } => answer(reply, async { Ok(s.flush().await?) }, stop).await,
         Request::WaitFor {
             partition,
             offset,
             timeout,
             reply,
-        } => send(reply, Ok(shard.wait_for(partition, offset, timeout).await)),
+        } => {
+            let work = async { Ok(s.wait_for(partition, offset, timeout).await) };
+            answer(reply, work, stop).await
+        }
         Request::Fetch {
             partition,
             offset,
             max_bytes,
             timeout,
             reply,
-        } => send(
-            reply,
-            shard.fetch(partition, offset, max_bytes, timeout).await,
-        ),
-        Request::Stats { reply } => send(reply, Ok((shard.stats(), report.clone()))),
-        Request::Run(task) => task(local).await,
+        } => {
+            let work = async { Ok(s.fetch(partition, offset, max_bytes, timeout).await?) };
+            answer(reply, work, stop).await
+        }
+        Request::Stats { reply } => {
+            answer(reply, async { Ok((s.stats(), report.clone())) }, stop).await
+        }
+        Request::Run { task, reply } => answer(reply, async { Ok(task(local).await) }, stop).await,
     }
 }
 
