@@ -165,3 +165,62 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
     }
     engine.close().unwrap();
 }
+
+/// On a full disk the log can still free space: a delete-before (its
+/// control batch has room kept for it in every segment, its checkpoint a
+/// reserve file) deletes whole segments, and appends resume in the same
+/// engine, nothing acknowledged lost.
+#[test]
+fn a_full_disk_frees_space_with_delete_before_and_appends_resume() {
+    if !is_root() {
+        println!("skipped: mounting a loop file system needs root");
+        return;
+    }
+    let fs = match LoopFs::new(48 << 20) {
+        Ok(fs) => fs,
+        Err(e) => {
+            println!("skipped: no loop-mounted ext4 here ({e})");
+            return;
+        }
+    };
+    let data = fs.mount.join("data");
+    let engine = Engine::open(config(&data)).unwrap();
+    let log = engine.handle();
+    let mut acked = Vec::new();
+    let error = loop {
+        let i = acked.len() as u64;
+        assert!(i < 10_000, "the disk never filled");
+        match block_on(log.append(i % 3, records(i))) {
+            Ok(base) => acked.push((i % 3, base, i)),
+            Err(e) => break e,
+        }
+    };
+    assert!(is_no_space(&error), "not a clear ENOSPC error: {error}");
+    let _ = engine.close();
+    // Nothing else on the disk can be deleted: corelog must free it.
+    let engine = Engine::open(config(&data)).unwrap();
+    let log = engine.handle();
+    let keep_from: Vec<u64> = (0..3u64)
+        .map(|p| block_on(log.offsets(p)).unwrap().end.saturating_sub(8))
+        .collect();
+    for p in 0..3u64 {
+        block_on(log.delete_before(p, keep_from[p as usize])).unwrap();
+    }
+    // Appends resume without a reopen.
+    for i in 0..40 {
+        let p = i % 3;
+        let base = block_on(log.append(p, records(i))).unwrap();
+        acked.push((p, base, i));
+    }
+    for &(p, base, i) in acked
+        .iter()
+        .filter(|&&(p, base, _)| base >= keep_from[p as usize])
+    {
+        let got = block_on(log.read_range(p, base, base + 4)).unwrap();
+        let want = records(i);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.value(), w.value(), "partition {p} offset {}", g.offset());
+        }
+    }
+    engine.close().unwrap();
+}

@@ -184,7 +184,15 @@ impl<S: Storage> Shard<S> {
         self.wal.flush().await?;
         // A failure before the rename leaves the old checkpoint in place
         // and the shard usable; after it, the directory's state is unknown.
-        checkpoint::write_temp(self.wal.storage(), self.config(), &checkpoint).await?;
+        let storage = self.wal.storage();
+        match checkpoint::write_temp(storage, self.config(), &checkpoint).await {
+            // A full disk: the reserve makes room for this checkpoint, which
+            // lets the segments it accounts for be deleted.
+            Err(Error::NoSpace { .. }) if self.release_reserve().await? => {
+                checkpoint::write_temp(storage, self.config(), &checkpoint).await?
+            }
+            other => other?,
+        }
         checkpoint::install(self.wal.storage(), self.config())
             .await
             .map_err(|e| self.wal.fail(e))?;
@@ -225,6 +233,7 @@ impl<S: Storage> Shard<S> {
                 .map_err(|e| self.wal.fail(e))?;
             self.state.borrow_mut().segment_max_ts.remove(&s);
         }
+        self.ensure_reserve().await;
         Ok(())
     }
 }

@@ -4,10 +4,12 @@
 //!
 //! The [`Shard`] is split by concern: opening and appending here, reads and
 //! long polls in [`read`], control operations, retention and segment
-//! deletion in [`control`].
+//! deletion in [`control`], the space a full disk needs to free itself in
+//! [`reserve`].
 
 mod control;
 mod read;
+mod reserve;
 
 use std::{
     cell::RefCell,
@@ -110,6 +112,7 @@ impl<S: Storage> Shard<S> {
                 waiters_released: false,
             })),
         };
+        shard.ensure_reserve().await;
         if !recovery.report.orphaned.is_empty() {
             // Orphans stay in the log. A checkpoint past them accounts for
             // them, so later opens, when their segment is no longer the

@@ -241,7 +241,7 @@ impl<S: Storage> Wal<S> {
         let appended = {
             let mut st = self.inner.state.borrow_mut();
             self.check_usable(&st)?;
-            state::make_room(&mut st, config, size);
+            state::make_room(&mut st, config, size, info.flags & FLAG_CONTROL != 0);
             if st.open.room() < size {
                 // Invariant: make_room left the open group empty if the
                 // batch does not fit its buffer.

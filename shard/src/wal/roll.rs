@@ -26,28 +26,29 @@ use crate::{
 /// crash is removed on open, whatever it holds.
 pub(super) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) {
     inner.counters.spare_ready.set(false);
-    let inner2 = inner.clone();
-    let task = glommio::spawn_local(async move {
-        let (config, storage) = (&inner2.config, &inner2.storage);
-        let file = storage.open(&spare_path(&config.dir), true).await?;
-        file.allocate(config.segment_bytes).await?;
-        let mut buf = storage.alloc(BLOCK_SIZE as usize);
-        let bytes = buf.as_mut_slice();
-        bytes.fill(0);
-        let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
-        bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
-        write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
-        if config.prezero_segments && config.fsync != FsyncPolicy::Never {
-            zero_range(storage, &file, BLOCK_SIZE, config.segment_bytes, None).await?;
-        } else {
-            file.fdatasync().await?;
-        }
-        file.close().await?;
-        inner2.counters.spare_ready.set(true);
-        Ok(sequence)
-    })
-    .detach();
+    let task = glommio::spawn_local(make_spare(inner.clone(), sequence)).detach();
     inner.state.borrow_mut().spare = Some(task);
+}
+
+/// Prepares the spare for segment `sequence` (see [`prepare_spare`]).
+async fn make_spare<S: Storage>(inner: Rc<Inner<S>>, sequence: u64) -> Result<u64> {
+    let (config, storage) = (&inner.config, &inner.storage);
+    let file = storage.open(&spare_path(&config.dir), true).await?;
+    file.allocate(config.segment_bytes).await?;
+    let mut buf = storage.alloc(BLOCK_SIZE as usize);
+    let bytes = buf.as_mut_slice();
+    bytes.fill(0);
+    let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
+    bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
+    write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
+    if config.prezero_segments && config.fsync != FsyncPolicy::Never {
+        zero_range(storage, &file, BLOCK_SIZE, config.segment_bytes, None).await?;
+    } else {
+        file.fdatasync().await?;
+    }
+    file.close().await?;
+    inner.counters.spare_ready.set(true);
+    Ok(sequence)
 }
 
 /// Writes zeros over `[from, to)`, with `kept` (the bytes before `from` in
@@ -155,7 +156,15 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
             spare.await
         }
     };
-    let prepared = ready.unwrap_or(Err(Error::Closed))?;
+    let prepared = match ready.unwrap_or(Err(Error::Closed)) {
+        // The disk was full when the spare was prepared; space may have been
+        // freed since (a delete-before): try once more, now.
+        Err(Error::NoSpace { .. }) => {
+            bump(&inner.counters.roll_waits, 1);
+            make_spare(inner.clone(), sequence).await?
+        }
+        other => other?,
+    };
     // Invariant: the spare was made for the segment that follows the active one.
     assert_eq!(
         prepared, sequence,

@@ -143,6 +143,11 @@ pub(super) struct TailFinish {
     pub(super) last_batch: Option<u64>,
 }
 
+/// Bytes at the end of every segment that only control batches may use:
+/// room for two delete-befores (each its own commit, a block each) when the
+/// disk has no room for a new segment.
+pub(super) const CONTROL_RESERVE: u64 = 2 * BLOCK_SIZE;
+
 /// Bytes queued for writing beyond which appends wait.
 pub(super) fn max_pending_bytes(config: &ShardConfig) -> usize {
     (config.max_write_bytes * 16).max(config.max_batch_bytes * 2)
@@ -151,10 +156,25 @@ pub(super) fn max_pending_bytes(config: &ShardConfig) -> usize {
 /// Makes sure the open group can take a batch of `size` bytes: seals it when
 /// its buffer is full or the batch would cross the end of its segment. An
 /// empty group keeps its buffer for its successor.
-pub(super) fn make_room<F: StorageFile>(st: &mut State<F>, config: &ShardConfig, size: usize) {
+pub(super) fn make_room<F: StorageFile>(
+    st: &mut State<F>,
+    config: &ShardConfig,
+    size: usize,
+    control: bool,
+) {
     let open = &st.open;
     let end = open.start + (open.len + size) as u64;
-    let crosses_segment = open.segment == 0 || end > config.segment_bytes;
+    // Data leaves the last blocks of a segment to control batches, so that
+    // a delete-before on a full disk needs no new segment to free space. A
+    // batch alone at the start of a segment may use it all (any batch the
+    // configuration allows fits there).
+    let at_segment_start = open.start == BLOCK_SIZE && open.len == 0;
+    let limit = if control || at_segment_start {
+        config.segment_bytes
+    } else {
+        config.segment_bytes - CONTROL_RESERVE
+    };
+    let crosses_segment = open.segment == 0 || end > limit;
     let full = open.len > 0 && open.room() < size;
     if !crosses_segment && !full {
         return;
