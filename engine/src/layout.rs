@@ -36,7 +36,12 @@ pub(crate) fn check(dir: &Path, shards: usize) -> Result<()> {
     // A version before the atomic write could leave the file empty if it
     // crashed on its first open, before any shard existed: that directory
     // holds nothing yet and is laid out anew.
-    if text.trim().is_empty() && !has_shard_dirs(dir)? {
+    // (Or full of NULs: writeback can leave a file its length without its
+    // data.)
+    let blank = text
+        .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+        .is_empty();
+    if blank && !has_shard_dirs(dir)? {
         return write(dir, shards);
     }
     let found = parse(&text).map_err(|why| Error::Corrupted {

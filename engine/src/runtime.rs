@@ -55,6 +55,10 @@ pub(crate) fn start(
         // freeing a segment's extents does not compete with its reactor.
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .spawn(move || async move {
+            let _unwinding = Unwinding {
+                panicked: shard_panicked.clone(),
+                receiver: receiver.clone(),
+            };
             let (shard, report) = match Shard::open(shard_config).await {
                 Ok(opened) => opened,
                 Err(e) => {
@@ -64,11 +68,15 @@ pub(crate) fn start(
                 }
             };
             let _ = ready.send((id, Ok(())));
+            // Engine::open waits for every shard's word: a shard that dies
+            // later must not hold the channel open.
+            drop(ready);
             let local = LocalShard::new(shard.clone(), id, shards);
             let stop = Stop {
                 id,
                 panicked: shard_panicked,
                 receiver: receiver.clone(),
+                shard: shard.clone(),
             };
             serve(shard, local, Rc::new(report), receiver, stop).await
         })
@@ -83,12 +91,37 @@ pub(crate) fn start(
     })
 }
 
+/// Held by a shard's thread for its whole life. When the thread unwinds
+/// from a panic that no request caught (in the open, the commit task, the
+/// spare's preparation), it records the panic and drops every request still
+/// queued, so that no caller waits for a reply that will never come.
+struct Unwinding {
+    panicked: Arc<OnceLock<String>>,
+    receiver: async_channel::Receiver<Request>,
+}
+
+impl Drop for Unwinding {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let _ = self.panicked.set(
+            "the shard's thread panicked outside a request; its output has the message".into(),
+        );
+        self.receiver.close();
+        while self.receiver.try_recv().is_ok() {}
+    }
+}
+
 /// Where a shard records the panic that stops it.
 struct Stop {
     id: usize,
     panicked: Arc<OnceLock<String>>,
     /// The shard's queue, closed by a panic.
     receiver: async_channel::Receiver<Request>,
+    /// The shard, abandoned by a panic: requests still running on it fail
+    /// instead of writing from state that can no longer be trusted.
+    shard: Shard,
 }
 
 impl Stop {
@@ -102,6 +135,7 @@ impl Stop {
             .unwrap_or_else(|| "a panic without a message".into());
         let _ = self.panicked.set(message);
         self.receiver.close();
+        self.shard.abandon();
         self.error().expect("just recorded")
     }
 

@@ -310,7 +310,10 @@ fn a_torn_tail_is_erased_only_after_the_last_batch_read_back_intact() {
     let segment = corelog_shard::internals::segment_path(&path, last.segment);
     let mut bytes = std::fs::read(&segment).unwrap();
     let end = (last.position + u64::from(last.length)) as usize;
-    assert!(!end.is_multiple_of(4096), "the last batch ends inside a block");
+    assert!(
+        !end.is_multiple_of(4096),
+        "the last batch ends inside a block"
+    );
     bytes[end..end + 16].fill(0xAB);
     std::fs::write(&segment, &bytes).unwrap();
     let block = last.position - last.position % 4096;

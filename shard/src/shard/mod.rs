@@ -112,7 +112,10 @@ impl<S: Storage> Shard<S> {
                 waiters_released: false,
             })),
         };
+        // The reserve before the spare: on a nearly full disk the reserve
+        // is what lets the shard free space.
         shard.ensure_reserve().await;
+        shard.wal.start_spare();
         if !recovery.report.orphaned.is_empty() {
             // Orphans stay in the log. A checkpoint past them accounts for
             // them, so later opens, when their segment is no longer the
@@ -120,6 +123,13 @@ impl<S: Storage> Shard<S> {
             shard.write_checkpoint().await?;
         }
         Ok((shard, recovery.report))
+    }
+
+    /// Stops the shard as an I/O failure would: every later and waiting
+    /// operation fails, nothing more is written or synced. For the engine,
+    /// when a panic left the shard's state in memory untrusted.
+    pub fn abandon(&self) {
+        self.wal.fail(Error::Closed);
     }
 
     /// The write-ahead log underneath: its internal write protocol, for

@@ -18,20 +18,33 @@ const FILE: &str = "space-reserve";
 const BYTES: u64 = 256 << 10;
 
 impl<S: Storage> Shard<S> {
-    /// Makes the reserve if it is missing. Best effort: on a full disk it
-    /// is simply not made (and a partial one is removed).
+    /// Makes the reserve if it is missing or short (a crash can leave it
+    /// so), durably. Best effort: on a full disk it is simply not made, and
+    /// a partial one is removed.
     pub(super) async fn ensure_reserve(&self) {
         let (storage, dir) = (self.wal.storage(), &self.config().dir);
         let path = dir.join(FILE);
-        match storage.list(dir).await {
-            Ok(names) if !names.iter().any(|n| n == FILE) => {}
-            _ => return,
-        }
+        let exists = match storage.list(dir).await {
+            Ok(names) => names.iter().any(|n| n == FILE),
+            Err(_) => return,
+        };
         let made = async {
             let file = storage.open(&path, true).await?;
-            let allocated = file.allocate(BYTES).await;
+            let complete = exists && file.size().await? >= BYTES;
+            let result = if complete {
+                Ok(())
+            } else {
+                match file.allocate(BYTES).await {
+                    Ok(()) => file.fdatasync().await,
+                    Err(e) => Err(e),
+                }
+            };
             file.close().await?;
-            allocated
+            result?;
+            if !complete {
+                storage.sync_dir(dir).await?;
+            }
+            Ok::<(), crate::error::Error>(())
         }
         .await;
         if made.is_err() {

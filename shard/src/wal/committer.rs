@@ -30,20 +30,16 @@ use crate::{
     stats::bump,
     storage::{IoBuffer, Storage, StorageFile},
     wal::{
-        roll::{prepare_spare, roll, sync, write_all},
+        roll::{roll, sync, write_all},
         state::{fail, take_group, Group, Inner},
     },
 };
 
-/// Starts the commit task and the preparation of the first spare segment.
+/// Starts the commit task. The first spare segment is prepared once the
+/// open finished (`Wal::start_spare`).
 pub(super) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
     let task = glommio::spawn_local(run(inner.clone())).detach();
-    let next = {
-        let mut st = inner.state.borrow_mut();
-        st.committer = Some(task);
-        st.open.segment + 1
-    };
-    prepare_spare(inner, next);
+    inner.state.borrow_mut().committer = Some(task);
 }
 
 /// Writes handed to the kernel at once, at most. More than one keeps the

@@ -119,6 +119,7 @@ impl<S: Storage> Wal<S> {
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
         let (wal, recovery) = Self::recover_with(storage, config).await?;
         wal.finish_open().await?;
+        wal.start_spare();
         Ok((wal, recovery))
     }
 

@@ -122,6 +122,14 @@ impl<S: Storage> Wal<S> {
         Ok((shard, recovery))
     }
 
+    /// Starts preparing the next segment in the background. Called once the
+    /// open finished, after whatever must have the disk's space first (the
+    /// shard's space reserve).
+    pub(crate) fn start_spare(&self) {
+        let next = self.inner.state.borrow().open.segment + 1;
+        roll::prepare_spare(&self.inner, next);
+    }
+
     /// Finishes an open whose recovery the caller accepted: removes the
     /// clean-shutdown marker, and the sidecar of the last segment (it is
     /// appended to again); erases the garbage a torn write left after the
@@ -133,12 +141,19 @@ impl<S: Storage> Wal<S> {
             return Ok(());
         };
         let (storage, config) = (&self.inner.storage, &self.inner.config);
+        if let Some(t) = finish.tail {
+            self.finish_tail(t).await?;
+        }
+        // Last: an open that fails before here keeps the marker.
         if finish.clean_marker {
             clean_marker::remove(storage, config).await?;
         }
-        let Some(t) = finish.tail else {
-            return Ok(());
-        };
+        Ok(())
+    }
+
+    /// The tail's part of [`Wal::finish_open`].
+    async fn finish_tail(&self, t: TailFinish) -> Result<()> {
+        let (storage, config) = (&self.inner.storage, &self.inner.config);
         // Invariant: only sealed segments have a sidecar. A sidecar a clean
         // shutdown left for the tail would describe only its old batches;
         // if its successor at the next seal were lost, a restart would

@@ -30,8 +30,18 @@ pub(super) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) {
     inner.state.borrow_mut().spare = Some(task);
 }
 
-/// Prepares the spare for segment `sequence` (see [`prepare_spare`]).
+/// Prepares the spare for segment `sequence` (see [`prepare_spare`]). A
+/// spare that failed (a full disk) is removed, so that the blocks it got do
+/// not stay taken.
 async fn make_spare<S: Storage>(inner: Rc<Inner<S>>, sequence: u64) -> Result<u64> {
+    let made = try_make_spare(&inner, sequence).await;
+    if made.is_err() {
+        let _ = inner.storage.remove(&spare_path(&inner.config.dir)).await;
+    }
+    made
+}
+
+async fn try_make_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Result<u64> {
     let (config, storage) = (&inner.config, &inner.storage);
     let file = storage.open(&spare_path(&config.dir), true).await?;
     file.allocate(config.segment_bytes).await?;
@@ -147,22 +157,22 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
     sync(inner).await?;
     write_sidecar(inner, sequence - 1).await;
     let spare = inner.state.borrow_mut().spare.take();
-    let mut spare = spare.expect("a spare is always being prepared");
-    let ready = match future::poll_once(&mut spare).await {
-        Some(ready) => ready,
-        None => {
-            // Slow path: the segment is needed before it was ready.
-            bump(&inner.counters.roll_waits, 1);
-            spare.await
-        }
+    let ready = match spare {
+        Some(mut spare) => match future::poll_once(&mut spare).await {
+            Some(ready) => ready,
+            None => {
+                // Slow path: the segment is needed before it was ready.
+                bump(&inner.counters.roll_waits, 1);
+                spare.await
+            }
+        },
+        // None was started (a WAL used before its open finished).
+        None => Some(make_spare(inner.clone(), sequence).await),
     };
     let prepared = match ready.unwrap_or(Err(Error::Closed)) {
         // The disk was full when the spare was prepared; space may have been
         // freed since (a delete-before): try once more, now.
-        Err(Error::NoSpace { .. }) => {
-            bump(&inner.counters.roll_waits, 1);
-            make_spare(inner.clone(), sequence).await?
-        }
+        Err(Error::NoSpace { .. }) => make_spare(inner.clone(), sequence).await?,
         other => other?,
     };
     // Invariant: the spare was made for the segment that follows the active one.

@@ -163,19 +163,26 @@ pub(super) fn make_room<F: StorageFile>(
     control: bool,
 ) {
     let open = &st.open;
-    let end = open.start + (open.len + size) as u64;
+    let full = open.len > 0 && open.room() < size;
+    // Where the batch would start: after the group's batches, or at the
+    // start of the next group when this one's buffer is full.
+    let (start, len) = if full {
+        (align_up(open.start + open.len as u64), 0)
+    } else {
+        (open.start, open.len)
+    };
+    let end = start + (len + size) as u64;
     // Data leaves the last blocks of a segment to control batches, so that
     // a delete-before on a full disk needs no new segment to free space. A
     // batch alone at the start of a segment may use it all (any batch the
     // configuration allows fits there).
-    let at_segment_start = open.start == BLOCK_SIZE && open.len == 0;
+    let at_segment_start = start == BLOCK_SIZE && len == 0;
     let limit = if control || at_segment_start {
         config.segment_bytes
     } else {
         config.segment_bytes - CONTROL_RESERVE
     };
     let crosses_segment = open.segment == 0 || end > limit;
-    let full = open.len > 0 && open.room() < size;
     if !crosses_segment && !full {
         return;
     }
