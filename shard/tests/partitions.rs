@@ -518,3 +518,32 @@ fn fetch_returns_only_acknowledged_records() {
         shard.close().await.unwrap();
     });
 }
+
+/// Long polls and no-op control calls on partitions that were never
+/// written leave nothing on disk: the checkpoint lists written partitions
+/// only.
+#[test]
+fn partitions_never_written_are_not_checkpointed() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        for i in 0..200u32 {
+            let value = vec![(i % 251) as u8; 1000];
+            shard.append(1, &[Record::new(value)]).await.unwrap();
+        }
+        assert!(
+            !shard
+                .wait_for(999, 0, std::time::Duration::from_millis(1))
+                .await
+        );
+        shard.truncate(998, 0).await.unwrap();
+        shard.delete_before(997, 0).await.unwrap();
+        // Deletes the oldest segments, after a checkpoint.
+        shard.delete_before(1, 190).await.unwrap();
+        let bytes = std::fs::read(path.join("partitions.ckpt")).unwrap();
+        let count = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+        assert_eq!(count, 1, "only partition 1 was written");
+        shard.close().await.unwrap();
+    });
+}

@@ -174,9 +174,13 @@ impl<S: Storage> Shard<S> {
             let st = self.state.borrow();
             Checkpoint {
                 log_end: self.wal.log_end(),
+                // A partition with no offsets at all (one that long polls or
+                // no-op control calls only named) has nothing to record: it
+                // reads as never written without it.
                 partitions: st
                     .partitions
                     .iter()
+                    .filter(|(_, part)| part.end > 0)
                     .map(|(&p, part)| (p, (part.start, part.end)))
                     .collect(),
             }
