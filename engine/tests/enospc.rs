@@ -105,18 +105,48 @@ fn is_no_space(e: &Error) -> bool {
     }
 }
 
-#[test]
-fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
+/// A 48 MiB ext4 image mounted on a loop device, or `None` (with the reason
+/// printed) where that cannot be done here.
+fn small_disk() -> Option<LoopFs> {
     if !is_root() {
         println!("skipped: mounting a loop file system needs root");
-        return;
+        return None;
     }
-    let fs = match LoopFs::new(48 << 20) {
-        Ok(fs) => fs,
-        Err(e) => {
-            println!("skipped: no loop-mounted ext4 here ({e})");
-            return;
+    LoopFs::new(48 << 20)
+        .map_err(|e| println!("skipped: no loop-mounted ext4 here ({e})"))
+        .ok()
+}
+
+/// Appends until the disk is full: every acknowledged append (partition,
+/// base offset, index of its records), and the error that stopped them.
+fn fill(log: &corelog::Handle) -> (Vec<(u64, u64, u64)>, Error) {
+    let mut acked = Vec::new();
+    loop {
+        let i = acked.len() as u64;
+        assert!(i < 10_000, "the disk never filled");
+        match block_on(log.append(i % 3, records(i))) {
+            Ok(base) => acked.push((i % 3, base, i)),
+            Err(e) => return (acked, e),
         }
+    }
+}
+
+/// Every append in `acked` reads back as written.
+fn check(log: &corelog::Handle, acked: &[(u64, u64, u64)]) {
+    for &(p, base, i) in acked {
+        let got = block_on(log.read_range(p, base, base + 4)).unwrap();
+        let want = records(i);
+        assert_eq!(got.len(), 4);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.value(), w.value(), "partition {p} offset {}", g.offset());
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
+    let Some(fs) = small_disk() else {
+        return;
     };
     // Ballast, deleted later to free space that is not corelog's.
     let ballast = fs.mount.join("ballast");
@@ -125,15 +155,7 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
 
     let engine = Engine::open(config(&data)).unwrap();
     let log = engine.handle();
-    let mut acked = Vec::new();
-    let error = loop {
-        let i = acked.len() as u64;
-        assert!(i < 10_000, "the disk never filled");
-        match block_on(log.append(i % 3, records(i))) {
-            Ok(base) => acked.push((i % 3, base, i)),
-            Err(e) => break e,
-        }
-    };
+    let (acked, error) = fill(&log);
     println!("disk full after {} appends: {error}", acked.len());
     assert!(is_no_space(&error), "not a clear ENOSPC error: {error}");
     assert!(error.to_string().contains("no space left"), "{error}");
@@ -142,24 +164,14 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
     let again = block_on(log.append(0, records(0))).unwrap_err();
     assert!(is_no_space(&again), "{again}");
 
-    let check = |log: &corelog::Handle| {
-        for &(p, base, i) in &acked {
-            let got = block_on(log.read_range(p, base, base + 4)).unwrap();
-            let want = records(i);
-            assert_eq!(got.len(), 4);
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(g.value(), w.value(), "partition {p} offset {}", g.offset());
-            }
-        }
-    };
-    check(&log);
+    check(&log, &acked);
     let _ = engine.close();
 
     // Free space and reopen: everything is there, and appends work again.
     std::fs::remove_file(&ballast).unwrap();
     let engine = Engine::open(config(&data)).unwrap();
     let log = engine.handle();
-    check(&log);
+    check(&log, &acked);
     for i in 0..8 {
         block_on(log.append(i % 3, records(i))).unwrap();
     }
@@ -172,29 +184,13 @@ fn a_full_disk_fails_appends_clearly_and_keeps_what_was_acknowledged() {
 /// engine, nothing acknowledged lost.
 #[test]
 fn a_full_disk_frees_space_with_delete_before_and_appends_resume() {
-    if !is_root() {
-        println!("skipped: mounting a loop file system needs root");
+    let Some(fs) = small_disk() else {
         return;
-    }
-    let fs = match LoopFs::new(48 << 20) {
-        Ok(fs) => fs,
-        Err(e) => {
-            println!("skipped: no loop-mounted ext4 here ({e})");
-            return;
-        }
     };
     let data = fs.mount.join("data");
     let engine = Engine::open(config(&data)).unwrap();
     let log = engine.handle();
-    let mut acked = Vec::new();
-    let error = loop {
-        let i = acked.len() as u64;
-        assert!(i < 10_000, "the disk never filled");
-        match block_on(log.append(i % 3, records(i))) {
-            Ok(base) => acked.push((i % 3, base, i)),
-            Err(e) => break e,
-        }
-    };
+    let (mut acked, error) = fill(&log);
     assert!(is_no_space(&error), "not a clear ENOSPC error: {error}");
     let _ = engine.close();
     // Nothing else on the disk can be deleted: corelog must free it.
@@ -212,15 +208,7 @@ fn a_full_disk_frees_space_with_delete_before_and_appends_resume() {
         let base = block_on(log.append(p, records(i))).unwrap();
         acked.push((p, base, i));
     }
-    for &(p, base, i) in acked
-        .iter()
-        .filter(|&&(p, base, _)| base >= keep_from[p as usize])
-    {
-        let got = block_on(log.read_range(p, base, base + 4)).unwrap();
-        let want = records(i);
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g.value(), w.value(), "partition {p} offset {}", g.offset());
-        }
-    }
+    acked.retain(|&(p, base, _)| base >= keep_from[p as usize]);
+    check(&log, &acked);
     engine.close().unwrap();
 }
