@@ -11,8 +11,6 @@ pub struct Config {
     pub(crate) dir: PathBuf,
     pub(crate) shards: usize,
     pub(crate) shard: ShardConfig,
-    pub(crate) queue_depth: usize,
-    pub(crate) max_inflight_bytes: u64,
     /// `None`: as much as fits the memlock limit, up to 8 MiB a shard.
     pub(crate) io_memory: Option<usize>,
     pub(crate) pin_threads: bool,
@@ -27,8 +25,6 @@ impl Config {
             shard: ShardConfig::new(&dir),
             dir,
             shards: cores,
-            queue_depth: 1024,
-            max_inflight_bytes: 64 << 20,
             io_memory: None,
             pin_threads: true,
         }
@@ -85,19 +81,6 @@ impl Config {
     /// Drop segments whose newest record is older than this.
     pub fn retention_age(mut self, age: Duration) -> Self {
         self.shard.retention_age = Some(age);
-        self
-    }
-
-    /// Requests queued per shard before callers wait.
-    pub fn queue_depth(mut self, n: usize) -> Self {
-        self.queue_depth = n;
-        self
-    }
-
-    /// Bytes of record payload in flight to one shard (sent, not yet
-    /// answered) before appends wait (backpressure); default 64 MiB.
-    pub fn max_inflight_bytes(mut self, n: u64) -> Self {
-        self.max_inflight_bytes = n;
         self
     }
 

@@ -12,7 +12,7 @@ use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
 use futures_channel::oneshot;
 
 use crate::{
-    budget::ByteBudget,
+    append::{self, Append, AppendRequest, Slots},
     config::Config,
     error::{Error, Result},
     layout,
@@ -38,9 +38,12 @@ pub struct Engine {
 /// runtime. Its futures do not depend on the executor that polls them.
 #[derive(Clone)]
 pub struct Handle {
+    /// Per shard, its queue of appends.
+    appends: Arc<[async_channel::Sender<AppendRequest>]>,
+    /// Per shard, its queue of other requests.
     senders: Arc<[async_channel::Sender<Request>]>,
-    /// Per shard, the bytes of appends in flight.
-    budgets: Arc<[ByteBudget]>,
+    /// Where appends' results come back.
+    slots: Arc<Slots>,
     /// Per shard, the message of a panic that stopped it.
     panics: Arc<[Arc<OnceLock<String>>]>,
 }
@@ -59,16 +62,6 @@ impl Engine {
     pub fn open(config: Config) -> Result<Engine> {
         if config.shards == 0 {
             return Err(Error::InvalidArgument("shards must be at least 1".into()));
-        }
-        if config.queue_depth == 0 {
-            return Err(Error::InvalidArgument(
-                "queue_depth must be at least 1".into(),
-            ));
-        }
-        if config.max_inflight_bytes == 0 {
-            return Err(Error::InvalidArgument(
-                "max_inflight_bytes must be at least 1".into(),
-            ));
         }
         config.shard_config(0).validate()?;
         let config = with_io_memory(config)?;
@@ -127,15 +120,14 @@ impl Engine {
                 other => other,
             });
         }
+        let appends = threads.iter().map(|t| t.appends.clone()).collect();
         let senders = threads.iter().map(|t| t.sender.clone()).collect();
         let panics = threads.iter().map(|t| t.panicked.clone()).collect();
-        let budgets = (0..config.shards)
-            .map(|_| ByteBudget::new(config.max_inflight_bytes))
-            .collect();
         Ok(Engine {
             handle: Handle {
+                appends,
                 senders,
-                budgets,
+                slots: Arc::new(Slots::new()),
                 panics,
             },
             threads,
@@ -168,6 +160,7 @@ impl Engine {
         let threads = std::mem::take(&mut self.threads);
         let mut first = None;
         for t in &threads {
+            t.appends.close();
             t.sender.close();
         }
         for (shard, t) in threads.into_iter().enumerate() {
@@ -193,6 +186,7 @@ impl Drop for Engine {
 /// thread's error text, if any.
 fn stop(threads: Vec<ShardThread>) -> Option<String> {
     for t in &threads {
+        t.appends.close();
         t.sender.close();
     }
     let mut reason = None;
@@ -286,13 +280,7 @@ impl Handle {
     /// The error for a call that shard `shard` will not answer: it
     /// panicked, or the engine is closed.
     fn stopped(&self, shard: usize) -> Error {
-        match self.panics[shard].get() {
-            Some(message) => Error::ShardPanicked {
-                shard,
-                message: message.clone(),
-            },
-            None => Error::Closed,
-        }
+        append::stopped(shard, &self.panics[shard])
     }
 
     fn shard(&self, partition: u64) -> usize {
@@ -300,21 +288,33 @@ impl Handle {
     }
 
     /// Appends `records` to `partition` with consecutive offsets, all or
-    /// none, and returns the first offset once the fsync policy is met.
-    /// Waits (does not fail) while the shard's queue is full.
-    pub async fn append(&self, partition: u64, records: Vec<Record>) -> Result<u64> {
+    /// none. The returned future gives the first offset once the fsync
+    /// policy is met.
+    ///
+    /// The append is queued when this returns, before the future is first
+    /// polled: appends one thread (or task) makes to a partition get
+    /// increasing offsets in the order of the calls, whether or not each is
+    /// awaited before the next, and whatever their sizes. Dropping the
+    /// future does not withdraw the append. The call never blocks: a
+    /// caller that keeps many appends outstanding holds their records until
+    /// they complete, so bound your window of outstanding appends to bound
+    /// memory. Order against other operations (a `truncate`, a `read`)
+    /// holds once the append's future has resolved.
+    pub fn append(&self, partition: u64, records: Vec<Record>) -> Append {
         let shard = self.shard(partition);
-        let bytes: u64 = records
-            .iter()
-            .map(|r| r.encoded_len().unwrap_or(0) as u64)
-            .sum();
-        let _permit = self.budgets[shard].acquire(bytes).await;
-        self.call(shard, |reply| Request::Append {
+        let Some((future, ticket)) = append::slot(&self.slots, shard, &self.panics[shard]) else {
+            return Append::failed(Error::InvalidArgument(
+                "too many appends in progress at once (the completion slab is full)".into(),
+            ));
+        };
+        // A closed queue hands the request back; dropping it answers the
+        // future with why the shard stopped.
+        let _ = self.appends[shard].try_send(AppendRequest {
             partition,
             records,
-            reply,
-        })
-        .await
+            ticket,
+        });
+        future
     }
 
     /// Records from `offset` on, up to `max_bytes` (at least one record when

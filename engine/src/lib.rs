@@ -21,16 +21,19 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-mod budget;
+mod append;
 mod config;
 mod engine;
 mod error;
 mod layout;
 mod local;
+mod pipeline;
 mod request;
 mod routing;
 mod runtime;
+mod stop;
 
+pub use append::Append;
 pub use config::Config;
 pub use corelog_shard::{
     FsyncPolicy, Offsets, Record, RecoveryMode, RecoveryReport, ShardStats, StoredRecord,

@@ -1,10 +1,11 @@
-//! Requests that travel from a [`crate::Handle`] to a shard's thread, each
-//! with the channel its reply goes back on.
+//! Requests other than appends ([`crate::append`]) that travel from a
+//! [`crate::Handle`] to a shard's thread, each with the channel its reply
+//! goes back on.
 
 use std::time::Duration;
 use std::{any::Any, future::Future, pin::Pin};
 
-use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
+use corelog_shard::{Offsets, RecoveryReport, ShardStats, StoredRecord};
 use futures_channel::oneshot;
 
 use crate::{error::Result, local::LocalShard};
@@ -14,11 +15,6 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// One operation on a shard.
 pub(crate) enum Request {
-    Append {
-        partition: u64,
-        records: Vec<Record>,
-        reply: Reply<u64>,
-    },
     Read {
         partition: u64,
         offset: u64,

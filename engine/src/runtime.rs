@@ -1,9 +1,8 @@
 //! A shard's thread: a glommio executor that opens the shard (recovering
-//! it), then serves requests from its queue, each in its own task so that
-//! concurrent appends share commits.
+//! it), then serves its two queues: appends through [`crate::pipeline`],
+//! every other request in its own task.
 
 use std::{
-    any::Any,
     cell::Cell,
     future::{poll_fn, Future},
     panic::AssertUnwindSafe,
@@ -18,14 +17,20 @@ use corelog_shard::Shard;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::{
+    append::AppendRequest,
     config::Config,
     error::{Error, Result},
     local::LocalShard,
+    pipeline::serve_appends,
     request::{Reply, Request},
+    stop::{Queues, Stop, Unwinding},
 };
 
-/// A running shard thread and its request queue.
+/// A running shard thread and its queues.
 pub(crate) struct ShardThread {
+    /// Appends, answered in call order.
+    pub appends: async_channel::Sender<AppendRequest>,
+    /// Every other request.
     pub sender: async_channel::Sender<Request>,
     pub join: ExecutorJoinHandle<Result<()>>,
     /// Set, once, to the message of a panic that stopped the shard.
@@ -39,7 +44,15 @@ pub(crate) fn start(
     core: Option<usize>,
     ready: mpsc::Sender<(usize, Result<()>)>,
 ) -> Result<ShardThread> {
-    let (sender, receiver) = async_channel::bounded(config.queue_depth);
+    // Unbounded: a call enqueues at once, so its place in the order is the
+    // call's. What bounds them is the callers' own waiting (see
+    // `crate::pipeline` for the log's backpressure).
+    let (appends, appends_rx) = async_channel::unbounded();
+    let (sender, requests_rx) = async_channel::unbounded();
+    let queues = Queues {
+        appends: appends_rx,
+        requests: requests_rx,
+    };
     let placement = match core {
         Some(core) if config.pin_threads => Placement::Fixed(core),
         _ => Placement::Unbound,
@@ -57,7 +70,7 @@ pub(crate) fn start(
         .spawn(move || async move {
             let _unwinding = Unwinding {
                 panicked: shard_panicked.clone(),
-                receiver: receiver.clone(),
+                queues: queues.clone(),
             };
             let (shard, report) = match Shard::open(shard_config).await {
                 Ok(opened) => opened,
@@ -75,97 +88,42 @@ pub(crate) fn start(
             let stop = Stop {
                 id,
                 panicked: shard_panicked,
-                receiver: receiver.clone(),
+                queues: queues.clone(),
                 shard: shard.clone(),
             };
-            serve(shard, local, Rc::new(report), receiver, stop).await
+            serve(shard, local, Rc::new(report), queues, stop).await
         })
         .map_err(|e| Error::Runtime {
             shard: id,
             reason: e.to_string(),
         })?;
     Ok(ShardThread {
+        appends,
         sender,
         join,
         panicked,
     })
 }
 
-/// Held by a shard's thread for its whole life. When the thread unwinds
-/// from a panic that no request caught (in the open, the commit task, the
-/// spare's preparation), it records the panic and drops every request still
-/// queued, so that no caller waits for a reply that will never come.
-struct Unwinding {
-    panicked: Arc<OnceLock<String>>,
-    receiver: async_channel::Receiver<Request>,
-}
-
-impl Drop for Unwinding {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let _ = self.panicked.set(
-            "the shard's thread panicked outside a request; its output has the message".into(),
-        );
-        self.receiver.close();
-        while self.receiver.try_recv().is_ok() {}
-    }
-}
-
-/// Where a shard records the panic that stops it.
-struct Stop {
-    id: usize,
-    panicked: Arc<OnceLock<String>>,
-    /// The shard's queue, closed by a panic.
-    receiver: async_channel::Receiver<Request>,
-    /// The shard, abandoned by a panic: requests still running on it fail
-    /// instead of writing from state that can no longer be trusted.
-    shard: Shard,
-}
-
-impl Stop {
-    /// Records the panic whose payload is `payload`, closes the queue, and
-    /// returns the error its callers get.
-    fn record(&self, payload: Box<dyn Any + Send>) -> Error {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
-        let _ = self.panicked.set(message);
-        self.receiver.close();
-        self.shard.abandon();
-        self.error().expect("just recorded")
-    }
-
-    /// The error for the callers of a shard that panicked, if it did.
-    fn error(&self) -> Option<Error> {
-        self.panicked.get().map(|message| Error::ShardPanicked {
-            shard: self.id,
-            message: message.clone(),
-        })
-    }
-}
-
-/// Serves requests until the queue is closed and drained, waits for the
+/// Serves both queues until they are closed and drained, waits for the
 /// requests in progress, then closes the shard.
 ///
-/// A request whose task panics (a bug) stops the shard: the panic is
-/// recorded (callers then get [`Error::ShardPanicked`]), the queue is
-/// closed, requests still queued are dropped, and the shard is abandoned
-/// without a clean shutdown, since its state in memory can no longer be
-/// trusted; the next open recovers it as after a crash.
+/// A request that panics (a bug) stops the shard (see [`crate::stop`]).
 async fn serve(
     shard: Shard,
     local: LocalShard,
     report: Rc<corelog_shard::RecoveryReport>,
-    receiver: async_channel::Receiver<Request>,
+    queues: Queues,
     stop: Stop,
 ) -> Result<()> {
     let in_progress = Rc::new(InProgress::default());
     let stop = Rc::new(stop);
-    while let Ok(request) = receiver.recv().await {
+    let appends = glommio::spawn_local(serve_appends(
+        shard.clone(),
+        queues.appends.clone(),
+        stop.clone(),
+    ));
+    while let Ok(request) = queues.requests.recv().await {
         if stop.panicked.get().is_some() {
             // Dropped: its caller sees the panic.
             continue;
@@ -182,6 +140,7 @@ async fn serve(
     // whole timeout.
     shard.release_waiters();
     in_progress.idle().await;
+    appends.await;
     if let Some(e) = stop.error() {
         return Err(e);
     }
@@ -209,18 +168,6 @@ async fn handle(
 ) {
     let s = shard;
     match request {
-        Request::Append {
-            partition,
-            records,
-            reply,
-        } => {
-            answer(
-                reply,
-                async { Ok(s.append(partition, &records).await?) },
-                stop,
-            )
-            .await
-        }
         Request::Read {
             partition,
             offset,

@@ -15,8 +15,6 @@ fn bad_configuration_is_refused_before_anything_is_created() {
     let data = dir.path().join("data");
     let bad: Vec<(&str, Config)> = vec![
         ("no shards", config(&data).shards(0)),
-        ("queue depth 0", config(&data).queue_depth(0)),
-        ("no in-flight bytes", config(&data).max_inflight_bytes(0)),
         (
             "segment not block sized",
             config(&data).segment_bytes(10_000),

@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use format::{record::Record, stored_record::StoredRecord};
 pub use partition::Offsets;
 pub use recovery::{Damage, Orphan, RecoveryReport};
-pub use shard::Shard;
+pub use shard::{Shard, Submitted};
 pub use stats::ShardStats;
 #[cfg(feature = "sim")]
 pub use storage::sim;

@@ -18,7 +18,7 @@ use std::{
 };
 
 use crate::{
-    config::ShardConfig,
+    config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
         batch::{Batch, BatchInfo, RecoveredBatch, FLAG_CONTROL},
@@ -52,6 +52,17 @@ impl<S: Storage> Clone for Shard<S> {
             state: self.state.clone(),
         }
     }
+}
+
+/// An append that [`Shard::submit`] put in the log, not yet acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// The partition appended to.
+    pub partition: u64,
+    /// Offset of the append's first record.
+    pub base_offset: u64,
+    /// The commit group that carries it ([`Shard::wait_committed`]).
+    pub group: u64,
 }
 
 /// The partition state of a shard; only its thread touches it.
@@ -145,63 +156,114 @@ impl<S: Storage> Shard<S> {
     }
 
     /// Appends `records` to `partition` with consecutive offsets, atomically,
-    /// and returns the first offset once the fsync policy is met.
+    /// and returns the first offset once the fsync policy is met: the three
+    /// steps [`Shard::submit`], [`Shard::wait_committed`] and
+    /// [`Shard::acknowledge`] in one call.
     pub async fn append(&self, partition: u64, records: &[Record]) -> Result<u64> {
+        let submitted = self.submit(partition, records).await?;
+        self.wait_committed(submitted.group).await?;
+        self.acknowledge(&submitted);
+        self.after_commit().await;
+        Ok(submitted.base_offset)
+    }
+
+    /// The first step of an append: checks `records`, waits for room in the
+    /// commit buffer, assigns offsets and encodes the batch into the open
+    /// commit group. Batches enter the log, and get their offsets, in the
+    /// order these calls complete; concurrent calls complete in the order
+    /// they were made. Nothing is acknowledged yet: the caller waits for
+    /// [`Shard::wait_committed`] on the returned group, then calls
+    /// [`Shard::acknowledge`].
+    pub async fn submit(&self, partition: u64, records: &[Record]) -> Result<Submitted> {
         let size = self.wal.check_batch(partition, records)?;
         self.wal.wait_for_room(size).await?;
         // From here to the encode nothing awaits, so offsets are assigned in
         // the order batches enter the log.
-        let appended = {
-            let mut st = self.state.borrow_mut();
-            let st = &mut *st;
-            let part = st.partitions.entry(partition).or_default();
-            let info = BatchInfo {
-                partition,
-                base_offset: part.end,
-                ..BatchInfo::default()
-            };
-            let mut kept = None;
-            let a = self
-                .wal
-                .encode(info, records, size, |bytes| kept = Some(bytes.to_vec()))?;
-            part.end = a.base_offset + u64::from(a.record_count);
-            part.pending.push_back((a.group, part.end));
-            part.unacked.push_back((a.group, part.end));
-            part.index.push(IndexEntry::new(
-                a.base_offset,
-                a.segment,
-                a.position,
-                a.length,
-                a.record_count,
-            ));
-            st.memtable.insert(
-                Batch::encoded(kept.expect("encode shows the batch")),
-                a.group,
-            );
-            let ts = st.segment_max_ts.entry(a.segment).or_insert(i64::MIN);
-            *ts = (*ts).max(a.max_timestamp);
-            a
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let part = st.partitions.entry(partition).or_default();
+        let info = BatchInfo {
+            partition,
+            base_offset: part.end,
+            ..BatchInfo::default()
         };
-        self.wal.wait_committed(appended.group).await?;
+        let mut kept = None;
+        let a = self
+            .wal
+            .encode(info, records, size, |bytes| kept = Some(bytes.to_vec()))?;
+        part.end = a.base_offset + u64::from(a.record_count);
+        part.pending.push_back((a.group, part.end));
+        part.unacked.push_back((a.group, part.end));
+        part.index.push(IndexEntry::new(
+            a.base_offset,
+            a.segment,
+            a.position,
+            a.length,
+            a.record_count,
+        ));
+        st.memtable.insert(
+            Batch::encoded(kept.expect("encode shows the batch")),
+            a.group,
+        );
+        let ts = st.segment_max_ts.entry(a.segment).or_insert(i64::MIN);
+        *ts = (*ts).max(a.max_timestamp);
+        Ok(Submitted {
+            partition,
+            base_offset: a.base_offset,
+            group: a.group,
+        })
+    }
+
+    /// Waits until commit group `group` meets the fsync policy (durable
+    /// under `Always`, written otherwise); the batches it and every earlier
+    /// group carry are then safe. Fails when the log failed or closed first.
+    pub async fn wait_committed(&self, group: u64) -> Result<()> {
+        self.wal.wait_committed(group).await
+    }
+
+    /// The last commit group that met the fsync policy: every batch
+    /// submitted in it or before may be acknowledged.
+    pub fn committed_group(&self) -> u64 {
+        let (written, durable) = self.wal.watermarks();
+        match self.config().fsync {
+            FsyncPolicy::Always => durable,
+            _ => written,
+        }
+    }
+
+    /// Records that `submitted`'s commit group met the policy: readers and
+    /// tail waiters now see its records. Call once its group is committed.
+    pub fn acknowledge(&self, submitted: &Submitted) {
+        // Invariant: only committed groups are acknowledged.
+        debug_assert!(submitted.group <= self.committed_group());
+        if let Some(part) = self
+            .state
+            .borrow_mut()
+            .partitions
+            .get_mut(&submitted.partition)
+        {
+            part.acknowledge(submitted.group);
+        }
+    }
+
+    /// Housekeeping after a round of acknowledgements: drops written
+    /// batches from the memtable past its budget, and applies retention
+    /// once per segment roll. A retention failure is kept for
+    /// [`Shard::take_retention_error`], not reported here.
+    pub async fn after_commit(&self) {
         let written = self.wal.watermarks().0;
         let rolled = {
             let mut st = self.state.borrow_mut();
             st.memtable.evict(written);
-            if let Some(part) = st.partitions.get_mut(&partition) {
-                part.acknowledge(appended.group);
-            }
             let active = self.wal.stats().active_segment;
             std::mem::replace(&mut st.retention_checked, active) != active
         };
         let config = self.config();
         if rolled && (config.retention_bytes.is_some() || config.retention_age.is_some()) {
-            // The append itself succeeded; a failure to apply retention is
-            // kept for `take_retention_error`, not reported as the append's.
             if let Err(e) = self.enforce_retention().await {
                 self.state.borrow_mut().retention_error = Some(e);
             }
         }
-        Ok(appended.base_offset)
     }
 
     /// The offsets of `partition`; a partition never written has all zero.
