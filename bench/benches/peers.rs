@@ -118,7 +118,9 @@ fn main() {
         records,
         threads,
     });
-    println!("median of {runs} runs; records/s (MB/s); corelog's CPU per record, all threads summed\n");
+    println!(
+        "median of {runs} runs; records/s (MB/s); corelog's CPU per record, all threads summed\n"
+    );
     println!("| workload | BufWriter | okaywal | fjall | corelog | corelog CPU/record | ÷ BufWriter | ÷ okaywal | ÷ fjall |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for w in workloads.into_iter().filter(|w| w.name().contains(&filter)) {

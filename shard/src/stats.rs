@@ -15,8 +15,12 @@ pub struct ShardStats {
     pub bytes_written: u64,
     /// Write system calls issued by commits.
     pub writes: u64,
-    /// fdatasync calls on segments.
+    /// fdatasync calls on segments, counting each lone commit's
+    /// `RWF_DSYNC` write as one.
     pub fdatasyncs: u64,
+    /// Commit groups written and synced in one blocking call (a lone small
+    /// commit under `Always`), also counted in `writes` and `fdatasyncs`.
+    pub lone_commits: u64,
     /// Commit groups written.
     pub commits: u64,
     /// Largest number of appends in one commit group.
@@ -67,6 +71,7 @@ pub(crate) struct Counters {
     pub bytes_written: Cell<u64>,
     pub writes: Cell<u64>,
     pub fdatasyncs: Cell<u64>,
+    pub lone_commits: Cell<u64>,
     pub commits: Cell<u64>,
     pub max_commit_appends: Cell<u64>,
     pub rolls: Cell<u64>,

@@ -312,6 +312,39 @@ fn group_commit_shares_fdatasyncs() {
 }
 
 #[test]
+fn a_lone_small_commit_is_written_and_synced_in_one_call_and_survives_reopen() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = small_config(&path, FsyncPolicy::Always);
+        let (shard, _) = Wal::open(config.clone()).await.unwrap();
+        let before = shard.stats();
+        for i in 0..5u64 {
+            append(&shard, i, &records_for(i)).await.unwrap();
+            // Acknowledged means durable, with no fdatasync of its own.
+            let s = shard.stats();
+            assert_eq!(
+                (s.durable_segment, s.durable_position),
+                (s.active_segment, s.written_position)
+            );
+        }
+        let after = shard.stats();
+        assert_eq!(after.lone_commits - before.lone_commits, 5, "{after:?}");
+        assert_eq!(after.commits - before.commits, 5);
+        // A group larger than a lone commit takes the io_uring path.
+        let big: Vec<Record> = (0..20).map(|_| Record::new(vec![1u8; 7_000])).collect();
+        for chunk in big.chunks(2) {
+            append(&shard, 9, chunk).await.unwrap();
+        }
+        shard.close().await.unwrap();
+        let (shard, recovery) = Wal::open(config).await.unwrap();
+        assert!(recovery.report.clean_shutdown && recovery.report.skipped.is_empty());
+        assert_eq!(recovery.batches.len(), 15);
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
 fn never_policy_syncs_only_on_roll_flush_and_close() {
     let dir = test_dir();
     let path = dir.path().to_path_buf();

@@ -185,6 +185,31 @@ impl StorageFile for DmaStorageFile {
             .map_err(io_err("fdatasync", &self.path))
     }
 
+    async fn write_durable_at(&self, buf: DmaBuffer, pos: u64) -> Result<usize> {
+        use std::os::fd::AsRawFd;
+        let bytes = buf.as_bytes();
+        let iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        let offset = libc::off_t::try_from(pos)
+            .map_err(|_| Error::io("pwritev2", &self.path, io::ErrorKind::InvalidInput.into()))?;
+        loop {
+            // SAFETY: `iov` points at `buf`'s bytes, which live and are not
+            // touched elsewhere until the call returns; the fd is open for
+            // the life of `self.file`.
+            let n =
+                unsafe { libc::pwritev2(self.file.as_raw_fd(), &iov, 1, offset, libc::RWF_DSYNC) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(Error::io("pwritev2(RWF_DSYNC)", &self.path, e));
+            }
+        }
+    }
+
     async fn allocate(&self, len: u64) -> Result<()> {
         self.file
             .pre_allocate(len, false)

@@ -3,8 +3,11 @@
 //! ([`dma::DmaStorage`]) or on a simulated, faulty one ([`sim`], behind the
 //! `sim` feature).
 //!
-//! Invariant: no method blocks the shard's thread; what the kernel cannot
-//! do asynchronously runs on the executor's blocking pool.
+//! Invariant: no method blocks the shard's thread, but one:
+//! [`StorageFile::write_durable_at`], which the commit task calls for a lone
+//! small commit, where a blocking write costs less than the reactor's round
+//! trips. What the kernel cannot do asynchronously runs on the executor's
+//! blocking pool.
 //!
 //! Methods return the shard's [`Error`](crate::Error) with the operation and
 //! path already attached. Futures are not `Send`: a shard lives on one core.
@@ -86,6 +89,16 @@ pub trait StorageFile: 'static {
     async fn read_at(&self, pos: u64, len: usize) -> Result<Self::ReadBuf>;
     /// Makes written data durable (fdatasync).
     async fn fdatasync(&self) -> Result<()>;
+    /// Writes the whole buffer at `pos` (block aligned) and makes it and
+    /// everything written before it durable, as [`StorageFile::write_at`]
+    /// then [`StorageFile::fdatasync`] would; returns the bytes written.
+    /// The real disk does it in one blocking `pwritev2(RWF_DSYNC)` on the
+    /// calling thread, skipping the reactor.
+    async fn write_durable_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize> {
+        let written = self.write_at(buf, pos).await?;
+        self.fdatasync().await?;
+        Ok(written)
+    }
     /// Reserves blocks so the file is at least `len` bytes long.
     async fn allocate(&self, len: u64) -> Result<()>;
     /// Current file size in bytes.

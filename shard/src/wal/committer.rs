@@ -11,6 +11,14 @@
 //! starts on the next one, so no write ever touches a block that holds
 //! acknowledged data.
 //!
+//! Under `Always`, a lone small group (no write in flight, nothing written
+//! and not yet synced) skips the reactor: it is written and synced in one
+//! blocking call on the shard's thread ([`StorageFile::write_durable_at`]),
+//! which costs one syscall where the io_uring path costs a write, an fsync
+//! on an io-wq worker and several reactor round trips. Appends that arrive
+//! meanwhile wait in the shard's queue and form the next group. Under load
+//! groups are larger or writes overlap, and io_uring group commit goes on.
+//!
 //! Invariant: writes are issued in log order, at most
 //! [`MAX_WRITES_IN_FLIGHT`] at once, and a group is acknowledged only when
 //! it and every write before it completed. A crash can therefore tear only
@@ -30,7 +38,7 @@ use crate::{
     stats::bump,
     storage::{IoBuffer, Storage, StorageFile},
     wal::{
-        roll::{roll, sync, write_all},
+        roll::{mark_durable, roll, sync, write_all},
         state::{fail, take_group, Group, Inner},
     },
 };
@@ -46,6 +54,11 @@ pub(super) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
 /// device queue busy between commits; recovery tells a write torn in flight
 /// from damage to completed data by each batch's `floor_block`.
 const MAX_WRITES_IN_FLIGHT: usize = 4;
+
+/// The largest group a lone commit writes in one blocking call: beyond it
+/// the write itself, not the reactor, is most of the cost, and the shard's
+/// thread would be blocked for it.
+const LONE_COMMIT_BYTES: usize = 128 << 10;
 
 /// A group's write, handed to the kernel and not yet reaped.
 struct InFlight {
@@ -206,19 +219,46 @@ impl<S: Storage> Committer<S> {
             buf.truncate(total);
             buf.as_mut_slice()[group.len..].fill(0);
             let pos = group.start;
-            let task =
-                glommio::spawn_local(async move { write_all(&*file, buf, total, pos).await })
-                    .detach();
-            bump(&inner.counters.writes, 1);
-            bump(&inner.counters.bytes_written, total as u64);
-            let group = Written {
+            let written = Written {
                 id: group.id,
                 segment: group.segment,
                 end: group.start + total as u64,
                 appends: group.appends,
             };
-            self.issued = group.id;
-            self.in_flight.push_back(InFlight { task, group });
+            let lone = inner.config.fsync == FsyncPolicy::Always
+                && self.in_flight.is_empty()
+                && inner.durable.get() == inner.written.get()
+                && total <= LONE_COMMIT_BYTES;
+            if lone {
+                let n = file.write_durable_at(buf, pos).await?;
+                if n != total {
+                    return Err(Error::ShortWrite {
+                        path: file.path().to_path_buf(),
+                        position: pos,
+                        expected: total,
+                        written: n,
+                    });
+                }
+                bump(&inner.counters.writes, 1);
+                bump(&inner.counters.bytes_written, total as u64);
+                bump(&inner.counters.fdatasyncs, 1);
+                bump(&inner.counters.lone_commits, 1);
+                self.issued = written.id;
+                let at = (written.segment, written.end);
+                self.mark_written(written);
+                mark_durable(&inner, at, self.issued);
+                continue;
+            }
+            let task =
+                glommio::spawn_local(async move { write_all(&*file, buf, total, pos).await })
+                    .detach();
+            bump(&inner.counters.writes, 1);
+            bump(&inner.counters.bytes_written, total as u64);
+            self.issued = written.id;
+            self.in_flight.push_back(InFlight {
+                task,
+                group: written,
+            });
         }
         Ok(())
     }
@@ -231,8 +271,24 @@ impl<S: Storage> Committer<S> {
         target > self.inner.durable.get() && self.issued >= target
     }
 
-    /// A group's write completed, and so did every write before it.
+    /// A group's write completed, and so did every write before it; it is
+    /// synced as the policy asks.
     async fn complete(&mut self, done: Written) -> Result<()> {
+        self.mark_written(done);
+        let inner = &self.inner;
+        match inner.config.fsync {
+            FsyncPolicy::Always => sync(inner).await?,
+            FsyncPolicy::Interval(d) => {
+                self.sync_due.get_or_insert_with(|| inner.storage.now() + d);
+            }
+            FsyncPolicy::Never => {}
+        }
+        Ok(())
+    }
+
+    /// Records that a group's write completed, and so did every write
+    /// before it.
+    fn mark_written(&mut self, done: Written) {
         let inner = &self.inner;
         let c = &inner.counters;
         bump(&c.commits, 1);
@@ -247,13 +303,5 @@ impl<S: Storage> Committer<S> {
         );
         inner.state.borrow_mut().written_at = (done.segment, done.end);
         inner.written.advance(done.id);
-        match inner.config.fsync {
-            FsyncPolicy::Always => sync(inner).await?,
-            FsyncPolicy::Interval(d) => {
-                self.sync_due.get_or_insert_with(|| inner.storage.now() + d);
-            }
-            FsyncPolicy::Never => {}
-        }
-        Ok(())
     }
 }

@@ -129,6 +129,13 @@ pub(super) async fn sync<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
         file.fdatasync().await?;
         bump(&inner.counters.fdatasyncs, 1);
     }
+    mark_durable(inner, written_at, id);
+    Ok(())
+}
+
+/// Records that everything written up to `written_at`, commit group `id`
+/// and those before it, is durable.
+pub(super) fn mark_durable<S: Storage>(inner: &Inner<S>, written_at: (u64, u64), id: u64) {
     {
         let mut st = inner.state.borrow_mut();
         // Invariant: the durable position only moves forward, and only
@@ -141,7 +148,6 @@ pub(super) async fn sync<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
         st.durable_at = written_at;
     }
     inner.durable.advance(id);
-    Ok(())
 }
 
 /// Seals the active segment (fdatasync) and makes segment `sequence` active
