@@ -352,7 +352,8 @@ impl Handle {
         .await
     }
 
-    /// Start, end and high-water mark of `partition` (all zero if unknown).
+    /// Start, acknowledged end and durable end of `partition` (see
+    /// [`Offsets`]); all zero for a partition never written.
     pub async fn offsets(&self, partition: u64) -> Result<Offsets> {
         self.call(self.shard(partition), |reply| Request::Offsets {
             partition,

@@ -79,7 +79,8 @@ impl LocalShard {
         Ok(self.shard.read_range(partition, start, end).await?)
     }
 
-    /// Start, end and high-water mark of `partition` (all zero if unknown).
+    /// Start, acknowledged end and durable end of `partition` (see
+    /// [`Offsets`]); all zero for a partition never written.
     pub fn offsets(&self, partition: u64) -> Result<Offsets> {
         self.owns(partition)?;
         Ok(self.shard.offsets(partition))

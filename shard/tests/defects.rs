@@ -378,7 +378,7 @@ fn interval_syncs_run_on_the_simulated_disk_clock() {
             .await
             .unwrap();
         let mut yields = 0;
-        while shard.offsets(1).high_watermark < 1 {
+        while shard.offsets(1).durable_end < 1 {
             yields += 1;
             assert!(yields < 10_000, "no sync an hour (virtual) after the write");
             futures_lite::future::yield_now().await;

@@ -141,7 +141,7 @@ fn check(ops: Vec<Op>) {
                 let o = shard.offsets(p);
                 assert_eq!((o.start, o.end), (m.start, m.end), "partition {p}");
                 assert_eq!(
-                    o.high_watermark, m.end,
+                    o.durable_end, m.end,
                     "Always: everything acknowledged is durable"
                 );
             }

@@ -76,7 +76,7 @@ fn interleaved_partitions_read_back_from_memory_disk_and_after_reopen() {
                 Offsets {
                     start: 0,
                     end,
-                    high_watermark: end
+                    durable_end: end
                 }
             );
         }
@@ -197,7 +197,7 @@ fn delete_before_survives_reopen_and_frees_segments() {
                 Offsets {
                     start: 300,
                     end,
-                    high_watermark: end
+                    durable_end: end
                 }
             );
             assert_reads_back(&shard, p, 300, end).await;
@@ -212,7 +212,7 @@ fn delete_before_survives_reopen_and_frees_segments() {
             Offsets {
                 start: end,
                 end,
-                high_watermark: end
+                durable_end: end
             }
         );
         assert_eq!(shard.append(3, &records(3, end, 1)).await.unwrap(), end);
@@ -515,6 +515,47 @@ fn fetch_returns_only_acknowledged_records() {
             shard.fetch(1, 6, 1 << 20, short).await,
             Err(Error::OffsetOutOfRange { .. })
         ));
+        shard.close().await.unwrap();
+    });
+}
+
+/// Read committed: a record whose append is in the log but not yet
+/// acknowledged (its commit may still fail) is served by no read, and the
+/// offsets' end is the acknowledged end.
+#[test]
+fn reads_and_offsets_serve_acknowledged_records_only() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        shard.append(4, &records(4, 0, 2)).await.unwrap();
+        // Submitted, in the memtable and the index, but not committed: no
+        // await has let the commit task run.
+        let submitted = shard.submit(4, &records(4, 2, 3)).await.unwrap();
+        assert_eq!(submitted.base_offset, 2);
+        let o = shard.offsets(4);
+        assert_eq!((o.start, o.end), (0, 2), "{o:?}");
+        assert!(o.durable_end <= o.end);
+        let got = shard.read(4, 0, 1 << 20).await.unwrap();
+        assert_eq!(got.iter().map(|r| r.offset()).collect::<Vec<_>>(), [0, 1]);
+        assert!(shard.read(4, 2, 1 << 20).await.unwrap().is_empty());
+        assert!(matches!(
+            shard.read(4, 3, 1 << 20).await,
+            Err(Error::OffsetOutOfRange { end: 2, .. })
+        ));
+        assert!(matches!(
+            shard.read_range(4, 0, 5).await,
+            Err(Error::OffsetOutOfRange { end: 2, .. })
+        ));
+        shard.wait_committed(submitted.group).await.unwrap();
+        shard.acknowledge(&submitted);
+        assert_eq!(shard.offsets(4).end, 5);
+        assert_reads_back(&shard, 4, 0, 5).await;
+        assert_eq!(
+            shard.offsets(4).durable_end,
+            5,
+            "Always: durable once acknowledged"
+        );
         shard.close().await.unwrap();
     });
 }

@@ -3,8 +3,9 @@
 //! replay that rebuilds them all from the recovered log on open.
 //!
 //! Every partition has dense offsets from 0, an end (the next offset), a
-//! start (the first readable offset) and a high-water mark (the end of what
-//! an fdatasync covered). Starts and truncations are logged as control
+//! start (the first readable offset), an acknowledged end (what reads
+//! serve: appends whose policy was met) and a durable end (what an
+//! fdatasync covered). Starts and truncations are logged as control
 //! batches in the WAL, in order with the data, and replayed on open on top
 //! of the partition checkpoint ([`crate::format::checkpoint`]).
 
@@ -53,15 +54,22 @@ impl Control {
     }
 }
 
-/// The offsets of a partition.
+/// The offsets of a partition, as readers see them.
+///
+/// Invariant: `start <= end` and `durable_end <= end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Offsets {
     /// First readable offset.
     pub start: u64,
-    /// Next offset to be assigned.
+    /// End of the acknowledged records (an append is acknowledged when its
+    /// future resolves `Ok`): what reads serve. Appends accepted and not
+    /// yet acknowledged lie past it, unreadable: their commit may still
+    /// fail, and after a crash their offsets may hold other records.
     pub end: u64,
-    /// End of the records an fdatasync has covered.
-    pub high_watermark: u64,
+    /// End of the acknowledged records an fdatasync has covered: what a
+    /// crash keeps. Below `end` under `Never` and `Interval` until the next
+    /// sync; equal to it under `Always`.
+    pub durable_end: u64,
 }
 
 /// One partition's state.
@@ -75,8 +83,9 @@ pub(crate) struct Partition {
     pub(crate) logged_start: u64,
     /// Next offset to be assigned.
     pub(crate) end: u64,
-    /// End of the records an fdatasync has covered.
-    pub(crate) high_watermark: u64,
+    /// End of the records an fdatasync has covered; may pass `acked_end`
+    /// until the appends of the synced group are acknowledged.
+    pub(crate) durable_end: u64,
     /// Where each batch of the partition lives.
     pub(crate) index: OffsetIndex,
     /// Ends of appended batches not yet known durable: (commit group, end).
@@ -96,20 +105,23 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    /// The offsets, with the high-water mark moved up to the batches whose
-    /// commit group `durable_group` covered.
+    /// The offsets readers see, with the durable end moved up to the
+    /// batches whose commit group `durable_group` covered.
     pub(crate) fn offsets(&mut self, durable_group: u64) -> Offsets {
         while let Some(&(group, end)) = self.pending.front() {
             if group > durable_group {
                 break;
             }
-            self.high_watermark = end;
+            self.durable_end = end;
             self.pending.pop_front();
         }
+        // Retention may move the start past appends of a sealed segment
+        // that are not acknowledged yet: nothing is readable then.
+        let end = self.acked_end.max(self.start);
         Offsets {
             start: self.start,
-            end: self.end,
-            high_watermark: self.high_watermark,
+            end,
+            durable_end: self.durable_end.min(end),
         }
     }
 
@@ -141,7 +153,7 @@ impl Partition {
         self.index.truncate(from);
         self.acked_end = self.acked_end.min(from);
         self.end = from;
-        self.high_watermark = self.high_watermark.min(from);
+        self.durable_end = self.durable_end.min(from);
         // A pending batch past the cut still carries the offsets before it:
         // when its group is durable, so are they (up to `from`).
         for (_, end) in self.pending.iter_mut().chain(self.unacked.iter_mut()) {

@@ -95,7 +95,7 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
             let part = Partition {
                 start,
                 end,
-                high_watermark: end,
+                durable_end: end,
                 ..Partition::default()
             };
             (p, part)
@@ -204,7 +204,7 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
         // below a start a skipped control batch set.
         part.index.truncate(part.end);
         part.index.remove_before(part.start);
-        part.high_watermark = part.end;
+        part.durable_end = part.end;
         part.acked_end = part.end;
         part.logged_start = part.start;
         // Invariant: outside tolerate-any, every offset in [start, end) of
@@ -305,7 +305,7 @@ mod tests {
         .expect("replays");
         let p = &out.partitions[&7];
         assert_eq!(
-            (p.start, p.end, p.high_watermark, p.acked_end),
+            (p.start, p.end, p.durable_end, p.acked_end),
             (4, 15, 15, 15)
         );
         assert_eq!(

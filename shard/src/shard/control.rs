@@ -46,7 +46,7 @@ impl<S: Storage> Shard<S> {
             let o = Offsets {
                 start: part.start,
                 end: part.end,
-                high_watermark: part.high_watermark,
+                durable_end: part.durable_end,
             };
             // Nothing to log when the partition already ends at `offset`,
             // or a logged start covers it; but what set that end or start
@@ -56,8 +56,14 @@ impl<S: Storage> Shard<S> {
                 Control::Truncate if offset < o.start || offset > o.end => {
                     return Err(out_of_range(partition, offset, o))
                 }
-                Control::DeleteBefore if offset > o.end => {
-                    return Err(out_of_range(partition, offset, o))
+                // Only acknowledged records can be deleted: a start past
+                // them would hide appends that may still fail.
+                Control::DeleteBefore if offset > part.acked_end.max(o.start) => {
+                    let o = Offsets {
+                        end: part.acked_end.max(o.start),
+                        ..o
+                    };
+                    return Err(out_of_range(partition, offset, o));
                 }
                 Control::Truncate => offset == o.end,
                 // A start that retention moved is not logged yet: log this

@@ -65,7 +65,18 @@ impl<S: Storage> Shard<S> {
         timeout: Duration,
     ) -> Result<Vec<StoredRecord>> {
         self.wal.usable()?;
-        self.check_offset(partition, offset)?;
+        // A follower may wait for offsets already accepted and not yet
+        // acknowledged: they will be readable once their commit completes.
+        let o = self.offsets(partition);
+        let accepted = self
+            .state
+            .borrow()
+            .partitions
+            .get(&partition)
+            .map_or(0, |p| p.end);
+        if offset < o.start || offset > accepted.max(o.end) {
+            return Err(out_of_range(partition, offset, o));
+        }
         if !self.wait_for(partition, offset, timeout).await {
             // The shard may have failed, or begun to close, meanwhile.
             self.wal.usable()?;
@@ -76,19 +87,14 @@ impl<S: Storage> Shard<S> {
         }
         // A truncation may have moved the end while this waited.
         let o = self.check_offset(partition, offset)?;
-        let acked = self
-            .state
-            .borrow()
-            .partitions
-            .get(&partition)
-            .map_or(0, |p| p.acked_end);
-        self.collect(partition, offset, acked.min(o.end), max_bytes)
-            .await
+        self.collect(partition, offset, o.end, max_bytes).await
     }
 
-    /// Records of `partition` from `offset` on, up to `max_bytes` of keys,
-    /// values and headers, but always at least one record when `offset` is
-    /// below the end. Reading at the end returns nothing.
+    /// Acknowledged records of `partition` from `offset` on, up to
+    /// `max_bytes` of keys, values and headers, but always at least one
+    /// record when `offset` is below the end. Reading at the end returns
+    /// nothing; past it, [`Error::OffsetOutOfRange`] (the end is the
+    /// acknowledged end: see [`Offsets`]).
     pub async fn read(
         &self,
         partition: u64,
@@ -99,7 +105,8 @@ impl<S: Storage> Shard<S> {
         self.collect(partition, offset, o.end, max_bytes).await
     }
 
-    /// Exactly the records of `partition` in `[start, end)`; only the first
+    /// Exactly the records of `partition` in `[start, end)`, all
+    /// acknowledged (an `end` past the acknowledged end is refused); only the first
     /// of them when a truncate or delete-before crossed the read while it
     /// waited for the disk (what existed when it started, never a mix).
     pub async fn read_range(

@@ -96,13 +96,13 @@ impl Run {
                 if !self.profile.acks_before_sync() {
                     let acked = model.parts.get(&p).map_or(0, |m| m.acked_end);
                     assert!(
-                        o.high_watermark >= acked.min(o.end),
+                        o.durable_end >= acked.min(o.end),
                         "seed {}: partition {p} acknowledged {acked} under Always but the high-water mark is {}",
                         self.seed,
-                        o.high_watermark
+                        o.durable_end
                     );
                 }
-                (p, o.high_watermark)
+                (p, o.durable_end)
             })
             .collect()
     }
