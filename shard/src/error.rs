@@ -33,6 +33,18 @@ pub enum Error {
         max: usize,
     },
 
+    /// A conditional append ([`append_at`](crate::Shard::submit_at)) expected the partition to end
+    /// elsewhere; nothing was written.
+    #[error("partition {partition} ends at {end}, not at the expected {expected}")]
+    OffsetMismatch {
+        /// The partition.
+        partition: u64,
+        /// The end the caller expected.
+        expected: u64,
+        /// The partition's end, counting appends already accepted.
+        end: u64,
+    },
+
     /// The offset lies outside the partition's readable range
     /// `[start, end]`.
     #[error("offset {offset} of partition {partition} is out of range [{start}, {end}]")]
@@ -43,7 +55,7 @@ pub enum Error {
         offset: u64,
         /// First readable offset.
         start: u64,
-        /// Next offset to be assigned.
+        /// End of the acknowledged records (see `Offsets::end`).
         end: u64,
     },
 

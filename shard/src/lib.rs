@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use format::{record::Record, stored_record::StoredRecord};
 pub use partition::Offsets;
 pub use recovery::{Damage, Orphan, RecoveryReport};
-pub use shard::{Shard, Submitted};
+pub use shard::{Shard, Submitted, MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES};
 pub use stats::ShardStats;
 #[cfg(feature = "sim")]
 pub use storage::sim;

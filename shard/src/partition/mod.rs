@@ -13,26 +13,50 @@ pub(crate) mod index;
 pub(crate) mod memtable;
 pub(crate) mod replay;
 
-use std::{collections::VecDeque, task::Waker};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    task::Waker,
+};
 
 use crate::partition::index::OffsetIndex;
 
 /// An operation on a partition, logged as a control batch: one record
-/// whose value is the operation's byte, at the batch's base offset.
+/// whose value starts with the operation's byte, at the batch's base
+/// offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
     /// Moves the partition's start offset up to the batch's base offset.
     DeleteBefore,
     /// Removes the partition's offsets from the batch's base offset on.
     Truncate,
+    /// Empties the partition and sets its start and end to the batch's base
+    /// offset (any value, also past the old end).
+    Reset,
+    /// Sets the metadata value of the record's key to the rest of its value
+    /// (past the operation's byte). Moves no offset: the batch's base offset
+    /// is the partition's end when it was logged.
+    PutMeta,
+}
+
+/// A control batch's record as recovery read it back, for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ControlRecord {
+    /// The operation's byte ([`Control::byte`]).
+    pub byte: u8,
+    /// The record's key (a metadata key), empty when it has none.
+    pub key: Vec<u8>,
+    /// The record's value past the operation's byte.
+    pub arg: Vec<u8>,
 }
 
 impl Control {
-    /// The byte the control record holds.
+    /// The byte the control record's value starts with.
     pub(crate) fn byte(self) -> u8 {
         match self {
             Control::DeleteBefore => 1,
             Control::Truncate => 2,
+            Control::Reset => 3,
+            Control::PutMeta => 4,
         }
     }
 
@@ -41,15 +65,22 @@ impl Control {
         match byte {
             1 => Some(Control::DeleteBefore),
             2 => Some(Control::Truncate),
+            3 => Some(Control::Reset),
+            4 => Some(Control::PutMeta),
             _ => None,
         }
     }
 
-    /// Applies the operation at `offset` to `part`, in memory.
-    pub(crate) fn apply(self, part: &mut Partition, offset: u64) {
+    /// Applies the operation logged at `offset`, with its record's `key`
+    /// and `arg`, to `part`, in memory.
+    pub(crate) fn apply(self, part: &mut Partition, offset: u64, key: &[u8], arg: &[u8]) {
         match self {
             Control::DeleteBefore => part.delete_before(offset),
             Control::Truncate => part.truncate(offset),
+            Control::Reset => part.reset(offset),
+            Control::PutMeta => {
+                part.meta.insert(key.to_vec(), arg.to_vec());
+            }
         }
     }
 }
@@ -102,6 +133,15 @@ pub(crate) struct Partition {
     pub(crate) truncations: u64,
     /// Tasks waiting in `Shard::wait_for` for `acked_end` to move.
     pub(crate) tail_waiters: Vec<Waker>,
+    /// Small values kept with the partition (a Raft vote, a commit index),
+    /// logged in order with its appends and kept by the checkpoint.
+    pub(crate) meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Commit group of the partition's last reset or metadata batch, until
+    /// it is durable. Invariant: no data batch of the partition is logged
+    /// after it before then, so a crash cannot keep a later append and lose
+    /// the reset or metadata before it (their batches take no offset a gap
+    /// would show).
+    pub(crate) barrier: Option<u64>,
 }
 
 impl Partition {
@@ -159,6 +199,31 @@ impl Partition {
         for (_, end) in self.pending.iter_mut().chain(self.unacked.iter_mut()) {
             *end = (*end).min(from);
         }
+    }
+
+    /// Empties the partition: start and end become `offset` (any value),
+    /// nothing before it is readable. Appends in flight are cut as by a
+    /// truncation: their commit acknowledges no offset.
+    pub(crate) fn reset(&mut self, offset: u64) {
+        self.truncations += 1;
+        self.index = OffsetIndex::default();
+        self.start = offset;
+        self.logged_start = offset;
+        self.end = offset;
+        self.acked_end = offset;
+        self.durable_end = offset;
+        for (_, end) in self.pending.iter_mut().chain(self.unacked.iter_mut()) {
+            *end = (*end).min(offset);
+        }
+        for w in self.tail_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Whether the partition holds anything worth keeping: offsets, or
+    /// metadata. One that long polls or reads only named is not.
+    pub(crate) fn is_written(&self) -> bool {
+        self.end > 0 || !self.meta.is_empty()
     }
 
     /// Moves the start up to `offset` (never down).

@@ -16,7 +16,7 @@ use crate::{
         checkpoint::Checkpoint,
         segment::segment_path,
     },
-    partition::{index::IndexEntry, Control, Partition},
+    partition::{index::IndexEntry, Control, ControlRecord, Partition},
     recovery::{decide, Action, Damage, Finding, Orphan},
 };
 
@@ -35,11 +35,11 @@ pub(crate) struct ReplayInput<'a> {
     pub(crate) active_segment: u64,
     /// Every surviving batch, in log order.
     pub(crate) batches: &'a [RecoveredBatch],
-    /// The first byte of the value of every control batch at or past the
-    /// checkpoint's log end, by (segment, position) (`None` when its value
-    /// is empty), or why it could not be read: the error is raised only if
-    /// replay applies that batch.
-    pub(crate) controls: &'a HashMap<(u64, u64), Result<Option<u8>>>,
+    /// The record of every control batch at or past the checkpoint's log
+    /// end, by (segment, position) (`None` when its value is empty), or why
+    /// it could not be read: the error is raised only if replay applies
+    /// that batch.
+    pub(crate) controls: &'a HashMap<(u64, u64), Result<Option<ControlRecord>>>,
 }
 
 /// The partitions replay rebuilt, and what it reports.
@@ -96,6 +96,7 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
                 start,
                 end,
                 durable_end: end,
+                meta: checkpoint.meta.get(&p).cloned().unwrap_or_default(),
                 ..Partition::default()
             };
             (p, part)
@@ -124,11 +125,16 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
             }
             continue;
         }
+        let control = (h.flags & FLAG_CONTROL != 0)
+            .then(|| controls.get(&(b.segment, b.position)))
+            .flatten();
+        // A reset sets the offsets wherever it says: no gap before it.
+        let reset = matches!(control, Some(Ok(Some(c))) if c.byte == Control::Reset.byte());
         // Invariant: a partition's offsets are dense. Writes in flight
         // complete in any order, so a crash can keep a batch and lose an
         // earlier one of its partition; the survivor was never acknowledged
         // as durable (the lost one was not).
-        if h.base_offset > part.end {
+        if h.base_offset > part.end && !reset {
             let finding = if b.segment == active_segment {
                 Finding::Orphan
             } else {
@@ -160,16 +166,22 @@ pub(crate) fn replay(input: ReplayInput<'_>) -> Result<Replayed> {
             }
         }
         if h.flags & FLAG_CONTROL != 0 {
-            let damage = match controls.get(&(b.segment, b.position)) {
-                Some(Ok(byte)) => match byte.and_then(Control::from_byte) {
-                    Some(op) => {
-                        op.apply(part, h.base_offset);
+            let damage = match control {
+                Some(Ok(record)) => match record
+                    .as_ref()
+                    .and_then(|c| Some((Control::from_byte(c.byte)?, c)))
+                {
+                    Some((op, c)) => {
+                        op.apply(part, h.base_offset, &c.key, &c.arg);
                         continue;
                     }
                     None => Error::corrupted(
                         segment_path(dir, b.segment),
                         b.position,
-                        format!("unknown control batch {:?}", Some(byte)),
+                        format!(
+                            "unknown control batch {:?}",
+                            record.as_ref().map(|c| c.byte)
+                        ),
                     ),
                 },
                 Some(Err(e)) => e.clone(),
@@ -271,7 +283,14 @@ mod tests {
     ) -> Result<Replayed> {
         let controls: HashMap<_, _> = controls
             .iter()
-            .map(|&(at, op)| (at, Ok(Some(op))))
+            .map(|&(at, byte)| {
+                let record = ControlRecord {
+                    byte,
+                    key: Vec::new(),
+                    arg: Vec::new(),
+                };
+                (at, Ok(Some(record)))
+            })
             .collect();
         replay(ReplayInput {
             dir: Path::new("/d"),
@@ -349,6 +368,7 @@ mod tests {
         let ahead = Checkpoint {
             log_end: (3, 4096),
             partitions: BTreeMap::from([(1, (0, 4))]),
+            meta: BTreeMap::new(),
         };
         assert!(run(RecoveryMode::TolerateTornTail, ahead.clone(), &[], &[]).is_err());
         let salvaged = run(RecoveryMode::TolerateAnyCorruption, ahead, &[], &[]).expect("skips");
@@ -376,10 +396,32 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_past_the_end_is_no_gap_and_the_batches_after_it_count() {
+        let batches = [
+            batch(1, 4096, 3, 0, 3),
+            control(1, 4196, 3, 10), // reset to 10
+            batch(1, 4296, 3, 10, 2),
+        ];
+        let out = run(
+            RecoveryMode::AbsoluteConsistency,
+            Checkpoint::default(),
+            &batches,
+            &[((1, 4196), Control::Reset.byte())],
+        )
+        .expect("replays");
+        let p = &out.partitions[&3];
+        assert_eq!((p.start, p.end), (10, 12));
+        assert!(out.orphaned.is_empty() && out.skipped.is_empty());
+        assert!(p.index.check_covers(10, 12).is_ok());
+        assert!(p.index.find(1).is_none(), "nothing before the reset");
+    }
+
+    #[test]
     fn batches_before_the_checkpoint_only_rebuild_the_index() {
         let checkpoint = Checkpoint {
             log_end: (1, 4196),
             partitions: BTreeMap::from([(5, (2, 10))]),
+            meta: BTreeMap::new(),
         };
         // The batch before the log end is accounted for by the checkpoint;
         // its control batch there is not replayed (no entry in `controls`).
@@ -397,6 +439,7 @@ mod tests {
         let checkpoint = Checkpoint {
             log_end: (1, 4096),
             partitions: BTreeMap::from([(5, (0, 10))]),
+            meta: BTreeMap::new(),
         };
         let refused = run(RecoveryMode::TolerateTornTail, checkpoint.clone(), &[], &[]);
         assert!(

@@ -1,8 +1,15 @@
-//! Control operations of a shard: delete-before and truncate (logged as
-//! control batches), retention, the partition checkpoint, and the deletion
-//! of segments nothing needs any more.
+//! Control operations of a shard: delete-before, truncate, reset and
+//! metadata (logged as control batches), retention, the partition
+//! checkpoint, and the deletion of segments nothing needs any more.
 
 use std::cell::RefCell;
+
+/// Metadata keys a partition holds at most.
+pub const MAX_META_KEYS: usize = 64;
+/// Largest metadata key, in bytes.
+pub const MAX_META_KEY_BYTES: usize = 256;
+/// Largest metadata value, in bytes.
+pub const MAX_META_VALUE_BYTES: usize = 64 << 10;
 
 use crate::{
     error::{Error, Result},
@@ -21,7 +28,7 @@ impl<S: Storage> Shard<S> {
     /// records are no longer readable, and segments nothing needs any more
     /// are deleted. An offset at or below the start changes nothing.
     pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
-        self.control(partition, offset, Control::DeleteBefore)
+        self.control(partition, offset, Control::DeleteBefore, &[], &[])
             .await?;
         self.delete_unneeded_segments().await
     }
@@ -29,13 +36,86 @@ impl<S: Storage> Shard<S> {
     /// Removes the offsets of `partition` from `from` on, durably; the next
     /// append gets offset `from`. `from` at the end changes nothing.
     pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
-        self.control(partition, from, Control::Truncate).await
+        self.control(partition, from, Control::Truncate, &[], &[])
+            .await
+    }
+
+    /// Empties `partition` durably and sets its start and end to `start`
+    /// (any value, also past the old end): the next append gets offset
+    /// `start`. What a replicated log's follower does after installing a
+    /// snapshot. Appends in flight are cut as by a truncation. Segments
+    /// nothing needs any more are deleted.
+    pub async fn reset(&self, partition: u64, start: u64) -> Result<()> {
+        self.control(partition, start, Control::Reset, &[], &[])
+            .await?;
+        self.delete_unneeded_segments().await
+    }
+
+    /// Sets metadata `key` of `partition` to `value`, durably when this
+    /// returns, in order with the partition's appends: a crash never keeps
+    /// an append logged after it and loses it. Kept across segment deletion
+    /// and retention (the checkpoint holds it). At most [`MAX_META_KEYS`]
+    /// keys a partition, keys of at most [`MAX_META_KEY_BYTES`] and values
+    /// of at most [`MAX_META_VALUE_BYTES`].
+    pub async fn put_meta(&self, partition: u64, key: &[u8], value: &[u8]) -> Result<()> {
+        if key.len() > MAX_META_KEY_BYTES {
+            return Err(Error::RecordTooLarge {
+                what: "metadata key",
+                size: key.len(),
+                max: MAX_META_KEY_BYTES,
+            });
+        }
+        if value.len() > MAX_META_VALUE_BYTES {
+            return Err(Error::RecordTooLarge {
+                what: "metadata value",
+                size: value.len(),
+                max: MAX_META_VALUE_BYTES,
+            });
+        }
+        // The offset is the partition's end, taken when the batch is logged.
+        self.control(partition, 0, Control::PutMeta, key, value)
+            .await
+    }
+
+    /// The metadata value of `key` in `partition`, if set.
+    pub fn get_meta(&self, partition: u64, key: &[u8]) -> Option<Vec<u8>> {
+        let st = self.state.borrow();
+        st.partitions.get(&partition)?.meta.get(key).cloned()
+    }
+
+    /// Every partition that holds offsets or metadata, with its offsets, in
+    /// partition order. Partitions only read or polled are not listed.
+    pub fn partitions(&self) -> Vec<(u64, Offsets)> {
+        let durable = self.wal.watermarks().1;
+        let mut st = self.state.borrow_mut();
+        let mut out: Vec<(u64, Offsets)> = st
+            .partitions
+            .iter_mut()
+            .filter(|(_, part)| part.is_written())
+            .map(|(&p, part)| (p, part.offsets(durable)))
+            .collect();
+        out.sort_unstable_by_key(|&(p, _)| p);
+        out
     }
 
     /// Logs a control batch, applies it in memory before any other batch of
     /// the partition can be logged after it, and waits until it is durable.
-    async fn control(&self, partition: u64, offset: u64, op: Control) -> Result<()> {
-        let records = [Record::new(vec![op.byte()]).with_timestamp(0)];
+    async fn control(
+        &self,
+        partition: u64,
+        offset: u64,
+        op: Control,
+        key: &[u8],
+        arg: &[u8],
+    ) -> Result<()> {
+        let mut value = Vec::with_capacity(1 + arg.len());
+        value.push(op.byte());
+        value.extend_from_slice(arg);
+        let mut record = Record::new(value).with_timestamp(0);
+        if !key.is_empty() {
+            record = record.with_key(key.to_vec());
+        }
+        let records = [record];
         let size = self.wal.check_batch(partition, &records)?;
         self.wal.wait_for_room(size).await?;
         {
@@ -69,9 +149,26 @@ impl<S: Storage> Shard<S> {
                 // A start that retention moved is not logged yet: log this
                 // one, so that a crash keeps the start at `offset` at least.
                 Control::DeleteBefore => offset <= part.logged_start,
+                Control::PutMeta => {
+                    let full = part.meta.len() >= MAX_META_KEYS && !part.meta.contains_key(key);
+                    if full {
+                        return Err(Error::InvalidArgument(format!(
+                            "partition {partition} already holds {MAX_META_KEYS} metadata keys"
+                        )));
+                    }
+                    false
+                }
+                Control::Reset => false,
+            };
+            // Other appends may have moved the end while this waited for
+            // room: metadata goes at the end as it is now.
+            let offset = if op == Control::PutMeta {
+                o.end
+            } else {
+                offset
             };
             if !noop {
-                self.log_control(st, partition, offset, op, &records, size)?;
+                self.log_control(st, partition, offset, op, &records, size, key, arg)?;
             }
         }
         self.wal.flush().await
@@ -79,6 +176,7 @@ impl<S: Storage> Shard<S> {
 
     /// Logs control batch `op` at `offset` of `partition` and applies it in
     /// memory, with no await in between.
+    #[allow(clippy::too_many_arguments)]
     fn log_control(
         &self,
         st: &mut ShardState,
@@ -87,6 +185,8 @@ impl<S: Storage> Shard<S> {
         op: Control,
         records: &[Record],
         size: usize,
+        key: &[u8],
+        arg: &[u8],
     ) -> Result<()> {
         let part = st.partitions.entry(partition).or_default();
         let info = BatchInfo {
@@ -95,7 +195,7 @@ impl<S: Storage> Shard<S> {
             flags: FLAG_CONTROL,
             ..BatchInfo::default()
         };
-        self.wal.encode(info, records, size, |_| {})?;
+        let appended = self.wal.encode(info, records, size, |_| {})?;
         // A cached batch holding `offset` stays (it may not be written
         // yet); reads stop where its index entry ends.
         match op {
@@ -104,8 +204,19 @@ impl<S: Storage> Shard<S> {
                 st.memtable.remove_before(partition, offset);
                 part.logged_start = part.logged_start.max(offset);
             }
+            Control::Reset => st.memtable.remove_from(partition, 0),
+            Control::PutMeta => {}
         }
-        op.apply(part, offset);
+        let durable_end = part.durable_end;
+        op.apply(part, offset, key, arg);
+        if matches!(op, Control::Reset | Control::PutMeta) {
+            part.barrier = Some(appended.group);
+        }
+        if op == Control::Reset {
+            // The new ends are durable once the reset is.
+            part.durable_end = durable_end.min(offset);
+            part.pending.push_back((appended.group, offset));
+        }
         Ok(())
     }
 
@@ -186,8 +297,14 @@ impl<S: Storage> Shard<S> {
                 partitions: st
                     .partitions
                     .iter()
-                    .filter(|(_, part)| part.end > 0)
+                    .filter(|(_, part)| part.is_written())
                     .map(|(&p, part)| (p, (part.start, part.end)))
+                    .collect(),
+                meta: st
+                    .partitions
+                    .iter()
+                    .filter(|(_, part)| !part.meta.is_empty())
+                    .map(|(&p, part)| (p, part.meta.clone()))
                     .collect(),
             }
         };

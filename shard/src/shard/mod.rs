@@ -8,6 +8,7 @@
 //! [`reserve`].
 
 mod control;
+pub use control::{MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES};
 mod read;
 mod reserve;
 
@@ -29,7 +30,7 @@ use crate::{
         index::IndexEntry,
         memtable::Memtable,
         replay::{replay, ReplayInput},
-        Offsets, Partition,
+        ControlRecord, Offsets, Partition,
     },
     recovery::RecoveryReport,
     stats::ShardStats,
@@ -160,7 +161,18 @@ impl<S: Storage> Shard<S> {
     /// steps [`Shard::submit`], [`Shard::wait_committed`] and
     /// [`Shard::acknowledge`] in one call.
     pub async fn append(&self, partition: u64, records: &[Record]) -> Result<u64> {
-        let submitted = self.submit(partition, records).await?;
+        self.append_at(partition, None, records).await
+    }
+
+    /// [`Shard::append`], conditional on the partition's end as in
+    /// [`Shard::submit_at`].
+    pub async fn append_at(
+        &self,
+        partition: u64,
+        expected_end: Option<u64>,
+        records: &[Record],
+    ) -> Result<u64> {
+        let submitted = self.submit_at(partition, expected_end, records).await?;
         self.wait_committed(submitted.group).await?;
         self.acknowledge(&submitted);
         self.after_commit().await;
@@ -175,12 +187,43 @@ impl<S: Storage> Shard<S> {
     /// [`Shard::wait_committed`] on the returned group, then calls
     /// [`Shard::acknowledge`].
     pub async fn submit(&self, partition: u64, records: &[Record]) -> Result<Submitted> {
+        self.submit_at(partition, None, records).await
+    }
+
+    /// [`Shard::submit`], but when `expected_end` is given, only if the
+    /// partition's end (counting appends already submitted) is
+    /// `expected_end`; else [`Error::OffsetMismatch`] and nothing is
+    /// written. The conditional append of a replicated log's leader.
+    pub async fn submit_at(
+        &self,
+        partition: u64,
+        expected_end: Option<u64>,
+        records: &[Record],
+    ) -> Result<Submitted> {
         let size = self.wal.check_batch(partition, records)?;
-        self.wal.wait_for_room(size).await?;
+        loop {
+            self.wait_for_barrier(partition).await?;
+            self.wal.wait_for_room(size).await?;
+            // A reset or metadata batch may have been logged while this
+            // waited for room: then wait for it too.
+            if !self.behind_barrier(partition) {
+                break;
+            }
+        }
         // From here to the encode nothing awaits, so offsets are assigned in
         // the order batches enter the log.
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
+        if let Some(expected) = expected_end {
+            let end = st.partitions.get(&partition).map_or(0, |p| p.end);
+            if end != expected {
+                return Err(Error::OffsetMismatch {
+                    partition,
+                    expected,
+                    end,
+                });
+            }
+        }
         let part = st.partitions.entry(partition).or_default();
         let info = BatchInfo {
             partition,
@@ -212,6 +255,31 @@ impl<S: Storage> Shard<S> {
             base_offset: a.base_offset,
             group: a.group,
         })
+    }
+
+    /// Waits until the partition's last reset or metadata batch is durable
+    /// (see `Partition::barrier`).
+    async fn wait_for_barrier(&self, partition: u64) -> Result<()> {
+        loop {
+            let barrier = {
+                let st = self.state.borrow();
+                st.partitions.get(&partition).and_then(|p| p.barrier)
+            };
+            match barrier {
+                Some(g) if g > self.wal.watermarks().1 => self.wal.wait_durable(g).await?,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether the partition's last reset or metadata batch is not durable
+    /// yet.
+    fn behind_barrier(&self, partition: u64) -> bool {
+        let st = self.state.borrow();
+        st.partitions
+            .get(&partition)
+            .and_then(|p| p.barrier)
+            .is_some_and(|g| g > self.wal.watermarks().1)
     }
 
     /// Waits until commit group `group` meets the fsync policy (durable
@@ -309,31 +377,34 @@ impl<S: Storage> Shard<S> {
     }
 }
 
-/// The first byte of the value of every control batch at or past
-/// `replay_from` (the checkpoint's log end), by (segment, position), or why
-/// it could not be read: what replay needs to apply them, read before it so
-/// that it does no I/O. A batch replay drops or refuses is never applied,
-/// so its read error is kept for replay to raise only if it applies it.
+/// The record of every control batch at or past `replay_from` (the
+/// checkpoint's log end), by (segment, position), or why it could not be
+/// read: what replay needs to apply them, read before it so that it does no
+/// I/O. A batch replay drops or refuses is never applied, so its read error
+/// is kept for replay to raise only if it applies it.
 async fn read_controls<S: Storage>(
     wal: &Wal<S>,
     batches: &[RecoveredBatch],
     replay_from: (u64, u64),
-) -> HashMap<(u64, u64), Result<Option<u8>>> {
+) -> HashMap<(u64, u64), Result<Option<ControlRecord>>> {
     let mut controls = HashMap::new();
     for b in batches
         .iter()
         .filter(|b| b.header.flags & FLAG_CONTROL != 0 && (b.segment, b.position) >= replay_from)
     {
-        let byte = wal
+        let record = wal
             .read_batch(b.segment, b.position, b.header.length)
             .await
             .map(|batch| {
-                batch
-                    .records()
-                    .next()
-                    .and_then(|r| r.value().first().copied())
+                let r = batch.records().next()?;
+                let (&byte, arg) = r.value().split_first()?;
+                Some(ControlRecord {
+                    byte,
+                    key: r.key.unwrap_or_default().to_vec(),
+                    arg: arg.to_vec(),
+                })
             });
-        controls.insert((b.segment, b.position), byte);
+        controls.insert((b.segment, b.position), record);
     }
     controls
 }

@@ -307,6 +307,16 @@ impl<S: Storage> Wal<S> {
         }
     }
 
+    /// Waits until commit group `group` is durable, whatever the policy
+    /// (someone must have asked for the sync: a flush, or `Always`).
+    pub(crate) async fn wait_durable(&self, group: u64) -> Result<()> {
+        if self.inner.durable.wait_for(group).await {
+            Ok(())
+        } else {
+            Err(self.stopped_error())
+        }
+    }
+
     /// Writes everything appended so far and makes it durable.
     pub async fn flush(&self) -> Result<()> {
         let target = {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use corelog_shard::{sim::SimDisk, Error, Shard};
 
 use crate::{
-    model::{is_io_failure, Profile, DIR, PARTITIONS},
+    model::{is_io_failure, Model, Profile, DIR, PARTITIONS},
     run::Run,
     trace::note,
 };
@@ -73,6 +73,13 @@ impl Run {
                 model.check_record(seed, p, offset, r.value());
             }
             model.tally.records_verified += records.len() as u64;
+            if self.profile != Profile::Corruption {
+                let survivors: std::collections::HashSet<u64> = records
+                    .iter()
+                    .filter_map(|r| Model::append_id(r.value()))
+                    .collect();
+                check_meta(seed, shard, &mut model, p, &survivors);
+            }
             let part = model.parts.entry(p).or_default();
             part.start_min = o.start;
             part.start_max = o.start;
@@ -82,7 +89,13 @@ impl Run {
                 .map(|r| (r.offset(), r.value().to_vec()))
                 .collect();
         }
+        self.dependencies_checked();
         true
+    }
+
+    /// Forgets the appends issued behind metadata writes: checked.
+    pub(crate) fn dependencies_checked(&self) {
+        self.model.borrow_mut().dependencies.clear();
     }
 
     /// The ends that must survive a crash now: what the shard reports as
@@ -130,5 +143,56 @@ impl Run {
                 self.seed
             ),
         }
+    }
+}
+
+/// Checks the metadata of `p` after a reopen: for every key, the last value
+/// acknowledged or a later one, and at least the value an append that
+/// survived (one of `survivors`) was issued behind. Then the model adopts
+/// what is there.
+fn check_meta(
+    seed: u64,
+    shard: &Shard<SimDisk>,
+    model: &mut Model,
+    p: u64,
+    survivors: &std::collections::HashSet<u64>,
+) {
+    let floors: Vec<(Vec<u8>, usize)> = model
+        .dependencies
+        .iter()
+        .filter(|d| d.partition == p && survivors.contains(&d.append))
+        .map(|d| (d.key.clone(), d.value))
+        .collect();
+    model.tally.meta_orders_checked += floors.len() as u64;
+    let part = model.parts.entry(p).or_default();
+    for (key, m) in part.meta.iter_mut() {
+        let floor = floors
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|&(_, v)| v)
+            .max()
+            .max(m.acked);
+        let got = shard.get_meta(p, key);
+        note(|| {
+            format!(
+                "meta {p} {key:?}: {got:?}, at least #{floor:?} of {}",
+                m.values.len()
+            )
+        });
+        let found = got
+            .as_ref()
+            .and_then(|g| m.values.iter().rposition(|v| v == g));
+        match floor {
+            Some(floor) => assert!(
+                found.is_some_and(|i| i >= floor),
+                "seed {seed}: partition {p} metadata {key:?} lost value #{floor}: holds {got:?}"
+            ),
+            None => assert!(
+                got.is_none() || found.is_some(),
+                "seed {seed}: partition {p} metadata {key:?} holds {got:?}, never put"
+            ),
+        }
+        m.values = got.into_iter().collect();
+        m.acked = (!m.values.is_empty()).then_some(0);
     }
 }

@@ -100,6 +100,9 @@ pub(crate) struct Tally {
     pub(crate) records_verified: u64,
     pub(crate) corruption_detected: u64,
     pub(crate) io_failures: u64,
+    /// Appends issued behind a metadata write that a crash kept, each
+    /// checked to have kept the metadata too.
+    pub(crate) meta_orders_checked: u64,
     pub(crate) faults: FaultCounts,
 }
 
@@ -112,6 +115,7 @@ impl Tally {
         self.records_verified += o.records_verified;
         self.corruption_detected += o.corruption_detected;
         self.io_failures += o.io_failures;
+        self.meta_orders_checked += o.meta_orders_checked;
         let (a, b) = (&mut self.faults, &o.faults);
         a.write_eio += b.write_eio;
         a.sync_eio += b.sync_eio;
@@ -156,6 +160,30 @@ pub(crate) struct PartModel {
     pub(crate) known: BTreeMap<u64, Vec<u8>>,
     /// End of the acknowledged appends.
     pub(crate) acked_end: u64,
+    /// Metadata: every value put to each key.
+    pub(crate) meta: BTreeMap<Vec<u8>, MetaModel>,
+}
+
+/// The values put to one metadata key, in the order they were logged.
+#[derive(Debug, Default)]
+pub(crate) struct MetaModel {
+    pub(crate) values: Vec<Vec<u8>>,
+    /// The last value whose `put_meta` returned `Ok`: it or a later one
+    /// must survive.
+    pub(crate) acked: Option<usize>,
+}
+
+/// An append issued while a `put_meta` to its partition was in flight: if
+/// a crash keeps the append, it keeps that value of the key too (or a later
+/// one).
+#[derive(Debug)]
+pub(crate) struct MetaDependency {
+    pub(crate) partition: u64,
+    pub(crate) key: Vec<u8>,
+    /// Index of the value in the key's [`MetaModel::values`].
+    pub(crate) value: usize,
+    /// The append's id ([`Model::issue`]).
+    pub(crate) append: u64,
 }
 
 #[derive(Default)]
@@ -165,6 +193,8 @@ pub(crate) struct Model {
     issued: HashMap<u64, (u64, u32)>,
     next_id: u64,
     pub(crate) tally: Tally,
+    /// Appends issued behind a `put_meta`, checked after the next crash.
+    pub(crate) dependencies: Vec<MetaDependency>,
 }
 
 impl Model {
@@ -194,6 +224,20 @@ impl Model {
         }
         part.acked_end = part.acked_end.max(base + records.len() as u64);
         self.tally.appends_acked += 1;
+    }
+
+    /// Records a value about to be put to `key` of `partition`; returns
+    /// its index.
+    pub(crate) fn meta_issued(&mut self, partition: u64, key: &[u8], value: &[u8]) -> usize {
+        let m = self.parts.entry(partition).or_default();
+        let m = m.meta.entry(key.to_vec()).or_default();
+        m.values.push(value.to_vec());
+        m.values.len() - 1
+    }
+
+    /// The id of the append that wrote record value `v`.
+    pub(crate) fn append_id(v: &[u8]) -> Option<u64> {
+        parse(v).map(|(_, id, _)| id)
     }
 
     /// Checks one record read from `partition` at `offset`: it is intact,

@@ -1,13 +1,14 @@
 //! The operations a run's steps draw: appends (one at a time or several
-//! appenders at once), reads and follower fetches, delete-befores and
-//! truncates, each checked against the model as it completes.
+//! appenders at once, some behind a metadata write in flight), reads and
+//! follower fetches, delete-befores, truncates, resets and metadata
+//! writes, each checked against the model as it completes.
 
 use std::{cell::RefCell, rc::Rc};
 
 use corelog_shard::{sim::SimDisk, Error, Record, Shard};
 
 use crate::{
-    model::{Profile, DIR, PARTITIONS},
+    model::{MetaDependency, Profile, DIR, PARTITIONS},
     run::Run,
     trace::note,
 };
@@ -39,6 +40,39 @@ impl Run {
     ) -> (Vec<glommio::Task<()>>, bool) {
         let failed = Rc::new(RefCell::new(None::<Error>));
         let mut tasks = Vec::new();
+        if self.rng.u8(..) < 96 {
+            // A metadata write with an append to its partition right behind
+            // it: the append must not outlive the metadata in a crash.
+            let p = PARTITIONS[self.rng.usize(..PARTITIONS.len())];
+            let (key, value) = self.meta_value();
+            let (id, records) = self.model.borrow_mut().issue(p, &mut self.rng);
+            let index = self.model.borrow_mut().meta_issued(p, &key, &value);
+            self.model.borrow_mut().dependencies.push(MetaDependency {
+                partition: p,
+                key: key.clone(),
+                value: index,
+                append: id,
+            });
+            let (s, model, f) = (shard.clone(), self.model.clone(), failed.clone());
+            tasks.push(glommio::spawn_local(async move {
+                match s.put_meta(p, &key, &value).await {
+                    Ok(()) => acked_meta(&model, p, &key, index),
+                    Err(e) => {
+                        f.borrow_mut().get_or_insert(e);
+                    }
+                }
+            }));
+            let (s, model, f) = (shard.clone(), self.model.clone(), failed.clone());
+            tasks.push(glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                match s.append(p, &records).await {
+                    Ok(base) => model.borrow_mut().acked(p, base, &records),
+                    Err(e) => {
+                        f.borrow_mut().get_or_insert(e);
+                    }
+                }
+            }));
+        }
         for _ in 0..self.rng.usize(2..=8) {
             let appends: Vec<(u64, Vec<Record>)> = (0..self.rng.usize(1..=3))
                 .map(|_| {
@@ -92,14 +126,14 @@ impl Run {
         let p = PARTITIONS[self.rng.usize(..PARTITIONS.len())];
         let o = shard.offsets(p);
         // Read committed: reads serve up to the acknowledged end, which
-        // under `Always` is durable, so no read returns a record a crash
-        // can take back (the durable ends are checked after every crash).
-        if !self.profile.acks_before_sync() {
-            assert_eq!(
-                o.durable_end, o.end,
-                "seed {seed}: partition {p} serves records that are not durable: {o:?}"
-            );
-        }
+        // under `Always` is durable (a reset in flight may have moved the
+        // start past it: nothing is readable then), so no read returns a
+        // record a crash can take back (the durable ends are checked after
+        // every crash).
+        assert!(
+            o.end <= o.durable_end.max(o.start) || self.profile.acks_before_sync(),
+            "seed {seed}: partition {p} serves records that are not durable: {o:?}"
+        );
         if self.rng.u8(..) < 16 {
             let bad = if o.start > 0 && self.rng.bool() {
                 o.start - 1
@@ -148,6 +182,10 @@ impl Run {
             }
             Err(e) => panic!("seed {seed}: read {p}@{offset}: {e}"),
         };
+        assert!(
+            o.end <= o.durable_end.max(o.start) || self.profile.acks_before_sync(),
+            "seed {seed}: partition {p} serves records that are not durable: {o:?}"
+        );
         assert!(
             records.len() as u64 <= o.end - offset,
             "seed {seed}: read {p}@{offset} returned past the acknowledged end {}",
@@ -207,4 +245,71 @@ impl Run {
             }
         }
     }
+
+    /// A reset to anywhere up to a little past the end.
+    pub(crate) async fn reset(&mut self, shard: &Shard<SimDisk>) -> bool {
+        let p = PARTITIONS[self.rng.usize(..PARTITIONS.len())];
+        let o = shard.offsets(p);
+        let at = self.rng.u64(0..=o.end + 20);
+        let result = shard.reset(p, at).await;
+        note(|| format!("reset {p}@{at}: {result:?}"));
+        {
+            let mut model = self.model.borrow_mut();
+            let part = model.parts.entry(p).or_default();
+            if result.is_ok() {
+                part.start_min = at;
+                part.start_max = at;
+                part.acked_end = at;
+                part.known.clear();
+                let o = shard.offsets(p);
+                assert_eq!((o.start, o.end), (at, at), "seed {}", self.seed);
+            } else {
+                // It may or may not have reached the disk.
+                part.start_min = part.start_min.min(at);
+                part.start_max = part.start_max.max(at);
+            }
+        }
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.check_stopped(shard, &e).await;
+                false
+            }
+        }
+    }
+
+    /// A metadata write, read back at once.
+    pub(crate) async fn put_meta(&mut self, shard: &Shard<SimDisk>) -> bool {
+        let p = PARTITIONS[self.rng.usize(..PARTITIONS.len())];
+        let (key, value) = self.meta_value();
+        let index = self.model.borrow_mut().meta_issued(p, &key, &value);
+        let result = shard.put_meta(p, &key, &value).await;
+        note(|| format!("put_meta {p} {key:?} #{index}: {result:?}"));
+        match result {
+            Ok(()) => {
+                assert_eq!(shard.get_meta(p, &key), Some(value), "seed {}", self.seed);
+                acked_meta(&self.model, p, &key, index);
+                true
+            }
+            Err(e) => {
+                self.check_stopped(shard, &e).await;
+                false
+            }
+        }
+    }
+
+    /// One of a few keys, and a value no other write has.
+    fn meta_value(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let key = format!("k{}", self.rng.u8(..3)).into_bytes();
+        let value = self.rng.u64(..).to_le_bytes().to_vec();
+        (key, value)
+    }
+}
+
+/// Records that the `put_meta` of value `index` of `key` returned `Ok`.
+fn acked_meta(model: &RefCell<crate::model::Model>, p: u64, key: &[u8], index: usize) {
+    let mut model = model.borrow_mut();
+    let m = model.parts.entry(p).or_default();
+    let m = m.meta.entry(key.to_vec()).or_default();
+    m.acked = m.acked.max(Some(index));
 }

@@ -131,8 +131,10 @@ impl Run {
                 0..=29 => self.append(&shard).await,
                 30..=44 => self.burst(&shard, None).await.1,
                 45..=64 => self.read(&shard).await,
-                65..=69 => self.control(&shard, false).await,
-                70..=74 => self.control(&shard, true).await,
+                65..=67 => self.control(&shard, false).await,
+                68..=69 => self.put_meta(&shard).await,
+                70..=72 => self.control(&shard, true).await,
+                73..=74 => self.reset(&shard).await,
                 75..=79 => match shard.flush().await {
                     Ok(()) => true,
                     Err(e) => {
