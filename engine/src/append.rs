@@ -45,6 +45,8 @@ enum Outcome {
 /// answers with.
 pub(crate) struct AppendRequest {
     pub partition: u64,
+    /// For a conditional append: the end the partition must have.
+    pub expected_end: Option<u64>,
     pub records: Vec<Record>,
     pub ticket: Ticket,
 }

@@ -301,6 +301,21 @@ impl Handle {
     /// memory. Order against other operations (a `truncate`, a `read`)
     /// holds once the append's future has resolved.
     pub fn append(&self, partition: u64, records: Vec<Record>) -> Append {
+        self.enqueue(partition, None, records)
+    }
+
+    /// Appends `records` to `partition` as [`Handle::append`] does, but only
+    /// if the partition's end, counting appends already queued before this
+    /// one, is `expected_end`; else the future gives
+    /// [`Error::OffsetMismatch`] and nothing is written. The conditional
+    /// append a replicated log's leader (or a producer that must not
+    /// duplicate) needs.
+    pub fn append_at(&self, partition: u64, expected_end: u64, records: Vec<Record>) -> Append {
+        self.enqueue(partition, Some(expected_end), records)
+    }
+
+    /// Queues an append; see [`Handle::append`].
+    fn enqueue(&self, partition: u64, expected_end: Option<u64>, records: Vec<Record>) -> Append {
         let shard = self.shard(partition);
         let Some((future, ticket)) = append::slot(&self.slots, shard, &self.panics[shard]) else {
             return Append::failed(Error::InvalidArgument(
@@ -311,14 +326,18 @@ impl Handle {
         // future with why the shard stopped.
         let _ = self.appends[shard].try_send(AppendRequest {
             partition,
+            expected_end,
             records,
             ticket,
         });
         future
     }
 
-    /// Records from `offset` on, up to `max_bytes` (at least one record when
-    /// `offset` is below the end).
+    /// Acknowledged records from `offset` on, up to `max_bytes` (at least
+    /// one record when `offset` is below the end). Read committed: a record
+    /// whose append has not resolved `Ok` is never returned, under any
+    /// policy; past the end ([`Offsets::end`], the acknowledged end) is
+    /// [`Error::OffsetOutOfRange`].
     pub async fn read(
         &self,
         partition: u64,
@@ -334,7 +353,8 @@ impl Handle {
         .await
     }
 
-    /// Exactly the records in `[start, end)`; only the first of them when a
+    /// Exactly the records in `[start, end)`, all acknowledged (an `end`
+    /// past the acknowledged end is refused); only the first of them when a
     /// truncate or delete-before crossed the read while it waited for the
     /// disk (what existed when it started, never a mix).
     pub async fn read_range(
@@ -380,6 +400,66 @@ impl Handle {
             reply,
         })
         .await
+    }
+
+    /// Empties `partition` durably and sets its start and end to `start`
+    /// (any value, also past the old end): the next append gets offset
+    /// `start`. What a replicated log's follower does after installing a
+    /// snapshot. Appends in flight to the partition are cut as by a
+    /// `truncate`.
+    pub async fn reset(&self, partition: u64, start: u64) -> Result<()> {
+        self.call(self.shard(partition), |reply| Request::Reset {
+            partition,
+            start,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets metadata `key` of `partition` to `value` (a Raft vote, a
+    /// commit index): durable when this returns, ordered with the
+    /// partition's appends in the log (a crash never keeps an append made
+    /// after this returned, or issued while it was in flight, and loses
+    /// this), and kept across segment deletion and retention. At most
+    /// [`MAX_META_KEYS`](crate::MAX_META_KEYS) keys a partition, of at most
+    /// [`MAX_META_KEY_BYTES`](crate::MAX_META_KEY_BYTES) bytes, with values
+    /// of at most [`MAX_META_VALUE_BYTES`](crate::MAX_META_VALUE_BYTES):
+    /// [`Error::RecordTooLarge`] or [`Error::InvalidArgument`] past them.
+    pub async fn put_meta(&self, partition: u64, key: &[u8], value: Vec<u8>) -> Result<()> {
+        let key = key.to_vec();
+        self.call(self.shard(partition), |reply| Request::PutMeta {
+            partition,
+            key,
+            value,
+            reply,
+        })
+        .await
+    }
+
+    /// Metadata `key` of `partition`, if set.
+    pub async fn get_meta(&self, partition: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = key.to_vec();
+        self.call(self.shard(partition), |reply| Request::GetMeta {
+            partition,
+            key,
+            reply,
+        })
+        .await
+    }
+
+    /// Every partition that holds offsets or metadata, with its offsets, in
+    /// partition order. Partitions only read, polled or asked for their
+    /// offsets are not listed: those calls create nothing.
+    pub async fn partitions(&self) -> Result<Vec<(u64, Offsets)>> {
+        let mut all = Vec::new();
+        for shard in 0..self.senders.len() {
+            all.extend(
+                self.call(shard, |reply| Request::Partitions { reply })
+                    .await?,
+            );
+        }
+        all.sort_unstable_by_key(|&(p, _)| p);
+        Ok(all)
     }
 
     /// Makes everything appended so far, on every shard, durable.

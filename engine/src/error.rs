@@ -36,6 +36,18 @@ pub enum Error {
         max: usize,
     },
 
+    /// A conditional append ([`append_at`](crate::Handle::append_at)) expected the partition to end
+    /// elsewhere; nothing was written.
+    #[error("partition {partition} ends at {end}, not at the expected {expected}")]
+    OffsetMismatch {
+        /// The partition.
+        partition: u64,
+        /// The end the caller expected.
+        expected: u64,
+        /// The partition's end, counting appends already accepted.
+        end: u64,
+    },
+
     /// The offset lies outside the partition's readable range
     /// `[start, end]`.
     #[error("offset {offset} of partition {partition} is out of range [{start}, {end}]")]
@@ -46,7 +58,7 @@ pub enum Error {
         offset: u64,
         /// First readable offset.
         start: u64,
-        /// Next offset to be assigned.
+        /// End of the acknowledged records (see `Offsets::end`).
         end: u64,
     },
 
@@ -182,6 +194,15 @@ impl From<ShardError> for Error {
                 partition,
                 offset,
                 start,
+                end,
+            },
+            ShardError::OffsetMismatch {
+                partition,
+                expected,
+                end,
+            } => Error::OffsetMismatch {
+                partition,
+                expected,
                 end,
             },
             ShardError::Closed => Error::Closed,

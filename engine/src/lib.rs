@@ -37,6 +37,7 @@ pub use append::Append;
 pub use config::Config;
 pub use corelog_shard::{
     FsyncPolicy, Offsets, Record, RecoveryMode, RecoveryReport, ShardStats, StoredRecord,
+    MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES,
 };
 pub use engine::{Engine, EngineStats, Handle};
 pub use error::{Error, Result};

@@ -54,6 +54,21 @@ impl LocalShard {
         Ok(self.shard.append(partition, records).await?)
     }
 
+    /// Appends `records` to `partition` only if its end is `expected_end`
+    /// (see [`Handle::append_at`](crate::Handle::append_at)).
+    pub async fn append_at(
+        &self,
+        partition: u64,
+        expected_end: u64,
+        records: &[Record],
+    ) -> Result<u64> {
+        self.owns(partition)?;
+        Ok(self
+            .shard
+            .append_at(partition, Some(expected_end), records)
+            .await?)
+    }
+
     /// Records from `offset` on, up to `max_bytes` (at least one record when
     /// `offset` is below the end).
     pub async fn read(
@@ -96,6 +111,31 @@ impl LocalShard {
     pub async fn truncate(&self, partition: u64, from: u64) -> Result<()> {
         self.owns(partition)?;
         Ok(self.shard.truncate(partition, from).await?)
+    }
+
+    /// Empties `partition` and sets its start and end to `start`, durably
+    /// (see [`Handle::reset`](crate::Handle::reset)).
+    pub async fn reset(&self, partition: u64, start: u64) -> Result<()> {
+        self.owns(partition)?;
+        Ok(self.shard.reset(partition, start).await?)
+    }
+
+    /// Sets metadata `key` of `partition`, durably, in order with its
+    /// appends (see [`Handle::put_meta`](crate::Handle::put_meta)).
+    pub async fn put_meta(&self, partition: u64, key: &[u8], value: &[u8]) -> Result<()> {
+        self.owns(partition)?;
+        Ok(self.shard.put_meta(partition, key, value).await?)
+    }
+
+    /// Metadata `key` of `partition`, if set.
+    pub fn get_meta(&self, partition: u64, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.owns(partition)?;
+        Ok(self.shard.get_meta(partition, key))
+    }
+
+    /// This shard's partitions that hold offsets or metadata.
+    pub fn partitions(&self) -> Vec<(u64, Offsets)> {
+        self.shard.partitions()
     }
 
     /// Makes everything appended to this shard so far durable.

@@ -50,6 +50,7 @@ pub(crate) async fn serve_appends(
 async fn submit(shard: &Shard, request: AppendRequest, in_flight: &InFlight, stop: &Stop) {
     let AppendRequest {
         partition,
+        expected_end,
         records,
         ticket,
     } = request;
@@ -57,7 +58,7 @@ async fn submit(shard: &Shard, request: AppendRequest, in_flight: &InFlight, sto
         // Dropped unanswered: its caller sees the panic.
         return;
     }
-    let submitted = AssertUnwindSafe(shard.submit(partition, &records))
+    let submitted = AssertUnwindSafe(shard.submit_at(partition, expected_end, &records))
         .catch_unwind()
         .await;
     let refused = match submitted {

@@ -44,6 +44,25 @@ pub(crate) enum Request {
     Flush {
         reply: Reply<()>,
     },
+    Reset {
+        partition: u64,
+        start: u64,
+        reply: Reply<()>,
+    },
+    PutMeta {
+        partition: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    GetMeta {
+        partition: u64,
+        key: Vec<u8>,
+        reply: Reply<Option<Vec<u8>>>,
+    },
+    Partitions {
+        reply: Reply<Vec<(u64, Offsets)>>,
+    },
     WaitFor {
         partition: u64,
         offset: u64,

@@ -222,6 +222,26 @@ async fn handle(
             .await
         }
         Request::Flush { reply } => answer(reply, async { Ok(s.flush().await?) }, stop).await,
+        Request::Reset {
+            partition,
+            start,
+            reply,
+        } => answer(reply, async { Ok(s.reset(partition, start).await?) }, stop).await,
+        Request::PutMeta {
+            partition,
+            key,
+            value,
+            reply,
+        } => {
+            let work = async { Ok(s.put_meta(partition, &key, &value).await?) };
+            answer(reply, work, stop).await
+        }
+        Request::GetMeta {
+            partition,
+            key,
+            reply,
+        } => answer(reply, async { Ok(s.get_meta(partition, &key)) }, stop).await,
+        Request::Partitions { reply } => answer(reply, async { Ok(s.partitions()) }, stop).await,
         Request::WaitFor {
             partition,
             offset,
