@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use corelog_shard::{Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
+use corelog_shard::{FsyncPolicy, Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
 use futures_channel::oneshot;
 
 use crate::{
@@ -46,6 +46,8 @@ pub struct Handle {
     slots: Arc<Slots>,
     /// Per shard, the message of a panic that stopped it.
     panics: Arc<[Arc<OnceLock<String>>]>,
+    /// The engine's durability policy.
+    fsync: FsyncPolicy,
 }
 
 /// Counters of every shard, with what its recovery did on open.
@@ -129,6 +131,7 @@ impl Engine {
                 senders,
                 slots: Arc::new(Slots::new()),
                 panics,
+                fsync: config.shard_config(0).fsync,
             },
             threads,
             _lock: lock,
@@ -281,6 +284,12 @@ impl Handle {
     /// panicked, or the engine is closed.
     fn stopped(&self, shard: usize) -> Error {
         append::stopped(shard, &self.panics[shard])
+    }
+
+    /// The durability policy the engine runs: what an acknowledged append
+    /// promises.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.fsync
     }
 
     fn shard(&self, partition: u64) -> usize {

@@ -28,6 +28,8 @@ mod error;
 mod layout;
 mod local;
 mod pipeline;
+#[cfg(feature = "openraft")]
+pub mod raft;
 mod request;
 mod routing;
 mod runtime;

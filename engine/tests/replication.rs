@@ -40,7 +40,10 @@ fn conditional_appends_reset_and_metadata_through_the_handle_survive_reopen() {
         Err(Error::RecordTooLarge { .. })
     ));
     block_on(log.reset(2, 500)).unwrap();
-    assert_eq!(block_on(log.append_at(2, 500, records("c", 1))).unwrap(), 500);
+    assert_eq!(
+        block_on(log.append_at(2, 500, records("c", 1))).unwrap(),
+        500
+    );
     // Asking about partitions creates none.
     let _ = block_on(log.offsets(40));
     let _ = block_on(log.read(41, 0, 100));
@@ -83,13 +86,20 @@ fn offsets_end_is_what_reads_serve() {
         let seen = block_on(log.read(3, 0, usize::MAX)).unwrap();
         let o = block_on(log.offsets(3)).unwrap();
         assert!(seen.len() as u64 <= o.end);
-        assert_eq!(block_on(log.read_range(3, 0, o.end)).unwrap().len() as u64, o.end);
+        assert_eq!(
+            block_on(log.read_range(3, 0, o.end)).unwrap().len() as u64,
+            o.end
+        );
         assert!(o.durable_end <= o.end);
     }
     for a in appends {
         block_on(a).unwrap();
     }
     let o = block_on(log.offsets(3)).unwrap();
-    assert_eq!((o.end, o.durable_end), (150, 150), "Always: durable once acknowledged");
+    assert_eq!(
+        (o.end, o.durable_end),
+        (150, 150),
+        "Always: durable once acknowledged"
+    );
     engine.close().unwrap();
 }
