@@ -7,10 +7,10 @@
 //! - a log entry with index `i` is the record at offset `i` of the group's
 //!   partition, serialized with `postcard`;
 //! - `append` is one conditional append ([`Handle::append_at`]) per chunk of
-//!   entries, all queued at once in order (an empty log is first reset to
-//!   the first entry's index); it returns, and the `LogFlushed` callback
-//!   runs, once every chunk is acknowledged, which under
-//!   [`FsyncPolicy::Always`] (required) means durable;
+//!   entries, all queued at once in order (an empty log that refuses them
+//!   is reset to the first entry's index, then they go again); it returns,
+//!   and the `LogFlushed` callback runs, once every chunk is acknowledged,
+//!   which under [`FsyncPolicy::Always`] (required) means durable;
 //! - `truncate` is [`Handle::truncate`]; `purge` records the purged log id,
 //!   then moves the partition's start with [`Handle::delete_before`], or
 //!   with [`Handle::reset`] when the purge passes the end (a snapshot
@@ -143,6 +143,50 @@ where
     }
 }
 
+impl<C> LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    /// Appends `entries` (contiguous) as conditional appends of at most
+    /// `CHUNK_BYTES` each, each expecting the end the one before leaves:
+    /// all queued at once, in order; returns once all are acknowledged.
+    async fn send(&self, entries: &[C::Entry]) -> Result<()> {
+        let mut appends = Vec::new();
+        let mut chunk: Vec<Record> = Vec::new();
+        let (mut chunk_bytes, mut chunk_start) = (0, 0);
+        for entry in entries {
+            let index = entry.get_log_id().index;
+            let bytes = postcard::to_allocvec(entry).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "partition {}: cannot encode Raft entry {index}: {e}",
+                    self.partition
+                ))
+            })?;
+            if chunk.is_empty() {
+                chunk_start = index;
+            } else if chunk_bytes + bytes.len() > CHUNK_BYTES {
+                let records = std::mem::take(&mut chunk);
+                appends.push(self.log.append_at(self.partition, chunk_start, records));
+                chunk_start = index;
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes.len();
+            chunk.push(Record::new(bytes));
+        }
+        if !chunk.is_empty() {
+            appends.push(self.log.append_at(self.partition, chunk_start, chunk));
+        }
+        let mut failure = None;
+        for append in appends {
+            if let Err(e) = append.await {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
@@ -239,56 +283,30 @@ where
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<C::Entry> = entries.into_iter().collect();
-        if let Some(first) = entries.first().map(|e| e.get_log_id().index) {
+        let Some(first) = entries.first().map(|e| e.get_log_id().index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let mut result = self.send(&entries).await;
+        if let Err(Error::OffsetMismatch { .. }) = result {
             // An empty log starts wherever its first entry says (after a
-            // purge, or a log that never began at 0).
+            // purge, or a log that never began at 0): checked only when the
+            // conditional append refused, not on every append.
             let o = self.log.offsets(self.partition).await.map_err(write_err)?;
             if o.start == o.end && first != o.end {
                 self.log
                     .reset(self.partition, first)
                     .await
                     .map_err(write_err)?;
+                result = self.send(&entries).await;
             }
         }
-        // Chunks of entries, each one conditional append expecting the end
-        // the one before leaves: queued together, in order.
-        let mut appends = Vec::new();
-        let mut chunk: Vec<Record> = Vec::new();
-        let (mut chunk_bytes, mut chunk_start, mut next) = (0, None, 0);
-        for entry in entries {
-            let index = entry.get_log_id().index;
-            let bytes = postcard::to_allocvec(&entry).map_err(|e| {
-                StorageIOError::write_log_entry(entry.get_log_id().clone(), AnyError::new(&e))
-            })?;
-            if chunk_start.is_none() {
-                chunk_start = Some(index);
-            } else if index != next || chunk_bytes + bytes.len() > CHUNK_BYTES {
-                let start = chunk_start.replace(index).unwrap_or(index);
-                appends.push(
-                    self.log
-                        .append_at(self.partition, start, std::mem::take(&mut chunk)),
-                );
-                chunk_bytes = 0;
-            }
-            chunk_bytes += bytes.len();
-            chunk.push(Record::new(bytes));
-            next = index + 1;
-        }
-        if let Some(start) = chunk_start {
-            appends.push(self.log.append_at(self.partition, start, chunk));
-        }
-        let mut failure = None;
-        for append in appends {
-            if let Err(e) = append.await {
-                failure.get_or_insert(e);
-            }
-        }
-        match failure {
-            None => {
+        match result {
+            Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
-            Some(e) => {
+            Err(e) => {
                 callback.log_io_completed(Err(io::Error::other(e.to_string())));
                 Err(write_err(e))
             }
