@@ -9,6 +9,13 @@
 //! iteration's seed. The directory carries over from one iteration to the
 //! next, so each recovery starts from the previous ones.
 //!
+//! One more thread plays a replicated log's leader on partitions of its
+//! own ([`REPLICATED`]): one operation at a time, conditional appends
+//! (`append_at`), metadata writes and resets to any offset, printing each
+//! operation before it starts ("try") and when it is acknowledged. After a
+//! kill, each such partition must hold exactly the acknowledged operations,
+//! in order, plus at most the one in flight.
+//!
 //! A kill does not lose the page cache, so this tests the process side
 //! (acknowledgement order, recovery of writes torn in flight, io_uring
 //! completing writes after the process died); power loss is the simulated
@@ -90,6 +97,12 @@ struct Work {
     partitions: u64,
 }
 
+/// Partitions of the replicated-log thread, past those of the producers.
+const REPLICATED: std::ops::Range<u64> = 1_000_000..1_000_004;
+
+/// Metadata key the replicated-log thread writes.
+const META: &[u8] = b"m";
+
 /// Both sides open the directory with this configuration.
 fn config(dir: &Path) -> Config {
     Config::new(dir)
@@ -133,7 +146,16 @@ fn values_crc<'a>(values: impl Iterator<Item = &'a [u8]>) -> u32 {
 fn child(args: ChildArgs) -> Result<(), String> {
     let engine = Engine::open(config(&args.dir)).map_err(|e| e.to_string())?;
     let out = Mutex::new(std::io::stdout());
+    let print = |line: String| {
+        let mut o = out.lock().unwrap();
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    };
     std::thread::scope(|s| {
+        let handle = engine.handle();
+        let seed = args.seed;
+        let print = &print;
+        s.spawn(move || replicated_leader(&handle, seed, print));
         for producer in 0..args.work.producers {
             let handle = engine.handle();
             let out = &out;
@@ -183,10 +205,117 @@ fn child(args: ChildArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The replicated-log thread: one operation at a time on each of the
+/// [`REPLICATED`] partitions, each printed before it starts and when it is
+/// acknowledged. Never returns (the loop kills it).
+fn replicated_leader(log: &corelog::Handle, seed: u64, print: &(dyn Fn(String) + Sync)) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    loop {
+        let p = rng.u64(REPLICATED);
+        let (end, seq) = block_on(async {
+            let end = log.offsets(p).await.map(|o| o.end);
+            let seq = log
+                .get_meta(p, META)
+                .await
+                .map(|m| m.map_or(0, |v| meta_seq(&v)));
+            (end, seq)
+        });
+        let (Ok(end), Ok(seq)) = (end, seq) else {
+            eprintln!("child: replicated partition {p} unreadable");
+            std::process::exit(2);
+        };
+        let done = match rng.u8(..20) {
+            0..=13 => {
+                let values: Vec<Vec<u8>> = (0..rng.usize(1..=3))
+                    .map(|_| (0..rng.usize(8..512)).map(|_| rng.u8(..)).collect())
+                    .collect();
+                let crc = values_crc(values.iter().map(Vec::as_slice));
+                let op = format!("at {p} {end} {} {crc}", values.len());
+                print(format!("try {op}"));
+                let records = values.into_iter().map(Record::new).collect();
+                block_on(log.append_at(p, end, records)).map(|_| op)
+            }
+            14..=16 => {
+                let op = format!("meta {p} {}", seq + 1);
+                print(format!("try {op}"));
+                block_on(log.put_meta(p, META, (seq + 1).to_le_bytes().to_vec())).map(|()| op)
+            }
+            _ => {
+                let op = format!("reset {p} {}", rng.u64(0..=end + 10));
+                print(format!("try {op}"));
+                let target = op
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                block_on(log.reset(p, target)).map(|()| op)
+            }
+        };
+        match done {
+            Ok(op) => print(format!("done {op}")),
+            Err(e) => {
+                eprintln!("child: replicated partition {p}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
+/// The sequence number a metadata value holds.
+fn meta_seq(v: &[u8]) -> u64 {
+    v.try_into().map_or(u64::MAX, u64::from_le_bytes)
+}
+
+/// What a replicated partition holds, as the loop expects it.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Replica {
+    start: u64,
+    end: u64,
+    meta: u64,
+    /// Appends since the last reset: base -> (count, crc).
+    appends: BTreeMap<u64, (u64, u32)>,
+}
+
+impl Replica {
+    /// Applies operation `op` (a line without its "try"/"done" word).
+    fn apply(&mut self, op: &str) -> Result<(), String> {
+        let f: Vec<&str> = op.split(' ').collect();
+        let n = |i: usize| -> Result<u64, String> {
+            f.get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("bad operation {op:?}"))
+        };
+        match f[0] {
+            "at" => {
+                let (base, count) = (n(2)?, n(3)?);
+                if base != self.end {
+                    return Err(format!("{op:?} acknowledged at end {}", self.end));
+                }
+                self.appends.insert(base, (count, n(4)? as u32));
+                self.end += count;
+            }
+            "meta" => self.meta = n(2)?,
+            "reset" => {
+                let at = n(2)?;
+                *self = Replica {
+                    start: at,
+                    end: at,
+                    meta: self.meta,
+                    appends: BTreeMap::new(),
+                };
+            }
+            _ => return Err(format!("bad operation {op:?}")),
+        }
+        Ok(())
+    }
+}
+
 /// Totals of a loop.
 #[derive(Default)]
 struct Totals {
     acked: u64,
+    /// Replicated-log operations acknowledged (appends, metadata, resets).
+    replicated: u64,
     verified_records: u64,
     kills: u64,
 }
@@ -211,6 +340,9 @@ fn run_loop(args: LoopArgs) -> Result<Totals, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // Every append acknowledged so far, by (partition, base).
     let mut acked: BTreeMap<(u64, u64), Ack> = BTreeMap::new();
+    // What each replicated partition holds.
+    let mut replicas: BTreeMap<u64, Replica> =
+        REPLICATED.map(|p| (p, Replica::default())).collect();
     let mut totals = Totals::default();
     for i in 0..args.iterations {
         let seed = first_seed + i;
@@ -264,7 +396,27 @@ fn run_loop(args: LoopArgs) -> Result<Totals, String> {
         totals.kills += 1;
         let lines = reader.join().map_err(|_| fail("reader panicked".into()))?;
         let mut new = 0;
+        // The replicated operation in flight when the kill came, if any.
+        let mut in_flight: Option<String> = None;
         for line in &lines {
+            if let Some(op) = line.strip_prefix("try ") {
+                in_flight = Some(op.to_string());
+                continue;
+            }
+            if let Some(op) = line.strip_prefix("done ") {
+                let p = op
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                let replica = replicas
+                    .get_mut(&p)
+                    .ok_or_else(|| fail(format!("bad line {line:?}")))?;
+                replica.apply(op).map_err(&fail)?;
+                totals.replicated += 1;
+                in_flight = None;
+                continue;
+            }
             let ack = Ack::parse(line).ok_or_else(|| fail(format!("bad line {line:?}")))?;
             if let Some(old) = acked.insert((ack.partition, ack.base), ack) {
                 return Err(fail(format!(
@@ -279,7 +431,7 @@ fn run_loop(args: LoopArgs) -> Result<Totals, String> {
         // writes; give them a moment, as a restarting service would.
         std::thread::sleep(Duration::from_millis(50));
         let started = Instant::now();
-        let verified = verify(&dir, &acked).map_err(fail)?;
+        let verified = verify(&dir, &acked, &mut replicas, in_flight.as_deref()).map_err(fail)?;
         totals.verified_records += verified;
         println!(
             "iteration {i} (seed {seed}): killed after {delay} ms, {new} appends acknowledged, {} in all verified ({verified} records) in {:.0} ms",
@@ -290,11 +442,35 @@ fn run_loop(args: LoopArgs) -> Result<Totals, String> {
     Ok(totals)
 }
 
-/// Reopens the directory and reads back every acknowledged append.
-fn verify(dir: &Path, acked: &BTreeMap<(u64, u64), Ack>) -> Result<u64, String> {
+/// Reopens the directory and reads back every acknowledged append; each
+/// replicated partition must hold its acknowledged operations, and at most
+/// the one `in_flight` besides (which the replica then adopts).
+fn verify(
+    dir: &Path,
+    acked: &BTreeMap<(u64, u64), Ack>,
+    replicas: &mut BTreeMap<u64, Replica>,
+    in_flight: Option<&str>,
+) -> Result<u64, String> {
     let engine = Engine::open(config(dir)).map_err(|e| format!("reopen: {e}"))?;
     let log = engine.handle();
     let mut records = 0;
+    for (&p, replica) in replicas.iter_mut() {
+        let found = observe(&log, p, replica)?;
+        let mut after = replica.clone();
+        let in_flight_here = in_flight.filter(|op| op.split(' ').nth(1) == Some(&p.to_string()));
+        if let Some(op) = in_flight_here {
+            after.apply(op)?;
+        }
+        if found == *replica {
+        } else if found == after {
+            *replica = after;
+        } else {
+            return Err(format!(
+                "replicated partition {p} holds {found:?}, expected {replica:?} (or, with {in_flight_here:?}, {after:?})"
+            ));
+        }
+        records += replica.appends.values().map(|&(c, _)| c).sum::<u64>();
+    }
     let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
     for ack in acked.values() {
         let end = ends.entry(ack.partition).or_default();
@@ -336,6 +512,42 @@ fn verify(dir: &Path, acked: &BTreeMap<(u64, u64), Ack>) -> Result<u64, String> 
     Ok(records)
 }
 
+/// What replicated partition `p` holds, read back the way `expected`
+/// describes it (its appends' checksums where it expects appends).
+fn observe(log: &corelog::Handle, p: u64, expected: &Replica) -> Result<Replica, String> {
+    let o = block_on(log.offsets(p)).map_err(|e| e.to_string())?;
+    let meta = block_on(log.get_meta(p, META))
+        .map_err(|e| e.to_string())?
+        .map_or(0, |v| meta_seq(&v));
+    let values: Vec<Vec<u8>> = block_on(log.read_range(p, o.start, o.end))
+        .map_err(|e| format!("replicated partition {p}: {e}"))?
+        .into_iter()
+        .map(|r| r.value().to_vec())
+        .collect();
+    let mut appends = BTreeMap::new();
+    let mut at = o.start;
+    // Group the records as the expected appends are, then one more group
+    // for whatever follows them (an append in flight).
+    for (&base, &(count, _)) in &expected.appends {
+        if base != at || base + count > o.end {
+            break;
+        }
+        let got = &values[(base - o.start) as usize..(base + count - o.start) as usize];
+        appends.insert(base, (count, values_crc(got.iter().map(Vec::as_slice))));
+        at = base + count;
+    }
+    if at < o.end {
+        let got = &values[(at - o.start) as usize..];
+        appends.insert(at, (o.end - at, values_crc(got.iter().map(Vec::as_slice))));
+    }
+    Ok(Replica {
+        start: o.start,
+        end: o.end,
+        meta,
+        appends,
+    })
+}
+
 fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Child(args) => match child(args) {
@@ -350,8 +562,8 @@ fn main() -> ExitCode {
             match run_loop(args) {
                 Ok(t) => {
                     println!(
-                        "crash loop: {iterations} iterations, {} kills, {} acknowledged appends, {} records verified, 0 lost",
-                        t.kills, t.acked, t.verified_records
+                        "crash loop: {iterations} iterations, {} kills, {} acknowledged appends and {} replicated-log operations, {} records verified, 0 lost",
+                        t.kills, t.acked, t.replicated, t.verified_records
                     );
                     ExitCode::SUCCESS
                 }
