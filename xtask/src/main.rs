@@ -11,6 +11,11 @@
 //! - `crash [--iterations N] [ARGS]`: the real crash loop (release build):
 //!   kills a process appending under `Always` at random moments, reopens,
 //!   verifies every acknowledged append (`cargo xtask crash --help`).
+//! - `cluster [--entries N] [ARGS]`: three Raft nodes on loopback keeping
+//!   their logs in corelog (`corelog::raft`): writes through the leader,
+//!   SIGKILLs it, writes through the new one, restarts the killed node and
+//!   checks every node holds every acknowledged write, printing entries/s,
+//!   election and catch-up times.
 //! - `sim [--seeds N] [--first-seed S]`: runs the simulated-disk test over
 //!   many seeds (default 10,000) and prints the tallies.
 //! - `fuzz [SECONDS]`: runs each cargo-fuzz target of the batch decoder
@@ -48,6 +53,20 @@ fn main() {
             cargo.extend(args[1..].iter().map(String::as_str));
             run_cargo(&cargo)
         }
+        Some("cluster") => {
+            let mut cargo = vec![
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "corelog-bench",
+                "--bin",
+                "cluster",
+            ];
+            cargo.extend(["--", "run"]);
+            cargo.extend(args[1..].iter().map(String::as_str));
+            run_cargo(&cargo)
+        }
         Some("sim") => sim(&args[1..]),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         Some("profile") => {
@@ -75,7 +94,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask load [--vs-disk] [ARGS] | cargo xtask crash [--iterations N] [ARGS] | cargo xtask sim [--seeds N] [--first-seed S] | cargo xtask fuzz [SECONDS] | cargo xtask profile -- [LOAD ARGS] | cargo xtask disk [--dir DIR] | cargo xtask demo"
+        "usage: cargo xtask load [--vs-disk] [ARGS] | cargo xtask crash [--iterations N] [ARGS] | cargo xtask cluster [--entries N] [ARGS] | cargo xtask sim [--seeds N] [--first-seed S] | cargo xtask fuzz [SECONDS] | cargo xtask profile -- [LOAD ARGS] | cargo xtask disk [--dir DIR] | cargo xtask demo"
     );
     exit(2);
 }
