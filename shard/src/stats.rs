@@ -27,8 +27,11 @@ pub struct ShardStats {
     pub max_commit_appends: u64,
     /// Segments created by rolling.
     pub rolls: u64,
-    /// Rolls that had to wait for the spare segment to be ready.
+    /// Rolls that had to wait for the spare segment's file and header.
     pub roll_waits: u64,
+    /// Rolls that took the spare before its zero-filling finished (the
+    /// rest of that segment syncs more slowly; no roll waits for zeros).
+    pub zeroing_cut: u64,
     /// Batches read back from segment files (memtable misses).
     pub batch_reads: u64,
     /// Sidecar indexes that could not be written (a full disk, an I/O
@@ -76,6 +79,7 @@ pub(crate) struct Counters {
     pub max_commit_appends: Cell<u64>,
     pub rolls: Cell<u64>,
     pub roll_waits: Cell<u64>,
+    pub zeroing_cut: Cell<u64>,
     pub batch_reads: Cell<u64>,
     pub sidecar_failures: Cell<u64>,
     pub spare_ready: Cell<bool>,

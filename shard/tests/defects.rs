@@ -388,3 +388,55 @@ fn interval_syncs_run_on_the_simulated_disk_clock() {
         assert_eq!(reopened.offsets(1).end, 1);
     });
 }
+
+/// A roll that needs the spare while its zero-filling is still going (it
+/// pauses while appends wait to be written) takes it at once, cutting the
+/// filling short; the rest of the segment is unwritten extents, correct and
+/// only slower to sync. Nothing is lost.
+#[test]
+fn a_roll_takes_a_spare_whose_zero_filling_is_unfinished() {
+    const APPENDS: u64 = 12;
+    run(|| async {
+        let mut cut = 0;
+        for seed in 0..4 {
+            let disk = SimDisk::new(seed, slow_disk());
+            let mut config = sim_config();
+            config.segment_bytes = 16 << 20;
+            config.max_record_bytes = 1 << 20;
+            config.max_batch_bytes = 1 << 20;
+            config.max_write_bytes = 1 << 20;
+            let (shard, _) = Shard::open_with(disk.clone(), config.clone())
+                .await
+                .unwrap();
+            // Appends of most of a megabyte from eight tasks keep bytes
+            // waiting to be written, so the filling mostly pauses.
+            let tasks: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        for i in 0..APPENDS {
+                            let value = vec![(t * 31 + i) as u8; 900_000];
+                            shard.append(t, &[Record::new(value)]).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+            let s = shard.stats();
+            assert!(s.rolls > 2, "seed {seed}: {s:?}");
+            cut += s.zeroing_cut;
+            shard.close().await.unwrap();
+            let (shard, _) = Shard::open_with(disk.clone(), config).await.unwrap();
+            for t in 0..8u64 {
+                let got = shard.read_range(t, 0, APPENDS).await.unwrap();
+                for (i, r) in got.iter().enumerate() {
+                    assert_eq!(r.value()[0], (t * 31 + i as u64) as u8, "seed {seed}");
+                }
+            }
+            shard.close().await.unwrap();
+        }
+        assert!(cut > 0, "no roll found the spare still being zero-filled");
+    });
+}

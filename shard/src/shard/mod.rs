@@ -127,7 +127,7 @@ impl<S: Storage> Shard<S> {
         // The reserve before the spare: on a nearly full disk the reserve
         // is what lets the shard free space.
         shard.ensure_reserve().await;
-        shard.wal.start_spare();
+        shard.wal.start_spare().await?;
         if !recovery.report.orphaned.is_empty() {
             // Orphans stay in the log. A checkpoint past them accounts for
             // them, so later opens, when their segment is no longer the

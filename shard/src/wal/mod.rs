@@ -119,7 +119,7 @@ impl<S: Storage> Wal<S> {
     pub async fn open_with(storage: S, config: ShardConfig) -> Result<(Self, Recovery)> {
         let (wal, recovery) = Self::recover_with(storage, config).await?;
         wal.finish_open().await?;
-        wal.start_spare();
+        wal.start_spare().await?;
         Ok((wal, recovery))
     }
 
@@ -363,6 +363,7 @@ impl<S: Storage> Wal<S> {
             max_commit_appends: c.max_commit_appends.get(),
             rolls: c.rolls.get(),
             roll_waits: c.roll_waits.get(),
+            zeroing_cut: c.zeroing_cut.get(),
             batch_reads: c.batch_reads.get(),
             sidecar_failures: c.sidecar_failures.get(),
             spare_ready: c.spare_ready.get(),

@@ -91,6 +91,8 @@ impl<S: Storage> Wal<S> {
             failed: None,
             closing: false,
             spare: None,
+            spare_usable: false,
+            spare_stop: false,
             committer: None,
             damaged_tail: recovered
                 .tail
@@ -124,10 +126,26 @@ impl<S: Storage> Wal<S> {
 
     /// Starts preparing the next segment in the background. Called once the
     /// open finished, after whatever must have the disk's space first (the
-    /// shard's space reserve).
-    pub(crate) fn start_spare(&self) {
+    /// shard's space reserve). A shard with no segment yet makes its first
+    /// one now, zero-filled, so that the first append does not wait for it.
+    pub(crate) async fn start_spare(&self) -> Result<()> {
         let next = self.inner.state.borrow().open.segment + 1;
-        roll::prepare_spare(&self.inner, next);
+        if next > 1 {
+            roll::prepare_spare(&self.inner, next);
+            return Ok(());
+        }
+        // Invariant: nothing was appended yet, so the open group is empty
+        // and may move to the new segment.
+        assert_eq!(
+            self.inner.state.borrow().open.len,
+            0,
+            "appended before the open finished"
+        );
+        roll::roll(&self.inner, next).await?;
+        let mut st = self.inner.state.borrow_mut();
+        st.open.segment = next;
+        st.open.start = BLOCK_SIZE;
+        Ok(())
     }
 
     /// Finishes an open whose recovery the caller accepted: removes the

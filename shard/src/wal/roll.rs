@@ -3,7 +3,7 @@
 //! the spare into place, the sidecar a sealed segment gets, and the
 //! fdatasyncs and zeroing they need.
 
-use std::rc::Rc;
+use std::{rc::Rc, time::Duration};
 
 use futures_lite::future;
 
@@ -26,6 +26,11 @@ use crate::{
 /// crash is removed on open, whatever it holds.
 pub(super) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) {
     inner.counters.spare_ready.set(false);
+    {
+        let mut st = inner.state.borrow_mut();
+        st.spare_usable = false;
+        st.spare_stop = false;
+    }
     let task = glommio::spawn_local(make_spare(inner.clone(), sequence)).detach();
     inner.state.borrow_mut().spare = Some(task);
 }
@@ -51,14 +56,55 @@ async fn try_make_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Resu
     let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
     bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
     write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
+    file.fdatasync().await?;
+    inner.state.borrow_mut().spare_usable = true;
     if config.prezero_segments && config.fsync != FsyncPolicy::Never {
-        zero_range(storage, &file, BLOCK_SIZE, config.segment_bytes, None).await?;
-    } else {
-        file.fdatasync().await?;
+        zero_fill(inner, &file).await?;
     }
     file.close().await?;
     inner.counters.spare_ready.set(true);
     Ok(sequence)
+}
+
+/// Fills the spare past its header with zeros, so that writes into it
+/// later neither allocate blocks nor convert unwritten extents (an
+/// fdatasync then journals nothing). It gives way to the log: while appends
+/// wait to be written it pauses between chunks, and it stops (leaving the
+/// rest unwritten, which is correct, only slower to sync) when a roll needs
+/// the spare. Invariant: it only ever writes the spare file, never a
+/// segment in use.
+async fn zero_fill<S: Storage>(inner: &Rc<Inner<S>>, file: &S::File) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    const MAX_PAUSES: u32 = 20;
+    let (config, storage) = (&inner.config, &inner.storage);
+    let mut pos = BLOCK_SIZE;
+    // Pauses before the next chunk: bounded, so that a log that never
+    // drains (a failed one) does not keep this task alive.
+    let mut paused = 0;
+    while pos < config.segment_bytes {
+        let (stop, busy) = {
+            let st = inner.state.borrow();
+            (
+                st.spare_stop || st.closing || st.failed.is_some(),
+                st.pending_bytes > 0,
+            )
+        };
+        if stop {
+            return Ok(());
+        }
+        if busy && paused < MAX_PAUSES {
+            paused += 1;
+            storage.sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        paused = 0;
+        let len = CHUNK.min(config.segment_bytes - pos) as usize;
+        let mut buf = storage.alloc(len);
+        buf.as_mut_slice().fill(0);
+        write_all(file, buf, len, pos).await?;
+        pos += len as u64;
+    }
+    file.fdatasync().await
 }
 
 /// Writes zeros over `[from, to)`, with `kept` (the bytes before `from` in
@@ -167,8 +213,19 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
         Some(mut spare) => match future::poll_once(&mut spare).await {
             Some(ready) => ready,
             None => {
-                // Slow path: the segment is needed before it was ready.
-                bump(&inner.counters.roll_waits, 1);
+                // The segment is needed before it was ready: if only its
+                // zero-filling is left, cut it short; else wait.
+                let usable = {
+                    let mut st = inner.state.borrow_mut();
+                    st.spare_stop = st.spare_usable;
+                    st.spare_usable
+                };
+                let counter = if usable {
+                    &inner.counters.zeroing_cut
+                } else {
+                    &inner.counters.roll_waits
+                };
+                bump(counter, 1);
                 spare.await
             }
         },

@@ -103,6 +103,12 @@ pub(super) struct State<F: StorageFile> {
     /// The spare segment being prepared in the background.
     /// It yields the sequence its header names.
     pub(super) spare: Option<JoinHandle<Result<u64>>>,
+    /// The spare's header and blocks are durable: a roll may take it before
+    /// its zero-filling finished.
+    pub(super) spare_usable: bool,
+    /// A roll needs the spare now: its zero-filling stops after the chunk
+    /// in flight.
+    pub(super) spare_stop: bool,
     /// The commit task.
     pub(super) committer: Option<JoinHandle<()>>,
     /// Batches of the segments that have no sidecar yet (the active one,
