@@ -7,7 +7,7 @@
 //! - no read ever returns a record whose bytes differ from what was
 //!   appended at that offset (damage is reported, never served);
 //! - after a crash, every partition keeps every offset below the
-//!   high-water mark it reported before the crash, with the same bytes, so
+//!   durable end it reported before the crash, with the same bytes, so
 //!   under `Always` every acknowledged append survives and offsets are
 //!   never reused;
 //! - after an I/O error the shard refuses appends, naming the file.

@@ -110,7 +110,7 @@ impl Run {
                     let acked = model.parts.get(&p).map_or(0, |m| m.acked_end);
                     assert!(
                         o.durable_end >= acked.min(o.end),
-                        "seed {}: partition {p} acknowledged {acked} under Always but the high-water mark is {}",
+                        "seed {}: partition {p} acknowledged {acked} under Always but the durable end is {}",
                         self.seed,
                         o.durable_end
                     );
