@@ -39,34 +39,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => run_cargo(&["run", "--release", "-p", "corelog", "--example", "demo"]),
         Some("load") => load(&args[1..]),
-        Some("crash") => {
-            let mut cargo = vec![
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "corelog-bench",
-                "--bin",
-                "crash",
-            ];
-            cargo.extend(["--", "loop"]);
-            cargo.extend(args[1..].iter().map(String::as_str));
-            run_cargo(&cargo)
-        }
-        Some("cluster") => {
-            let mut cargo = vec![
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "corelog-bench",
-                "--bin",
-                "cluster",
-            ];
-            cargo.extend(["--", "run"]);
-            cargo.extend(args[1..].iter().map(String::as_str));
-            run_cargo(&cargo)
-        }
+        Some("crash") => run_bench_bin("crash", "loop", &args[1..]),
+        Some("cluster") => run_bench_bin("cluster", "run", &args[1..]),
         Some("sim") => sim(&args[1..]),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         Some("profile") => {
@@ -90,6 +64,23 @@ fn main() {
         eprintln!("error: {e}");
         exit(1);
     }
+}
+
+/// Runs subcommand `sub` of the bench crate's binary `bin` (release build)
+/// with `args`.
+fn run_bench_bin(bin: &str, sub: &str, args: &[String]) -> Result<(), String> {
+    let mut cargo = vec![
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "corelog-bench",
+        "--bin",
+        bin,
+    ];
+    cargo.extend(["--", sub]);
+    cargo.extend(args.iter().map(String::as_str));
+    run_cargo(&cargo)
 }
 
 fn usage() -> ! {
