@@ -14,11 +14,15 @@ pub(crate) mod memtable;
 pub(crate) mod replay;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     task::Waker,
 };
 
 use crate::partition::index::OffsetIndex;
+
+/// A map keyed by partition id, with a cheap hash (see `rustc-hash` in
+/// Cargo.toml): it is looked up several times per append.
+pub(crate) type PartitionMap<V> = HashMap<u64, V, rustc_hash::FxBuildHasher>;
 
 /// An operation on a partition, logged as a control batch: one record
 /// whose value starts with the operation's byte, at the batch's base

@@ -16,7 +16,7 @@ use crate::{
         checkpoint::Checkpoint,
         segment::segment_path,
     },
-    partition::{index::IndexEntry, Control, ControlRecord, Partition},
+    partition::{index::IndexEntry, Control, ControlRecord, Partition, PartitionMap},
     recovery::{decide, Action, Damage, Finding, Orphan},
 };
 
@@ -46,7 +46,7 @@ pub(crate) struct ReplayInput<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Replayed {
     /// Every partition named by the checkpoint or a batch.
-    pub(crate) partitions: HashMap<u64, Partition>,
+    pub(crate) partitions: PartitionMap<Partition>,
     /// Newest record timestamp in each segment, for retention by age.
     pub(crate) segment_max_ts: BTreeMap<u64, i64>,
     /// Batches dropped because an earlier batch of their partition was

@@ -228,7 +228,7 @@ impl<S: Storage> Shard<S> {
     pub async fn enforce_retention(&self) -> Result<()> {
         let config = self.config();
         let segments = self.wal.segments();
-        let active = self.wal.stats().active_segment;
+        let active = self.wal.active_segment();
         let oldest_kept_ms = config
             .retention_age
             .map(|age| crate::wal::now_ms().saturating_sub(age.as_millis() as i64));
@@ -335,7 +335,7 @@ impl<S: Storage> Shard<S> {
 
     async fn delete_unneeded_segments_now(&self) -> Result<()> {
         let segments = self.wal.segments();
-        let active = self.wal.stats().active_segment;
+        let active = self.wal.active_segment();
         let needed = {
             let st = self.state.borrow();
             st.partitions

@@ -30,7 +30,7 @@ use crate::{
         index::IndexEntry,
         memtable::Memtable,
         replay::{replay, ReplayInput},
-        ControlRecord, Offsets, Partition,
+        ControlRecord, Offsets, Partition, PartitionMap,
     },
     recovery::RecoveryReport,
     stats::ShardStats,
@@ -68,7 +68,7 @@ pub struct Submitted {
 
 /// The partition state of a shard; only its thread touches it.
 struct ShardState {
-    partitions: HashMap<u64, Partition>,
+    partitions: PartitionMap<Partition>,
     memtable: Memtable,
     /// Newest record timestamp in each segment, for retention by age.
     segment_max_ts: BTreeMap<u64, i64>,
@@ -105,7 +105,7 @@ impl<S: Storage> Shard<S> {
             mode,
             checkpoint,
             log_end: wal.log_end(),
-            active_segment: wal.stats().active_segment,
+            active_segment: wal.active_segment(),
             batches: &recovery.batches,
             controls: &controls,
         })?;
@@ -323,7 +323,7 @@ impl<S: Storage> Shard<S> {
         let rolled = {
             let mut st = self.state.borrow_mut();
             st.memtable.evict(written);
-            let active = self.wal.stats().active_segment;
+            let active = self.wal.active_segment();
             std::mem::replace(&mut st.retention_checked, active) != active
         };
         let config = self.config();

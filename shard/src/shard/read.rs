@@ -11,8 +11,6 @@ use crate::{
     storage::Storage,
 };
 
-/// Batches taken from the memtable at once by a read.
-const MEMTABLE_RUN: usize = 64;
 /// A cold read also fetches the partition's next batches in the same
 /// segment, up to this many bytes past the first and this many batches.
 const READ_AHEAD_BYTES: u64 = 256 << 10;
@@ -132,7 +130,8 @@ impl<S: Storage> Shard<S> {
         stop: u64,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>> {
-        let mut out = Vec::with_capacity((stop - from).min(4096) as usize);
+        // Room for a typical read; a long one grows the vector.
+        let mut out = Vec::with_capacity((stop - from).min(128) as usize);
         let mut bytes = 0usize;
         let mut next = from;
         let started = self.truncations(partition);
@@ -149,23 +148,33 @@ impl<S: Storage> Shard<S> {
                     return Ok(out);
                 }
             }
-            let want = max_bytes.saturating_sub(bytes) as u64;
-            for (batch, batch_end) in self.batches_at(partition, next, want).await? {
+            let (at, want) = (next, max_bytes.saturating_sub(bytes) as u64);
+            // The records of one batch, up to `stop` and `max_bytes`;
+            // false once the read is complete.
+            let mut take = |batch: &Arc<Batch>, batch_end: u64| {
                 let end = batch_end.min(stop);
                 for v in batch
                     .records()
                     .filter(|r| r.offset() >= next && r.offset() < end)
                 {
-                    let r = StoredRecord::new(&batch, &v);
+                    let r = StoredRecord::new(batch, &v);
                     if !out.is_empty() && bytes.saturating_add(r.payload_len()) > max_bytes {
-                        return Ok(out);
+                        return false;
                     }
                     bytes += r.payload_len();
                     out.push(r);
                 }
                 next = batch_end;
-                if next >= stop {
-                    break;
+                next < stop
+            };
+            match self.walk_cached(partition, at, &mut take) {
+                Walked::Done => return Ok(out),
+                Walked::More => continue,
+                Walked::NotCached => {}
+            }
+            for (batch, batch_end) in self.read_batches_at(partition, at, want).await? {
+                if !take(&batch, batch_end) {
+                    return Ok(out);
                 }
             }
         }
@@ -187,14 +196,48 @@ impl<S: Storage> Shard<S> {
         Ok(o)
     }
 
-    /// The batch of `partition` holding `offset` and, when it is in the
-    /// memtable, the batches that follow it there: from memory, or one batch
-    /// read from disk and verified.
-    ///
-    /// With each batch comes where its records end for the partition:
-    /// before the batch's own end when a truncation cut it short.
-    /// `want_bytes` bounds the read-ahead.
-    async fn batches_at(
+    /// Shows `take` the batch of `partition` holding `offset` and the
+    /// batches that follow it in the memtable, with where each one's
+    /// records end for the partition (before the batch's own end when a
+    /// truncation cut it short), until `take` returns false.
+    fn walk_cached(
+        &self,
+        partition: u64,
+        offset: u64,
+        take: &mut impl FnMut(&Arc<Batch>, u64) -> bool,
+    ) -> Walked {
+        let st = self.state.borrow();
+        let Some(part) = st.partitions.get(&partition) else {
+            return Walked::NotCached;
+        };
+        // The index, from the batch holding `offset`, says where each
+        // batch's records end; it runs beside the memtable's batches.
+        let mut entries = part.index.from_offset(offset).iter();
+        let mut walked = Walked::NotCached;
+        st.memtable.walk(partition, offset, |b| {
+            let base = b.header().base_offset;
+            let Some(e) = entries.find(|e| e.base_offset >= base) else {
+                return false;
+            };
+            if e.base_offset != base {
+                return false;
+            }
+            if take(b, e.end_offset()) {
+                walked = Walked::More;
+                true
+            } else {
+                walked = Walked::Done;
+                false
+            }
+        });
+        walked
+    }
+
+    /// The batch of `partition` holding `offset`, read from disk and
+    /// verified, with the partition's next batches in the same segment
+    /// (read ahead within one read, `want_bytes` at most past the first);
+    /// each with where its records end for the partition.
+    async fn read_batches_at(
         &self,
         partition: u64,
         offset: u64,
@@ -202,29 +245,6 @@ impl<S: Storage> Shard<S> {
     ) -> Result<Vec<(Arc<Batch>, u64)>> {
         let entry = {
             let st = self.state.borrow();
-            let mut cached = Vec::new();
-            let mut next = offset;
-            let index = st.partitions.get(&partition).map(|p| &p.index);
-            st.memtable.walk(partition, offset, |b| {
-                let h = b.header();
-                // The index says where the batch's records end for the
-                // partition (a truncation may have cut it short).
-                let end = index
-                    .and_then(|ix| ix.find(h.base_offset))
-                    .filter(|e| e.base_offset == h.base_offset)
-                    .map(|e| e.end_offset());
-                match end {
-                    Some(end) if h.base_offset <= next && end > next => {
-                        next = end;
-                        cached.push((b.clone(), end));
-                        cached.len() < MEMTABLE_RUN
-                    }
-                    _ => false,
-                }
-            });
-            if !cached.is_empty() {
-                return Ok(cached);
-            }
             // Read ahead: the batch holding `offset` and the partition's
             // next batches in the same segment, within one read.
             let entries = st
@@ -279,6 +299,16 @@ impl<S: Storage> Shard<S> {
         }
         Ok(out)
     }
+}
+
+/// How far [`Shard::walk_cached`] went.
+enum Walked {
+    /// The memtable does not hold the batch asked for.
+    NotCached,
+    /// Batches were taken and the read wants more.
+    More,
+    /// The read is complete.
+    Done,
 }
 
 /// The error for `offset` outside `o`.

@@ -376,6 +376,11 @@ impl<S: Storage> Wal<S> {
         }
     }
 
+    /// The segment being written (the last one a write completed in).
+    pub fn active_segment(&self) -> u64 {
+        self.inner.state.borrow().written_at.0
+    }
+
     /// Removes sealed segment `segment` from disk (its batches are no longer
     /// needed). The segment being written is never removed.
     pub async fn remove_segment(&self, segment: u64) -> Result<()> {
