@@ -158,7 +158,9 @@ fn wal_appends(shard: &OpenShard, pipelined: bool, recs: &Rc<Vec<Record>>, iters
 /// `wal_appends`); the time includes waiting until every write completed.
 /// WAL Append+Sync: the same under `Always`, one appender.
 /// WAL Read: one batch read back from the segment file by its location,
-/// checksum verified (O_DIRECT: from the device, no page cache).
+/// checksum verified: `read` when it was read recently (from the shard's
+/// read cache), `read_cold` with the cache off (O_DIRECT: from the device,
+/// no page cache).
 fn wal(c: &mut Criterion) {
     let mut g = c.benchmark_group("wal_component");
     g.sample_size(10).measurement_time(Duration::from_secs(4));
@@ -174,27 +176,30 @@ fn wal(c: &mut Criterion) {
     g.bench_function("append_sync", |b| {
         b.iter_custom(|iters| wal_appends(&always, false, &one, iters))
     });
-    let appended = never
-        .run(never.shard.wal().append(7, 0, 0, &one))
-        .expect("append");
-    g.bench_function("read", |b| {
-        b.iter_custom(|iters| {
-            let wal = never.shard.wal().clone();
-            never.run(async move {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let batch = wal
-                        .read_batch(appended.segment, appended.position, appended.length)
-                        .await
-                        .expect("read");
-                    black_box(batch);
-                }
-                started.elapsed()
+    let cold = OpenShard::new(FsyncPolicy::Never, |c| c.read_cache_bytes = 0);
+    for (name, shard) in [("read", &never), ("read_cold", &cold)] {
+        let appended = shard
+            .run(shard.shard.wal().append(7, 0, 0, &one))
+            .expect("append");
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let wal = shard.shard.wal().clone();
+                shard.run(async move {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        let batch = wal
+                            .read_batch(appended.segment, appended.position, appended.length)
+                            .await
+                            .expect("read");
+                        black_box(batch);
+                    }
+                    started.elapsed()
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
-    for s in [never, always] {
+    for s in [never, always, cold] {
         s.run(s.shard.close()).expect("close");
     }
 }

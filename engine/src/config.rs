@@ -54,6 +54,13 @@ impl Config {
         self
     }
 
+    /// Read cache budget per shard: extents of segment files recently read
+    /// from the device, for readers behind the memtable (0: off).
+    pub fn read_cache_bytes(mut self, n: usize) -> Self {
+        self.shard.read_cache_bytes = n;
+        self
+    }
+
     /// Largest record accepted (encoded size).
     pub fn max_record_bytes(mut self, n: usize) -> Self {
         self.shard.max_record_bytes = n;

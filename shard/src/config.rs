@@ -60,6 +60,10 @@ pub struct ShardConfig {
     pub recovery: RecoveryMode,
     /// Byte budget of the memtable of recent batches.
     pub memtable_bytes: usize,
+    /// Byte budget of the read cache: extents of segment files recently
+    /// read from the device (segments are read with O_DIRECT, past the page
+    /// cache). 0 turns it off.
+    pub read_cache_bytes: usize,
     /// Keep at most this many bytes of segments; the oldest go first, and
     /// partitions' start offsets move past what they held. The segment
     /// being written always stays.
@@ -75,7 +79,8 @@ pub struct ShardConfig {
 
 impl ShardConfig {
     /// A configuration with defaults suited to a server: `Always`, 64 MiB
-    /// segments, 1 MiB records, 4 MiB batches, a 64 MiB memtable.
+    /// segments, 1 MiB records, 4 MiB batches, a 64 MiB memtable, an 8 MiB
+    /// read cache.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ShardConfig {
             dir: dir.into(),
@@ -87,6 +92,7 @@ impl ShardConfig {
             max_write_bytes: 1 << 20,
             recovery: RecoveryMode::default(),
             memtable_bytes: 64 << 20,
+            read_cache_bytes: 8 << 20,
             retention_bytes: None,
             retention_age: None,
             prezero_segments: true,

@@ -34,6 +34,8 @@ pub struct ShardStats {
     pub zeroing_cut: u64,
     /// Batches read back from segment files (memtable misses).
     pub batch_reads: u64,
+    /// Of those, batches the read cache served without a device read.
+    pub cache_hits: u64,
     /// Sidecar indexes that could not be written (a full disk, an I/O
     /// error). A sidecar is a cache: the segment is scanned on open instead.
     pub sidecar_failures: u64,
@@ -81,6 +83,7 @@ pub(crate) struct Counters {
     pub roll_waits: Cell<u64>,
     pub zeroing_cut: Cell<u64>,
     pub batch_reads: Cell<u64>,
+    pub cache_hits: Cell<u64>,
     pub sidecar_failures: Cell<u64>,
     pub spare_ready: Cell<bool>,
 }

@@ -8,6 +8,7 @@ mod close;
 mod committer;
 mod open;
 mod read;
+mod read_cache;
 mod roll;
 mod state;
 mod watermark;
@@ -365,6 +366,7 @@ impl<S: Storage> Wal<S> {
             roll_waits: c.roll_waits.get(),
             zeroing_cut: c.zeroing_cut.get(),
             batch_reads: c.batch_reads.get(),
+            cache_hits: c.cache_hits.get(),
             sidecar_failures: c.sidecar_failures.get(),
             spare_ready: c.spare_ready.get(),
             memtable_bytes: 0,
@@ -401,6 +403,7 @@ impl<S: Storage> Wal<S> {
                 "segment {segment} removed before older segment {:?}",
                 st.segments.keys().next()
             );
+            self.inner.read_cache.borrow_mut().forget_segment(segment);
             st.segments.remove(&segment)
         };
         let Some(file) = file else {

@@ -18,7 +18,9 @@ use crate::{
     stats::Counters,
     storage::{Storage, StorageFile},
     wal::{
-        committer, roll,
+        committer,
+        read_cache::ReadCache,
+        roll,
         state::{Group, Inner, OpenFinish, State, TailFinish},
         watermark::{Signal, Watermark},
         Owner, Recovery, Wal,
@@ -103,6 +105,7 @@ impl<S: Storage> Wal<S> {
             durable_at: (segment, start),
             finish: Some(finish),
         };
+        let read_cache = RefCell::new(ReadCache::new(config.read_cache_bytes));
         let inner = Rc::new(Inner {
             config,
             storage,
@@ -111,6 +114,7 @@ impl<S: Storage> Wal<S> {
             durable: Watermark::default(),
             work: Signal::default(),
             counters: Counters::default(),
+            read_cache,
         });
         committer::start(&inner);
         let recovery = Recovery {

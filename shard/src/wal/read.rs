@@ -1,6 +1,8 @@
 //! Reading batches back from the WAL's segments: one aligned read for a
-//! run of batches, each verified (checksum, and position against the
-//! header) before it is returned.
+//! run of batches, or none when the read cache holds them, each verified
+//! (checksum, and position against the header) before it is returned.
+
+use std::rc::Rc;
 
 use crate::{
     error::{Error, Result},
@@ -46,7 +48,23 @@ impl<S: Storage> Wal<S> {
         };
         let from = first - first % BLOCK_SIZE;
         bump(&self.inner.counters.batch_reads, spans.len() as u64);
-        let buf = file.read_at(from, (align_up(end) - from) as usize).await?;
+        let cached = self
+            .inner
+            .read_cache
+            .borrow()
+            .get(segment, from, align_up(end));
+        let (from, buf) = match cached {
+            Some(hit) => {
+                bump(&self.inner.counters.cache_hits, spans.len() as u64);
+                hit
+            }
+            None => {
+                let to = self.read_ahead_end(segment, align_up(end), written);
+                let buf = Rc::new(file.read_at(from, (to - from) as usize).await?);
+                (self.inner.read_cache.borrow_mut()).insert(segment, from, buf.clone());
+                (from, buf)
+            }
+        };
         let seed = crc_seed(self.inner.config.shard_id, segment);
         spans
             .iter()
@@ -65,4 +83,26 @@ impl<S: Storage> Wal<S> {
             })
             .collect()
     }
+
+    /// Where a device read that must reach `end` of `segment` stops: with
+    /// the read cache on, [`READ_AHEAD`] further (the next batches of a
+    /// segment are what a reader behind the memtable asks for next), but
+    /// never into blocks not written yet (see `read_cache`'s invariant).
+    fn read_ahead_end(&self, segment: u64, end: u64, written: (u64, u64)) -> u64 {
+        if self.inner.config.read_cache_bytes == 0 {
+            return end;
+        }
+        let limit = if segment == written.0 {
+            align_up(written.1)
+        } else {
+            self.inner.config.segment_bytes
+        };
+        // Invariant: the caller reads only written batches.
+        debug_assert!(end <= limit, "read past the written end");
+        (end + READ_AHEAD).min(limit).max(end)
+    }
 }
+
+/// Bytes a device read takes past what it was asked for, into the read
+/// cache.
+const READ_AHEAD: u64 = 64 << 10;

@@ -21,7 +21,10 @@ use crate::{
     },
     stats::Counters,
     storage::{IoBuffer, Storage, StorageFile},
-    wal::watermark::{Signal, Watermark},
+    wal::{
+        read_cache::ReadCache,
+        watermark::{Signal, Watermark},
+    },
 };
 
 /// State shared by the shard's handles and its commit task.
@@ -36,6 +39,8 @@ pub(super) struct Inner<S: Storage> {
     /// Wakes the commit task.
     pub(super) work: Signal,
     pub(super) counters: Counters,
+    /// Extents of segments recently read from the device.
+    pub(super) read_cache: RefCell<ReadCache<<S::File as StorageFile>::ReadBuf>>,
 }
 
 /// Appends gathered for one write. Groups are numbered from 1 in the order
