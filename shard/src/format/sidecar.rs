@@ -51,9 +51,13 @@ pub(crate) async fn write<S: Storage>(
     let len = (align_up(end as u64 + 4) as usize).max(BLOCK_SIZE as usize);
     let mut buf = storage.alloc(len);
     let bytes = buf.as_mut_slice();
-    bytes.fill(0);
+    // Every byte is written below: the head, the entries, the CRC and the
+    // padding (a buffer is not zeroed, and zeroing all of a large one would
+    // fault in its pages twice).
+    bytes[end..].fill(0);
     bytes[..8].copy_from_slice(MAGIC);
     put_u32(bytes, 8, config.shard_id);
+    put_u32(bytes, 12, 0);
     put_u64(bytes, 16, sequence);
     put_u64(bytes, 24, batches.len() as u64);
     for (i, b) in batches.iter().enumerate() {

@@ -85,6 +85,7 @@ impl<S: Storage> Wal<S> {
             .collect();
         let state = State {
             unsealed,
+            unsealed_spare: Vec::new(),
             segments: recovered.segments.into_iter().collect(),
             open: Group::new(1, segment, start),
             sealed: VecDeque::new(),

@@ -269,10 +269,17 @@ pub(super) async fn write_sidecar<S: Storage>(inner: &Rc<Inner<S>>, segment: u64
     if segment == 0 {
         return;
     }
-    let batches: Vec<_> = {
-        let mut st = inner.state.borrow_mut();
+    let batches = {
+        let mut guard = inner.state.borrow_mut();
+        let st = &mut *guard;
         let split = st.unsealed.partition_point(|b| b.segment <= segment);
-        st.unsealed.drain(..split).collect()
+        // The list of the next segment starts in the vector the previous
+        // sidecar used (its pages already faulted in), and this one's
+        // batches leave in the old list, with no copy when all of it goes.
+        let mut sealed =
+            std::mem::replace(&mut st.unsealed, std::mem::take(&mut st.unsealed_spare));
+        st.unsealed.extend(sealed.drain(split..));
+        sealed
     };
     if sidecar::write(&inner.storage, &inner.config, segment, &batches)
         .await
@@ -280,4 +287,7 @@ pub(super) async fn write_sidecar<S: Storage>(inner: &Rc<Inner<S>>, segment: u64
     {
         bump(&inner.counters.sidecar_failures, 1);
     }
+    let mut batches = batches;
+    batches.clear();
+    inner.state.borrow_mut().unsealed_spare = batches;
 }

@@ -119,6 +119,9 @@ pub(super) struct State<F: StorageFile> {
     /// Batches of the segments that have no sidecar yet (the active one,
     /// and the next when a group waits for the roll), in log order.
     pub(super) unsealed: Vec<RecoveredBatch>,
+    /// An empty vector with the capacity of a sealed segment's `unsealed`,
+    /// kept for the next segment's list (see `roll::write_sidecar`).
+    pub(super) unsealed_spare: Vec<RecoveredBatch>,
     /// A last segment recovery kept despite a damaged header (tolerate-any);
     /// it is never appended to, and a close while it is still the last one
     /// leaves no clean-shutdown marker, so the next open scans it again.
