@@ -6,6 +6,8 @@
 //! ([`crate::format::segment::crc_seed`]), so a batch copied into another segment or
 //! left over from an earlier use of a file never validates.
 
+use std::sync::Arc;
+
 use bytemuck::{Pod, Zeroable};
 
 use crate::format::record::{
@@ -266,31 +268,44 @@ pub fn decode_batch(bytes: &[u8], seed: u32) -> Result<BatchHeader, DecodeError>
     Ok(header)
 }
 
-/// A validated batch held in memory.
+/// A validated batch held in memory. Its bytes are shared: a clone, and
+/// every record read from it ([`crate::StoredRecord`]), only counts a
+/// reference, and a batch costs one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     header: BatchHeader,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
 }
 
 impl Batch {
-    /// Validates `bytes` (exactly one batch) against `seed`.
-    pub fn decode(bytes: Vec<u8>, seed: u32) -> Result<Self, DecodeError> {
-        let header = decode_batch(&bytes, seed)?;
+    /// Validates `bytes` (exactly one batch) against `seed`, and copies it.
+    pub fn decode(bytes: &[u8], seed: u32) -> Result<Self, DecodeError> {
+        let header = decode_batch(bytes, seed)?;
         if header.length as usize != bytes.len() {
             return Err(DecodeError::Invalid(format!(
                 "{} bytes after the batch",
                 bytes.len() - header.length as usize
             )));
         }
-        Ok(Batch { header, bytes })
+        Ok(Batch {
+            header,
+            bytes: Arc::from(bytes),
+        })
     }
 
-    /// Wraps a batch this process just encoded with [`encode_batch`].
-    pub(crate) fn encoded(bytes: Vec<u8>) -> Self {
-        let header = peek_header(&bytes).expect("an encoded batch has a header");
+    /// Copies a batch this process just encoded with [`encode_batch`].
+    pub(crate) fn encoded(bytes: &[u8]) -> Self {
+        let header = peek_header(bytes).expect("an encoded batch has a header");
         debug_assert_eq!(header.length as usize, bytes.len());
-        Batch { header, bytes }
+        Batch {
+            header,
+            bytes: Arc::from(bytes),
+        }
+    }
+
+    /// The encoded batch, shared.
+    pub(crate) fn shared_bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
     }
 
     /// The batch header.
@@ -370,7 +385,7 @@ mod tests {
             let (len, _) = encoded_batch_len(&records).unwrap();
             let mut out = vec![0; len];
             let header = encode_batch(&mut out, seed, BatchInfo { partition, base_offset: base, floor_block: 3, position: 4096, flags: 0 }, &records, 77);
-            let batch = Batch::decode(out.clone(), seed).unwrap();
+            let batch = Batch::decode(&out, seed).unwrap();
             prop_assert_eq!(batch.header(), &header);
             for (i, (view, rec)) in batch.records().zip(&records).enumerate() {
                 prop_assert_eq!(view.offset(), base + i as u64);
@@ -406,7 +421,7 @@ mod tests {
             out[32..36].copy_from_slice(&count.to_le_bytes());
             let crc = crc32c::crc32c_append(5, &out[CRC_END..]);
             out[CRC_OFFSET..CRC_END].copy_from_slice(&crc.to_le_bytes());
-            if let Ok(batch) = Batch::decode(out, 5) {
+            if let Ok(batch) = Batch::decode(&out, 5) {
                 for r in batch.records() {
                     let _ = (r.key(), r.value(), r.headers().count(), r.timestamp());
                 }

@@ -41,6 +41,10 @@ pub(crate) fn sidecar_path(dir: &Path, sequence: u64) -> PathBuf {
 /// is a cache that must validate (magic, shard, sequence, CRC) before it is
 /// used, so one that a crash lost or tore costs only the scan it would have
 /// spared. That keeps an fdatasync (and its journal commit) off every roll.
+///
+/// The file goes out in writes of [`CHUNK`] bytes at most, each from a
+/// buffer of its own size: a segment of small batches has a sidecar of tens
+/// of MB, which one buffer would fault in page by page on every roll.
 pub(crate) async fn write<S: Storage>(
     storage: &S,
     config: &ShardConfig,
@@ -49,38 +53,143 @@ pub(crate) async fn write<S: Storage>(
 ) -> Result<()> {
     let end = HEAD + ENTRY * batches.len();
     let len = (align_up(end as u64 + 4) as usize).max(BLOCK_SIZE as usize);
-    let mut buf = storage.alloc(len);
-    let bytes = buf.as_mut_slice();
-    // Every byte is written below: the head, the entries, the CRC and the
-    // padding (a buffer is not zeroed, and zeroing all of a large one would
-    // fault in its pages twice).
-    bytes[end..].fill(0);
-    bytes[..8].copy_from_slice(MAGIC);
-    put_u32(bytes, 8, config.shard_id);
-    put_u32(bytes, 12, 0);
-    put_u64(bytes, 16, sequence);
-    put_u64(bytes, 24, batches.len() as u64);
-    for (i, b) in batches.iter().enumerate() {
-        // Invariant: a sidecar describes its own segment only.
-        assert_eq!(b.segment, sequence);
-        let at = HEAD + ENTRY * i;
-        put_u64(bytes, at, b.position);
-        bytes[at + 8..at + ENTRY].copy_from_slice(bytemuck::bytes_of(&b.header));
-    }
-    let crc = crc32c::crc32c(&bytes[..end]);
-    put_u32(bytes, end, crc);
     let path = sidecar_path(&config.dir, sequence);
     let file = storage.open(&path, true).await?;
-    let written = file.write_at(buf, 0).await?;
-    if written != len {
-        return Err(Error::ShortWrite {
-            path,
-            position: 0,
-            expected: len,
-            written,
-        });
+    let mut out = Chunked::new(storage, &file, len);
+    let mut head = [0u8; HEAD];
+    head[..8].copy_from_slice(MAGIC);
+    put_u32(&mut head, 8, config.shard_id);
+    put_u64(&mut head, 16, sequence);
+    put_u64(&mut head, 24, batches.len() as u64);
+    out.put(&head).await?;
+    let mut rest = batches;
+    while let Some(b) = rest.first() {
+        // Entries that fit whole in the chunk are encoded in place; one
+        // that straddles two chunks is copied in two parts.
+        let space = out.space();
+        let whole = (space.len() / ENTRY).min(rest.len());
+        if whole == 0 {
+            out.put(&entry(sequence, b)).await?;
+            rest = &rest[1..];
+            continue;
+        }
+        for (slot, b) in space.chunks_exact_mut(ENTRY).zip(&rest[..whole]) {
+            slot.copy_from_slice(&entry(sequence, b));
+        }
+        out.advance(whole * ENTRY).await?;
+        rest = &rest[whole..];
     }
+    let crc = out.crc();
+    out.put(&crc.to_le_bytes()).await?;
+    out.pad().await?;
     file.close().await
+}
+
+/// The sidecar entry of `b`, a batch of segment `sequence`.
+fn entry(sequence: u64, b: &RecoveredBatch) -> [u8; ENTRY] {
+    // Invariant: a sidecar describes its own segment only.
+    assert_eq!(b.segment, sequence);
+    let mut entry = [0u8; ENTRY];
+    put_u64(&mut entry, 0, b.position);
+    entry[8..].copy_from_slice(bytemuck::bytes_of(&b.header));
+    entry
+}
+
+/// Bytes a sidecar write takes at most (a multiple of the block size).
+const CHUNK: usize = 1 << 20;
+
+/// A file written front to back in chunks, with the CRC32C of what was put.
+struct Chunked<'a, S: Storage> {
+    storage: &'a S,
+    file: &'a S::File,
+    buf: <S::File as StorageFile>::Buffer,
+    /// Bytes of `buf` filled.
+    at: usize,
+    /// File position of `buf`.
+    pos: u64,
+    /// File length, a multiple of the block size.
+    len: usize,
+    /// CRC32C of the bytes written before `buf`.
+    crc: u32,
+}
+
+impl<'a, S: Storage> Chunked<'a, S> {
+    fn new(storage: &'a S, file: &'a S::File, len: usize) -> Self {
+        Chunked {
+            storage,
+            file,
+            buf: storage.alloc(len.min(CHUNK)),
+            at: 0,
+            pos: 0,
+            len,
+            crc: 0,
+        }
+    }
+
+    /// Appends `bytes`, writing each chunk as it fills.
+    async fn put(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let space = self.space();
+            let n = space.len().min(bytes.len());
+            space[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            self.advance(n).await?;
+        }
+        Ok(())
+    }
+
+    /// The unfilled part of the chunk, to fill and then [`Self::advance`]
+    /// over.
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.buf.as_mut_slice()[self.at..]
+    }
+
+    /// Counts `n` bytes of [`Self::space`] as filled, writing the chunk
+    /// once it is full.
+    async fn advance(&mut self, n: usize) -> Result<()> {
+        self.at += n;
+        debug_assert!(self.at <= self.buf.as_slice().len());
+        if self.at == self.buf.as_slice().len() {
+            self.write_chunk().await?;
+        }
+        Ok(())
+    }
+
+    /// CRC32C of everything put so far.
+    fn crc(&self) -> u32 {
+        crc32c::crc32c_append(self.crc, &self.buf.as_slice()[..self.at])
+    }
+
+    /// Fills the rest of the file with zeros.
+    async fn pad(&mut self) -> Result<()> {
+        while self.pos < self.len as u64 {
+            self.buf.as_mut_slice()[self.at..].fill(0);
+            self.at = self.buf.as_slice().len();
+            self.write_chunk().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the full buffer and starts the next one.
+    async fn write_chunk(&mut self) -> Result<()> {
+        self.crc = self.crc();
+        let size = self.buf.as_slice().len();
+        let rest = self.len - self.pos as usize - size;
+        let next = self.storage.alloc(rest.clamp(BLOCK_SIZE as usize, CHUNK));
+        let buf = std::mem::replace(&mut self.buf, next);
+        let written = self.file.write_at(buf, self.pos).await?;
+        if written != size {
+            return Err(Error::ShortWrite {
+                path: self.file.path().to_path_buf(),
+                position: self.pos,
+                expected: size,
+                written,
+            });
+        }
+        self.pos += size as u64;
+        self.at = 0;
+        Ok(())
+    }
 }
 
 /// Removes the sidecar of segment `sequence`, if any, durably.
@@ -161,6 +270,34 @@ mod tests {
     use super::*;
     use crate::storage::sim::{Faults, SimDisk};
     use proptest::prelude::*;
+
+    /// A sidecar of several chunks (and one of a few entries) loads back
+    /// exactly as written.
+    #[test]
+    fn sidecars_spanning_chunks_load_back() {
+        for count in [0usize, 3, 2 * CHUNK / ENTRY + 5] {
+            let disk = SimDisk::new(1, Faults::default());
+            let config = ShardConfig::new("/s");
+            let batches: Vec<RecoveredBatch> = (0..count as u64)
+                .map(|i| RecoveredBatch {
+                    segment: 3,
+                    position: 4096 + i * 128,
+                    header: BatchHeader {
+                        base_offset: i,
+                        partition: i % 7,
+                        length: 128,
+                        ..bytemuck::Zeroable::zeroed()
+                    },
+                })
+                .collect();
+            futures_lite::future::block_on(async {
+                write(&disk, &config, 3, &batches).await.unwrap();
+                let names = disk.list(&config.dir).await.unwrap();
+                let loaded = load(&disk, &config, 3, &names).await.unwrap();
+                assert_eq!(loaded.as_deref(), Some(&batches[..]), "{count} entries");
+            });
+        }
+    }
 
     proptest! {
         /// Whatever the sidecar holds, loading it returns its entries or

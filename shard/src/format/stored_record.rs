@@ -12,7 +12,8 @@ use crate::format::{
 /// the batch stays in memory while any of its records is held.
 #[derive(Clone)]
 pub struct StoredRecord {
-    batch: Arc<Batch>,
+    /// The bytes of the record's batch.
+    batch: Arc<[u8]>,
     offset: u64,
     timestamp: i64,
     /// Byte ranges within the batch.
@@ -25,7 +26,7 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// The record `view`, which borrows from `batch`.
     #[inline]
-    pub(crate) fn new(batch: &Arc<Batch>, view: &RecordView<'_>) -> Self {
+    pub(crate) fn new(batch: &Batch, view: &RecordView<'_>) -> Self {
         let base = batch.as_bytes().as_ptr() as usize;
         let range = |s: &[u8]| {
             let start = s.as_ptr() as usize - base;
@@ -34,7 +35,7 @@ impl StoredRecord {
             (start as u32, s.len() as u32)
         };
         StoredRecord {
-            batch: batch.clone(),
+            batch: batch.shared_bytes().clone(),
             offset: view.offset,
             timestamp: view.timestamp,
             key: view.key.map(range),
@@ -45,7 +46,7 @@ impl StoredRecord {
     }
 
     fn slice(&self, (start, len): (u32, u32)) -> &[u8] {
-        &self.batch.as_bytes()[start as usize..(start + len) as usize]
+        &self.batch[start as usize..(start + len) as usize]
     }
 
     fn view(&self) -> RecordView<'_> {
@@ -131,7 +132,7 @@ mod tests {
             .with_header("", vec![])];
         let mut bytes = vec![0; encoded_batch_len(&records).unwrap().0];
         encode_batch(&mut bytes, 0, BatchInfo::default(), &records, 0);
-        let batch = Arc::new(Batch::decode(bytes, 0).unwrap());
+        let batch = Batch::decode(&bytes, 0).unwrap();
         let view = batch.records().next().unwrap();
         let stored = StoredRecord::new(&batch, &view);
         assert_eq!(stored.payload_len(), 10 + 3 + 3 + 5);

@@ -14,14 +14,14 @@
 //! a batch is always readable from memory or from disk. It is a cache:
 //! every batch is also in the WAL.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::collections::VecDeque;
 
 use crate::{format::batch::Batch, partition::PartitionMap};
 
 /// A batch held, with the commit group that carries it.
 struct Held {
     group: u64,
-    batch: Arc<Batch>,
+    batch: Batch,
 }
 
 impl Held {
@@ -74,10 +74,7 @@ impl Memtable {
             "partition {partition} batch at {base} cached out of order"
         );
         self.bytes += batch.as_bytes().len();
-        ring.push_back(Held {
-            group,
-            batch: Arc::new(batch),
-        });
+        ring.push_back(Held { group, batch });
         self.held += 1;
         self.order.push_back((partition, base, group));
     }
@@ -111,7 +108,7 @@ impl Memtable {
 
     /// The batch of `partition` holding `offset`, if it is here.
     #[cfg(any(test, feature = "internals"))]
-    pub fn get(&self, partition: u64, offset: u64) -> Option<Arc<Batch>> {
+    pub fn get(&self, partition: u64, offset: u64) -> Option<Batch> {
         let ring = self.partitions.get(&partition)?;
         ring.get(holding(ring, offset)?).map(|h| h.batch.clone())
     }
@@ -119,7 +116,7 @@ impl Memtable {
     /// Shows `visit` the consecutive batches of `partition` from the one
     /// holding `from` on, in offset order, up to the first gap or until
     /// `visit` returns false.
-    pub fn walk(&self, partition: u64, from: u64, mut visit: impl FnMut(&Arc<Batch>) -> bool) {
+    pub fn walk(&self, partition: u64, from: u64, mut visit: impl FnMut(&Batch) -> bool) {
         let Some(ring) = self.partitions.get(&partition) else {
             return;
         };
@@ -221,7 +218,7 @@ mod tests {
             ..BatchInfo::default()
         };
         encode_batch(&mut bytes, 0, info, &records, 0);
-        Batch::encoded(bytes)
+        Batch::encoded(&bytes)
     }
 
     #[derive(Debug, Clone)]

@@ -231,9 +231,9 @@ impl<S: Storage> Shard<S> {
             ..BatchInfo::default()
         };
         let mut kept = None;
-        let a = self
-            .wal
-            .encode(info, records, size, |bytes| kept = Some(bytes.to_vec()))?;
+        let a = self.wal.encode(info, records, size, |bytes| {
+            kept = Some(Batch::encoded(bytes))
+        })?;
         part.end = a.base_offset + u64::from(a.record_count);
         part.pending.push_back((a.group, part.end));
         part.unacked.push_back((a.group, part.end));
@@ -244,10 +244,8 @@ impl<S: Storage> Shard<S> {
             a.length,
             a.record_count,
         ));
-        st.memtable.insert(
-            Batch::encoded(kept.expect("encode shows the batch")),
-            a.group,
-        );
+        st.memtable
+            .insert(kept.expect("encode shows the batch"), a.group);
         let ts = st.segment_max_ts.entry(a.segment).or_insert(i64::MIN);
         *ts = (*ts).max(a.max_timestamp);
         Ok(Submitted {

@@ -1,7 +1,7 @@
 //! Reads of a shard: by offset and by range, from the memtable or from
 //! disk with read-ahead, and the long polls of consumers at the tail.
 
-use std::{future::poll_fn, sync::Arc, task::Poll, time::Duration};
+use std::{future::poll_fn, task::Poll, time::Duration};
 
 use crate::{
     error::{Error, Result},
@@ -151,7 +151,7 @@ impl<S: Storage> Shard<S> {
             let (at, want) = (next, max_bytes.saturating_sub(bytes) as u64);
             // The records of one batch, up to `stop` and `max_bytes`;
             // false once the read is complete.
-            let mut take = |batch: &Arc<Batch>, batch_end: u64| {
+            let mut take = |batch: &Batch, batch_end: u64| {
                 let end = batch_end.min(stop);
                 for v in batch
                     .records()
@@ -204,7 +204,7 @@ impl<S: Storage> Shard<S> {
         &self,
         partition: u64,
         offset: u64,
-        take: &mut impl FnMut(&Arc<Batch>, u64) -> bool,
+        take: &mut impl FnMut(&Batch, u64) -> bool,
     ) -> Walked {
         let st = self.state.borrow();
         let Some(part) = st.partitions.get(&partition) else {
@@ -242,7 +242,7 @@ impl<S: Storage> Shard<S> {
         partition: u64,
         offset: u64,
         want_bytes: u64,
-    ) -> Result<Vec<(Arc<Batch>, u64)>> {
+    ) -> Result<Vec<(Batch, u64)>> {
         let entry = {
             let st = self.state.borrow();
             // Read ahead: the batch holding `offset` and the partition's
@@ -295,7 +295,7 @@ impl<S: Storage> Shard<S> {
                     ),
                 ));
             }
-            out.push((Arc::new(batch), e.end_offset()));
+            out.push((batch, e.end_offset()));
         }
         Ok(out)
     }

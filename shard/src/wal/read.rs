@@ -73,7 +73,7 @@ impl<S: Storage> Wal<S> {
                 let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
                     Error::corrupted(file.path(), position, "segment ends inside the batch")
                 })?;
-                let batch = Batch::decode(bytes.to_vec(), seed)
+                let batch = Batch::decode(bytes, seed)
                     .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))?;
                 batch
                     .header()
