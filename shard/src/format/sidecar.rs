@@ -11,9 +11,17 @@
 //! 12  4   reserved, 0
 //! 16  8   segment sequence
 //! 24  8   entry count n
-//! 32  72n per batch: position u64, then its 64-byte batch header
+//! 32  40n per batch: position u32, length u32, partition u64,
+//!         base offset u64, record count u32, flags u16, reserved u16 (0),
+//!         max timestamp i64
 //! ..  4   CRC32C of everything before it
 //! ```
+//!
+//! An entry holds what recovery and replay read of a batch's header, not
+//! the whole header: a segment of small batches has as many entries as
+//! batches, and its sidecar is written at every roll. (Version 1 kept the
+//! whole 64-byte header; such a sidecar no longer validates, and its
+//! segment is scanned once.)
 
 use std::path::{Path, PathBuf};
 
@@ -21,16 +29,16 @@ use crate::{
     config::ShardConfig,
     error::{Error, Result},
     format::{
-        batch::{BatchHeader, RecoveredBatch, BATCH_HEADER_LEN},
+        batch::{BatchHeader, RecoveredBatch, BATCH_MAGIC, BATCH_VERSION},
         le::{put_u32, put_u64, u32_at, u64_at},
         segment::{align_up, BLOCK_SIZE},
     },
     storage::{IoBuffer, Storage, StorageFile},
 };
 
-const MAGIC: &[u8; 8] = b"CLIDX001";
+const MAGIC: &[u8; 8] = b"CLIDX002";
 const HEAD: usize = 32;
-const ENTRY: usize = 8 + BATCH_HEADER_LEN;
+const ENTRY: usize = 40;
 
 /// Path of the sidecar of segment `sequence`.
 pub(crate) fn sidecar_path(dir: &Path, sequence: u64) -> PathBuf {
@@ -87,12 +95,45 @@ pub(crate) async fn write<S: Storage>(
 
 /// The sidecar entry of `b`, a batch of segment `sequence`.
 fn entry(sequence: u64, b: &RecoveredBatch) -> [u8; ENTRY] {
-    // Invariant: a sidecar describes its own segment only.
+    // Invariant: a sidecar describes its own segment only, whose positions
+    // fit in 32 bits (segment sizes are checked below 4 GiB).
     assert_eq!(b.segment, sequence);
-    let mut entry = [0u8; ENTRY];
-    put_u64(&mut entry, 0, b.position);
-    entry[8..].copy_from_slice(bytemuck::bytes_of(&b.header));
-    entry
+    let h = &b.header;
+    let mut e = [0u8; ENTRY];
+    put_u32(
+        &mut e,
+        0,
+        u32::try_from(b.position).expect("segment below 4 GiB"),
+    );
+    put_u32(&mut e, 4, h.length);
+    put_u64(&mut e, 8, h.partition);
+    put_u64(&mut e, 16, h.base_offset);
+    put_u32(&mut e, 24, h.record_count);
+    e[28..30].copy_from_slice(&h.flags.to_le_bytes());
+    put_u64(&mut e, 32, h.max_timestamp as u64);
+    e
+}
+
+/// The batch an entry describes, at `at` of a sidecar of `sequence`: its
+/// header has the fields the entry keeps (the others are zero, but magic,
+/// version and position).
+fn batch_at(bytes: &[u8], at: usize, sequence: u64) -> RecoveredBatch {
+    let position = u32_at(bytes, at);
+    let mut header: BatchHeader = bytemuck::Zeroable::zeroed();
+    header.magic = BATCH_MAGIC;
+    header.version = BATCH_VERSION;
+    header.position = position;
+    header.length = u32_at(bytes, at + 4);
+    header.partition = u64_at(bytes, at + 8);
+    header.base_offset = u64_at(bytes, at + 16);
+    header.record_count = u32_at(bytes, at + 24);
+    header.flags = u16::from_le_bytes([bytes[at + 28], bytes[at + 29]]);
+    header.max_timestamp = u64_at(bytes, at + 32) as i64;
+    RecoveredBatch {
+        segment: sequence,
+        position: u64::from(position),
+        header,
+    }
 }
 
 /// Bytes a sidecar write takes at most (a multiple of the block size).
@@ -245,16 +286,7 @@ pub(crate) async fn load<S: Storage>(
             let crc = u32_at(&bytes, end);
             (crc32c::crc32c(&bytes[..end]) == crc).then(|| {
                 (0..count as usize)
-                    .map(|i| {
-                        let at = HEAD + ENTRY * i;
-                        RecoveredBatch {
-                            segment: sequence,
-                            position: u64_at(&bytes, at),
-                            header: bytemuck::pod_read_unaligned::<BatchHeader>(
-                                &bytes[at + 8..at + ENTRY],
-                            ),
-                        }
-                    })
+                    .map(|i| batch_at(&bytes, HEAD + ENTRY * i, sequence))
                     .collect()
             })
         }
@@ -283,9 +315,15 @@ mod tests {
                     segment: 3,
                     position: 4096 + i * 128,
                     header: BatchHeader {
+                        magic: BATCH_MAGIC,
+                        version: BATCH_VERSION,
+                        position: 4096 + i as u32 * 128,
                         base_offset: i,
                         partition: i % 7,
                         length: 128,
+                        record_count: 1 + i as u32 % 3,
+                        flags: (i % 2) as u16,
+                        max_timestamp: -(i as i64),
                         ..bytemuck::Zeroable::zeroed()
                     },
                 })

@@ -201,14 +201,12 @@ impl<S: Storage> Shard<S> {
         records: &[Record],
     ) -> Result<Submitted> {
         let size = self.wal.check_batch(partition, records)?;
-        loop {
+        // Both must hold at once, with no await between the check and the
+        // encode: a reset or metadata batch may be logged while this waits
+        // for room, and room may fill while it waits for the barrier.
+        while self.behind_barrier(partition) || !self.wal.has_room(size)? {
             self.wait_for_barrier(partition).await?;
             self.wal.wait_for_room(size).await?;
-            // A reset or metadata batch may have been logged while this
-            // waited for room: then wait for it too.
-            if !self.behind_barrier(partition) {
-                break;
-            }
         }
         // From here to the encode nothing awaits, so offsets are assigned in
         // the order batches enter the log.
@@ -246,8 +244,15 @@ impl<S: Storage> Shard<S> {
         ));
         st.memtable
             .insert(kept.expect("encode shows the batch"), a.group);
-        let ts = st.segment_max_ts.entry(a.segment).or_insert(i64::MIN);
-        *ts = (*ts).max(a.max_timestamp);
+        match st.segment_max_ts.last_entry() {
+            Some(mut last) if *last.key() == a.segment => {
+                *last.get_mut() = (*last.get()).max(a.max_timestamp);
+            }
+            _ => {
+                let ts = st.segment_max_ts.entry(a.segment).or_insert(i64::MIN);
+                *ts = (*ts).max(a.max_timestamp);
+            }
+        }
         Ok(Submitted {
             partition,
             base_offset: a.base_offset,

@@ -202,18 +202,21 @@ impl<S: Storage> Wal<S> {
 
     /// Backpressure: waits while too many bytes are queued for writing.
     pub async fn wait_for_room(&self, size: usize) -> Result<()> {
-        let config = &self.inner.config;
-        loop {
-            let (pending, next_written) = {
-                let st = self.inner.state.borrow();
-                self.check_usable(&st)?;
-                (st.pending_bytes, self.inner.written.get() + 1)
-            };
-            if pending + size <= state::max_pending_bytes(config) || pending == 0 {
-                return Ok(());
-            }
+        while !self.has_room(size)? {
+            let next_written = self.inner.written.get() + 1;
             self.inner.written.wait_for(next_written).await;
         }
+        Ok(())
+    }
+
+    /// Whether a batch of `size` bytes may be encoded now without passing
+    /// the backpressure limit ([`Wal::wait_for_room`] waits until it may);
+    /// an error when the log takes no appends.
+    pub fn has_room(&self, size: usize) -> Result<bool> {
+        let st = self.inner.state.borrow();
+        self.check_usable(&st)?;
+        let pending = st.pending_bytes;
+        Ok(pending + size <= state::max_pending_bytes(&self.inner.config) || pending == 0)
     }
 
     /// Encodes a batch of `size` bytes (from [`Wal::check_batch`]) into the
