@@ -44,7 +44,8 @@ pub struct Record {
 
 impl Record {
     /// A record holding `value`, with no key and no headers, timestamped at
-    /// append time.
+    /// append time (read from the kernel's coarse clock: to within one
+    /// clock tick, 1 to 4 ms; [`Record::with_timestamp`] sets an exact one).
     pub fn new(value: impl Into<Vec<u8>>) -> Self {
         Record {
             value: value.into(),
