@@ -25,6 +25,12 @@ struct Plan {
     /// Flip a bit in what the next segment read at this position returns,
     /// at this index of the read.
     flip_read_at: Cell<Option<(u64, usize)>>,
+    /// Hold the next segment fdatasync this long before it runs.
+    sync_delay: Cell<Option<std::time::Duration>>,
+    /// Segment fdatasyncs running now.
+    syncs_running: Cell<u32>,
+    /// A segment write was issued while an fdatasync ran.
+    wrote_during_sync: Cell<bool>,
 }
 
 /// The real disk, with faults injected on demand.
@@ -97,6 +103,9 @@ impl StorageFile for FaultyFile {
             }
         }
         if is_segment(self.path()) && pos > 0 {
+            if self.plan.syncs_running.get() > 0 {
+                self.plan.wrote_during_sync.set(true);
+            }
             if let Some(errno) = self.plan.write_errno.take() {
                 return Err(Error::io(
                     "write",
@@ -133,7 +142,14 @@ impl StorageFile for FaultyFile {
                 io::Error::from_raw_os_error(errno),
             ));
         }
-        self.real.fdatasync().await
+        let running = &self.plan.syncs_running;
+        running.set(running.get() + 1);
+        if let Some(d) = self.plan.sync_delay.take() {
+            glommio::timer::sleep(d).await;
+        }
+        let done = self.real.fdatasync().await;
+        running.set(running.get() - 1);
+        done
     }
     async fn allocate(&self, len: u64) -> Result<()> {
         self.real.allocate(len).await
@@ -337,6 +353,81 @@ fn a_torn_tail_is_erased_only_after_the_last_batch_read_back_intact() {
         let (wal, rec) = Wal::open(config3).await.unwrap();
         assert_eq!(rec.batches.len(), 5, "{:?}", rec.report);
         assert!(rec.report.torn_tail.is_some());
+        wal.close().await.unwrap();
+    });
+}
+
+/// Under `Always` a group's write runs while the previous group's
+/// fdatasync is in flight; when that write fails, neither append is
+/// acknowledged unless it is durable: the failure is sticky, the durable
+/// position does not move, and whatever was acknowledged survives a
+/// reopen.
+#[test]
+fn a_write_failing_while_an_earlier_fdatasync_runs_loses_nothing_acknowledged() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    let mut config = small_config(&path, FsyncPolicy::Always);
+    // A group past the lone-commit size goes through io_uring, with its
+    // fdatasync in flight on its own.
+    config.segment_bytes = 4 << 20;
+    config.max_record_bytes = 512 << 10;
+    config.max_batch_bytes = 512 << 10;
+    config.max_write_bytes = 512 << 10;
+    let config2 = config.clone();
+    let (first, second) = run(move || async move {
+        let plan = Rc::new(Plan::default());
+        let storage = Faulty {
+            real: DmaStorage,
+            plan: plan.clone(),
+        };
+        let (wal, _) = Wal::open_with(storage, config).await.unwrap();
+        let before = wal.stats();
+        plan.sync_delay
+            .set(Some(std::time::Duration::from_millis(200)));
+        let big = vec![corelog_shard::Record::new(vec![7u8; 300 << 10])];
+        let first = {
+            let wal = wal.clone();
+            glommio::spawn_local(async move { wal.append(1, 0, 0, &big).await }).detach()
+        };
+        // Until the big group's write completed and its fdatasync is held.
+        while plan.syncs_running.get() == 0 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        plan.write_errno.set(Some(5));
+        let second = wal.append(1, 1, 0, &records_for(1)).await;
+        assert!(
+            plan.wrote_during_sync.get(),
+            "the second group's write waited for the first group's fdatasync"
+        );
+        let first = first.await.unwrap();
+        let after = wal.stats();
+        if first.is_err() {
+            assert_eq!(
+                (after.durable_segment, after.durable_position),
+                (before.durable_segment, before.durable_position),
+                "the durable position moved for an append that failed"
+            );
+        }
+        assert!(wal.close().await.is_err(), "the failure is sticky");
+        (first.map(|a| a.position), second.map(|a| a.position))
+    });
+    let Err(second) = second else {
+        panic!("the append whose write failed was acknowledged")
+    };
+    assert_names(&second, "write failed");
+    run(move || async move {
+        let (wal, rec) = Wal::open(config2).await.unwrap();
+        if let Ok(position) = first {
+            assert!(
+                rec.batches.iter().any(|b| b.position == position),
+                "an acknowledged append was lost"
+            );
+        }
+        assert!(
+            rec.batches.iter().all(|b| b.header.base_offset == 0),
+            "the failed write left a batch: {:?}",
+            rec.batches
+        );
         wal.close().await.unwrap();
     });
 }

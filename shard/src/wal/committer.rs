@@ -7,6 +7,13 @@
 //! that arrive while a write or an fdatasync is in flight gather in the next
 //! group: that is group commit.
 //!
+//! Under `Always` commits overlap: once group N's write completed, its
+//! fdatasync is issued and runs while group N+1 is written (one write in
+//! flight) and N+2 gathers. An fdatasync covers only writes that completed
+//! before it was issued; the next one, issued when it completes, covers the
+//! rest. A failure of either stops the shard: nothing not yet covered is
+//! acknowledged.
+//!
 //! Invariant: a group starts on a block boundary and the commit after it
 //! starts on the next one, so no write ever touches a block that holds
 //! acknowledged data.
@@ -66,6 +73,25 @@ struct InFlight {
     group: Written,
 }
 
+/// An fdatasync handed to the kernel and not yet reaped, under `Always`.
+struct Syncing {
+    task: JoinHandle<Result<()>>,
+    /// What it covers: the written position and the last group written
+    /// when it was issued.
+    at: (u64, u64),
+    group: u64,
+}
+
+/// What the commit loop waited for.
+enum Event {
+    /// The oldest write in flight completed.
+    Written(Option<Result<()>>),
+    /// The fdatasync in flight completed.
+    Synced(Option<Result<()>>),
+    /// Appends arrived.
+    Work,
+}
+
 /// A group whose write was issued.
 struct Written {
     id: u64,
@@ -88,6 +114,9 @@ struct Committer<S: Storage> {
     waiting: Option<Group<<S::File as StorageFile>::Buffer>>,
     /// Id of the last group handed to the kernel.
     issued: u64,
+    /// Under `Always`: the fdatasync in flight, at most one. Writes go on
+    /// while it runs, and the next one covers them.
+    syncing: Option<Syncing>,
 }
 
 /// The commit loop. Ends when the shard closes or fails.
@@ -98,6 +127,7 @@ async fn run<S: Storage>(inner: Rc<Inner<S>>) {
         in_flight: VecDeque::new(),
         waiting: None,
         issued: 0,
+        syncing: None,
     };
     loop {
         match c.step().await {
@@ -127,29 +157,52 @@ impl<S: Storage> Committer<S> {
             return Ok(true);
         }
         self.issue().await?;
-        let window_open = self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting();
-        if let Some(front) = self.in_flight.front_mut() {
-            // Without an fdatasync per completion (`Never`, `Interval`), new
-            // appends are written while earlier writes are in flight, up to
-            // the window: a lone append does not wait for a write it is not
-            // part of. Under `Always` they gather for the next group, which
-            // shares the next fdatasync.
-            let pipelined = inner.config.fsync != FsyncPolicy::Always && window_open;
-            let done = if pipelined {
-                future::or(async { Some((&mut front.task).await) }, async {
-                    inner.work.wait().await;
-                    None
-                })
-                .await
-            } else {
-                Some((&mut front.task).await)
+        let window_open = self.in_flight.len() < self.window() && !self.flush_waiting();
+        if !self.in_flight.is_empty() || self.syncing.is_some() {
+            // New appends are written while earlier writes, or under
+            // `Always` an fdatasync, are in flight, up to the window: a
+            // lone append does not wait for a write it is not part of, and
+            // under `Always` group N+1's write runs during group N's
+            // fdatasync (the next fdatasync covers it).
+            let Committer {
+                in_flight, syncing, ..
+            } = self;
+            let written = async {
+                match in_flight.front_mut() {
+                    Some(front) => Event::Written((&mut front.task).await),
+                    None => future::pending().await,
+                }
             };
-            let Some(done) = done else {
-                return Ok(true);
+            let synced = async {
+                match syncing {
+                    Some(s) => Event::Synced((&mut s.task).await),
+                    None => future::pending().await,
+                }
             };
-            let front = self.in_flight.pop_front().expect("awaited above");
-            done.unwrap_or(Err(Error::Closed))?;
-            self.complete(front.group).await?;
+            let work = async {
+                if !window_open {
+                    future::pending::<()>().await;
+                }
+                inner.work.wait().await;
+                Event::Work
+            };
+            match future::or(written, future::or(synced, work)).await {
+                Event::Written(done) => {
+                    let front = self.in_flight.pop_front().expect("awaited above");
+                    done.unwrap_or(Err(Error::Closed))?;
+                    self.complete(front.group);
+                }
+                Event::Synced(done) => {
+                    let s = self.syncing.take().expect("awaited above");
+                    done.unwrap_or(Err(Error::Closed))?;
+                    bump(&inner.counters.fdatasyncs, 1);
+                    mark_durable(&inner, s.at, s.group);
+                    if inner.durable.get() < inner.written.get() {
+                        self.start_sync();
+                    }
+                }
+                Event::Work => {}
+            }
             return Ok(true);
         }
         let (closing, flush_wanted) = {
@@ -179,7 +232,7 @@ impl<S: Storage> Committer<S> {
     /// the current one completed, then rolls.
     async fn issue(&mut self) -> Result<()> {
         let inner = self.inner.clone();
-        while self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting() {
+        while self.in_flight.len() < self.window() && !self.flush_waiting() {
             let Some(mut group) = self.waiting.take().or_else(|| take_group(&inner)) else {
                 return Ok(());
             };
@@ -191,6 +244,9 @@ impl<S: Storage> Committer<S> {
                 }
                 // Invariant: groups arrive in log order, one segment after another.
                 assert_eq!(group.segment, active + 1, "groups skipped a segment");
+                // The roll syncs the segment it seals; the fdatasync in
+                // flight, if any, is reaped first.
+                self.finish_sync().await?;
                 roll(&inner, group.segment).await?;
             }
             let (file, written_at) = {
@@ -263,6 +319,16 @@ impl<S: Storage> Committer<S> {
         Ok(())
     }
 
+    /// Writes in flight at most. Under `Always` one: group N+1 is written
+    /// while group N's fdatasync runs, and N+2 gathers meanwhile, so that
+    /// groups stay large and each fdatasync covers a whole group.
+    fn window(&self) -> usize {
+        match self.inner.config.fsync {
+            FsyncPolicy::Always => 1,
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => MAX_WRITES_IN_FLIGHT,
+        }
+    }
+
     /// A flush (or a close) waits for groups already issued: issue no more
     /// until they are written and synced, or a steady stream of appends
     /// would keep the writes in flight, and the flush waiting, for ever.
@@ -272,16 +338,55 @@ impl<S: Storage> Committer<S> {
     }
 
     /// A group's write completed, and so did every write before it; it is
-    /// synced as the policy asks.
-    async fn complete(&mut self, done: Written) -> Result<()> {
+    /// synced as the policy asks: under `Always` by the fdatasync issued
+    /// now, or, when one is in flight, by the next one.
+    fn complete(&mut self, done: Written) {
         self.mark_written(done);
         let inner = &self.inner;
         match inner.config.fsync {
-            FsyncPolicy::Always => sync(inner).await?,
+            FsyncPolicy::Always => {
+                if self.syncing.is_none() {
+                    self.start_sync();
+                }
+            }
             FsyncPolicy::Interval(d) => {
                 self.sync_due.get_or_insert_with(|| inner.storage.now() + d);
             }
             FsyncPolicy::Never => {}
+        }
+    }
+
+    /// Issues an fdatasync of the active segment, covering every write
+    /// completed so far.
+    ///
+    /// Invariant: at most one is in flight, and it covers only writes that
+    /// completed before it was issued; the durable position moves when it
+    /// completes, forward only.
+    fn start_sync(&mut self) {
+        assert!(self.syncing.is_none(), "one fdatasync in flight at most");
+        let inner = &self.inner;
+        let (file, at) = {
+            let st = inner.state.borrow();
+            (st.segments.get(&st.written_at.0).cloned(), st.written_at)
+        };
+        let group = inner.written.get();
+        let task = glommio::spawn_local(async move {
+            match file {
+                Some(file) => file.fdatasync().await,
+                None => Ok(()),
+            }
+        })
+        .detach();
+        self.syncing = Some(Syncing { task, at, group });
+    }
+
+    /// Waits for the fdatasync in flight, if any, and records what it made
+    /// durable.
+    async fn finish_sync(&mut self) -> Result<()> {
+        if let Some(s) = self.syncing.take() {
+            s.task.await.unwrap_or(Err(Error::Closed))?;
+            bump(&self.inner.counters.fdatasyncs, 1);
+            mark_durable(&self.inner, s.at, s.group);
         }
         Ok(())
     }
