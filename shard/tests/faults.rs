@@ -5,9 +5,9 @@ mod common;
 
 use std::{cell::Cell, io, path::Path, rc::Rc};
 
-use common::{append, records_for, run, small_config, test_dir};
+use common::{append, assert_batch_holds, records_for, run, small_config, test_dir};
 use corelog_shard::{
-    internals::{DmaStorage, DmaStorageFile, Wal},
+    internals::{Appended, DmaStorage, DmaStorageFile, Wal},
     Error, FsyncPolicy, Result, Storage, StorageFile,
 };
 
@@ -428,6 +428,62 @@ fn a_write_failing_while_an_earlier_fdatasync_runs_loses_nothing_acknowledged() 
             "the failed write left a batch: {:?}",
             rec.batches
         );
+        wal.close().await.unwrap();
+    });
+}
+
+/// A read the device damaged is never kept by the read cache: the same
+/// read asked again goes to the device and returns the intact batch, and
+/// a damaged read-ahead part is dropped and read again when it is asked
+/// for.
+#[test]
+fn a_damaged_read_is_not_served_again_from_the_read_cache() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    let config = small_config(&path, FsyncPolicy::Always);
+    run(move || async move {
+        let plan = Rc::new(Plan::default());
+        let open = || {
+            let storage = Faulty {
+                real: DmaStorage,
+                plan: plan.clone(),
+            };
+            Wal::open_with(storage, config.clone())
+        };
+        let (wal, _) = open().await.unwrap();
+        let mut at: Vec<Appended> = Vec::new();
+        for i in 0..3 {
+            at.push(append(&wal, 1, &records_for(i)).await.unwrap());
+        }
+        let from = at[0].position - at[0].position % 4096;
+        // Within the read-ahead of a read of the first.
+        assert!(at[2].position + u64::from(at[2].length) <= from + (64 << 10));
+        let inside = |a: &Appended| (a.position - from) as usize + 40;
+        // The asked batch is damaged: refused, and not cached.
+        plan.flip_read_at.set(Some((from, inside(&at[0]))));
+        let a = &at[0];
+        let err = wal.read_batch(a.segment, a.position, a.length).await;
+        assert!(matches!(err, Err(Error::Corrupted { .. })), "{err:?}");
+        let batch = wal.read_batch(a.segment, a.position, a.length).await;
+        assert_batch_holds(&batch.expect("read again, intact"), 0, &records_for(0));
+        wal.close().await.unwrap();
+
+        // A damaged read-ahead part: the asked batch verifies and the
+        // extent is kept; asking for the damaged batch reads it again.
+        let (wal, _) = open().await.unwrap();
+        plan.flip_read_at.set(Some((from, inside(&at[2]))));
+        let a = &at[0];
+        wal.read_batch(a.segment, a.position, a.length)
+            .await
+            .unwrap();
+        assert!(
+            plan.flip_read_at.get().is_none(),
+            "the read-ahead was damaged"
+        );
+        let a = &at[2];
+        let batch = wal.read_batch(a.segment, a.position, a.length).await;
+        let base = (records_for(0).len() + records_for(1).len()) as u64;
+        assert_batch_holds(&batch.expect("read again, intact"), base, &records_for(2));
         wal.close().await.unwrap();
     });
 }

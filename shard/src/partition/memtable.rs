@@ -20,6 +20,10 @@ use crate::{format::batch::Batch, partition::PartitionMap};
 
 /// A batch held, with the commit group that carries it.
 struct Held {
+    /// Unique per insertion: what `order` names it by. A batch truncated
+    /// and logged again at the same offset, even in the same group, is
+    /// another entry.
+    seq: u64,
     group: u64,
     batch: Batch,
 }
@@ -32,13 +36,16 @@ impl Held {
 
 /// Recent batches, by partition, in offset order.
 ///
-/// Invariant: in each partition's ring, base offsets strictly increase.
+/// Invariant: in each partition's ring, base offsets and `seq` strictly
+/// increase.
 pub struct Memtable {
     partitions: PartitionMap<VecDeque<Held>>,
-    /// Insertion order across partitions, for eviction: partition, base
-    /// offset, commit group. An entry whose batch a truncation or
-    /// delete-before removed stays until eviction or compaction skips it.
-    order: VecDeque<(u64, u64, u64)>,
+    /// Insertion order across partitions, for eviction: partition, `seq`.
+    /// An entry whose batch a truncation or delete-before removed stays
+    /// until eviction or compaction skips it.
+    order: VecDeque<(u64, u64)>,
+    /// The next insertion's `seq`.
+    next_seq: u64,
     /// Batches held (the live entries of `order`).
     held: usize,
     bytes: usize,
@@ -51,6 +58,7 @@ impl Memtable {
         Memtable {
             partitions: PartitionMap::default(),
             order: VecDeque::new(),
+            next_seq: 0,
             held: 0,
             bytes: 0,
             budget,
@@ -74,23 +82,22 @@ impl Memtable {
             "partition {partition} batch at {base} cached out of order"
         );
         self.bytes += batch.as_bytes().len();
-        ring.push_back(Held { group, batch });
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        ring.push_back(Held { seq, group, batch });
         self.held += 1;
-        self.order.push_back((partition, base, group));
+        self.order.push_back((partition, seq));
     }
 
     /// Evicts the oldest batches while over budget, as far as commit group
     /// `written` (the last group whose write completed).
     pub fn evict(&mut self, written: u64) {
-        while let Some(&(partition, base, group)) = self.order.front() {
+        while let Some(&(partition, seq)) = self.order.front() {
             let ring = self.partitions.get_mut(&partition);
             // A partition's oldest live entry in `order` is its ring's front:
             // both follow insertion order, and removals take a ring's ends.
-            let live = ring
-                .as_ref()
-                .and_then(|r| r.front())
-                .is_some_and(|h| h.base() == base && h.group == group);
-            if live {
+            let front = ring.as_ref().and_then(|r| r.front());
+            if let Some(group) = front.filter(|h| h.seq == seq).map(|h| h.group) {
                 if self.bytes <= self.budget || group > written {
                     return;
                 }
@@ -176,11 +183,10 @@ impl Memtable {
         }
         if self.order.len() > 2 * self.held + 1024 {
             let partitions = &self.partitions;
-            self.order.retain(|&(p, base, group)| {
+            self.order.retain(|&(p, seq)| {
                 partitions.get(&p).is_some_and(|ring| {
-                    holding(ring, base)
-                        .and_then(|i| ring.get(i))
-                        .is_some_and(|h| h.base() == base && h.group == group)
+                    let i = ring.partition_point(|h| h.seq < seq);
+                    ring.get(i).is_some_and(|h| h.seq == seq)
                 })
             });
         }
@@ -223,7 +229,8 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Append(u64, usize),
+        /// Partition, records, whether in a new commit group.
+        Append(u64, usize, bool),
         Evict,
         RemoveBefore(u64, u64),
         RemoveFrom(u64, u64),
@@ -231,7 +238,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0..3u64, 1..4usize).prop_map(|(p, n)| Op::Append(p, n)),
+            4 => (0..3u64, 1..4usize, any::<bool>()).prop_map(|(p, n, g)| Op::Append(p, n, g)),
             1 => Just(Op::Evict),
             1 => (0..3u64, 0..40u64).prop_map(|(p, o)| Op::RemoveBefore(p, o)),
             1 => (0..3u64, 0..40u64).prop_map(|(p, o)| Op::RemoveFrom(p, o)),
@@ -241,21 +248,25 @@ mod tests {
     proptest! {
         /// Against a model (every batch held, by partition and base
         /// offset): lookups and walks agree, the byte count is right, and
-        /// eviction takes the oldest batches first, only written ones, only
-        /// while over budget.
+        /// eviction takes the oldest batches first (by insertion, also
+        /// among batches of one commit group and a batch truncated and
+        /// logged again in it), only written ones, only while over budget.
         #[test]
         fn memtable_matches_a_model(ops in proptest::collection::vec(op(), 1..200)) {
             let budget = 200;
             let mut mt = Memtable::new(budget);
-            let mut model: BTreeMap<(u64, u64), (u64, u64, usize)> = BTreeMap::new();
+            // (partition, base) -> (insertion, group, end, bytes)
+            let mut model: BTreeMap<(u64, u64), (u64, u64, u64, usize)> = BTreeMap::new();
+            let mut inserted = 0;
             let mut ends = [0u64; 3];
             let mut group = 0;
             for op in ops {
                 match op {
-                    Op::Append(p, n) => {
-                        group += 1;
+                    Op::Append(p, n, new_group) => {
+                        group += u64::from(new_group);
+                        inserted += 1;
                         let b = batch(p, ends[p as usize], n);
-                        model.insert((p, ends[p as usize]), (group, ends[p as usize] + n as u64, b.as_bytes().len()));
+                        model.insert((p, ends[p as usize]), (inserted, group, ends[p as usize] + n as u64, b.as_bytes().len()));
                         ends[p as usize] += n as u64;
                         mt.insert(b, group);
                     }
@@ -264,8 +275,8 @@ mod tests {
                         let written = group.saturating_sub(3);
                         mt.evict(written);
                         loop {
-                            let bytes: usize = model.values().map(|v| v.2).sum();
-                            let oldest = model.iter().min_by_key(|(_, v)| v.0).map(|(k, v)| (*k, v.0));
+                            let bytes: usize = model.values().map(|v| v.3).sum();
+                            let oldest = model.iter().min_by_key(|(_, v)| v.0).map(|(k, v)| (*k, v.1));
                             match oldest {
                                 Some((k, g)) if bytes > budget && g <= written => { model.remove(&k); }
                                 _ => break,
@@ -274,7 +285,16 @@ mod tests {
                     }
                     Op::RemoveBefore(p, o) => {
                         mt.remove_before(p, o);
-                        model.retain(|&(q, _), v| q != p || v.1 > o);
+                        // From the front: after a truncation inside a batch,
+                        // that batch overlaps the next and still leads.
+                        while let Some(k) = model
+                            .range((p, 0)..=(p, u64::MAX))
+                            .next()
+                            .filter(|(_, v)| v.2 <= o)
+                            .map(|(k, _)| *k)
+                        {
+                            model.remove(&k);
+                        }
                     }
                     Op::RemoveFrom(p, o) => {
                         mt.remove_from(p, o);
@@ -282,11 +302,11 @@ mod tests {
                         ends[p as usize] = ends[p as usize].min(o);
                     }
                 }
-                prop_assert_eq!(mt.bytes(), model.values().map(|v| v.2).sum::<usize>());
+                prop_assert_eq!(mt.bytes(), model.values().map(|v| v.3).sum::<usize>());
                 for p in 0..3u64 {
                     for o in 0..ends[p as usize] + 1 {
                         let want = model.range(..=(p, o)).next_back()
-                            .filter(|(k, v)| k.0 == p && v.1 > o).map(|(k, _)| k.1);
+                            .filter(|(k, v)| k.0 == p && v.2 > o).map(|(k, _)| k.1);
                         let got = mt.get(p, o).map(|b| b.header().base_offset);
                         prop_assert_eq!(got, want);
                         let mut walked = Vec::new();
@@ -297,7 +317,7 @@ mod tests {
                             for (k, v) in model.range((p, first)..=(p, u64::MAX)) {
                                 if k.1 > next { break; }
                                 expect.push(k.1);
-                                next = v.1;
+                                next = v.2;
                             }
                         }
                         prop_assert_eq!(walked, expect);

@@ -211,7 +211,10 @@ impl<S: Storage> Shard<S> {
             return Walked::NotCached;
         };
         // The index, from the batch holding `offset`, says where each
-        // batch's records end; it runs beside the memtable's batches.
+        // batch's records end; it runs beside the memtable's batches,
+        // which the walk gives from the one holding `offset` without a gap
+        // (a batch evicted between two held ones ends the walk: nothing is
+        // skipped).
         let mut entries = part.index.from_offset(offset).iter();
         let mut walked = Walked::NotCached;
         st.memtable.walk(partition, offset, |b| {

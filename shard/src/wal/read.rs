@@ -2,7 +2,7 @@
 //! run of batches, or none when the read cache holds them, each verified
 //! (checksum, and position against the header) before it is returned.
 
-use std::rc::Rc;
+use std::{path::Path, rc::Rc};
 
 use crate::{
     error::{Error, Result},
@@ -48,37 +48,54 @@ impl<S: Storage> Wal<S> {
         };
         let from = first - first % BLOCK_SIZE;
         bump(&self.inner.counters.batch_reads, spans.len() as u64);
-        let cached = self
-            .inner
-            .read_cache
-            .borrow()
-            .get(segment, from, align_up(end));
-        let (from, buf) = match cached {
-            Some(hit) => {
-                bump(&self.inner.counters.cache_hits, spans.len() as u64);
-                hit
+        let cached = (self.inner.read_cache.borrow()).get(segment, from, align_up(end));
+        if let Some((start, buf)) = cached {
+            match self.verify(file.path(), segment, start, &buf, spans) {
+                Ok(batches) => {
+                    bump(&self.inner.counters.cache_hits, spans.len() as u64);
+                    return Ok(batches);
+                }
+                // The extent's read-ahead part was never verified: a read
+                // the device damaged is dropped and read again, never
+                // served twice.
+                Err(_) => (self.inner.read_cache.borrow_mut()).remove(segment, start),
             }
-            None => {
-                let to = self.read_ahead_end(segment, align_up(end), written);
-                let buf = Rc::new(file.read_at(from, (to - from) as usize).await?);
-                (self.inner.read_cache.borrow_mut()).insert(segment, from, buf.clone());
-                (from, buf)
-            }
-        };
+        }
+        let to = self.read_ahead_end(segment, align_up(end), written);
+        let buf = Rc::new(file.read_at(from, (to - from) as usize).await?);
+        let batches = self.verify(file.path(), segment, from, &buf, spans)?;
+        // Kept only when what was asked verified, and only while the
+        // segment exists: retention may have removed it during the read.
+        if self.inner.state.borrow().segments.contains_key(&segment) {
+            (self.inner.read_cache.borrow_mut()).insert(segment, from, buf);
+        }
+        Ok(batches)
+    }
+
+    /// Decodes the batches at `spans` of `segment` from `buf`, read at
+    /// `from`, checking each one's checksum and its position.
+    fn verify(
+        &self,
+        path: &Path,
+        segment: u64,
+        from: u64,
+        buf: &[u8],
+        spans: &[(u64, u32)],
+    ) -> Result<Vec<Batch>> {
         let seed = crc_seed(self.inner.config.shard_id, segment);
         spans
             .iter()
             .map(|&(position, length)| {
                 let skip = (position - from) as usize;
                 let bytes = buf.get(skip..skip + length as usize).ok_or_else(|| {
-                    Error::corrupted(file.path(), position, "segment ends inside the batch")
+                    Error::corrupted(path, position, "segment ends inside the batch")
                 })?;
                 let batch = Batch::decode(bytes, seed)
-                    .map_err(|e| Error::corrupted(file.path(), position, e.to_string()))?;
+                    .map_err(|e| Error::corrupted(path, position, e.to_string()))?;
                 batch
                     .header()
                     .check_position(position)
-                    .map_err(|why| Error::corrupted(file.path(), position, why))?;
+                    .map_err(|why| Error::corrupted(path, position, why))?;
                 Ok(batch)
             })
             .collect()

@@ -65,6 +65,14 @@ impl<B: std::ops::Deref<Target = [u8]>> ReadCache<B> {
         }
     }
 
+    /// Drops the extent read at `start` of `segment`.
+    pub(super) fn remove(&mut self, segment: u64, start: u64) {
+        if let Some(old) = self.extents.remove(&(segment, start)) {
+            self.bytes -= old.len();
+            self.order.retain(|&key| key != (segment, start));
+        }
+    }
+
     /// Drops the extents of `segment` (removed from disk).
     pub(super) fn forget_segment(&mut self, segment: u64) {
         let doomed: Vec<_> = self
@@ -98,6 +106,9 @@ mod tests {
         assert!(c.get(2, 0, 4096).is_some());
         c.insert(3, 0, Rc::new(vec![3; 20_000]));
         assert!(c.get(3, 0, 4096).is_none(), "larger than the budget");
+        c.insert(4, 0, Rc::new(vec![4; 4096]));
+        c.remove(4, 0);
+        assert!(c.get(4, 0, 4096).is_none(), "removed");
         c.forget_segment(2);
         assert!(c.get(2, 0, 4096).is_none());
         assert_eq!(c.bytes, 0);
