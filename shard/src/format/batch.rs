@@ -6,7 +6,7 @@
 //! ([`crate::format::segment::crc_seed`]), so a batch copied into another segment or
 //! left over from an earlier use of a file never validates.
 
-use std::sync::Arc;
+use bytes::{Bytes, BytesMut};
 
 use bytemuck::{Pod, Zeroable};
 
@@ -270,11 +270,12 @@ pub fn decode_batch(bytes: &[u8], seed: u32) -> Result<BatchHeader, DecodeError>
 
 /// A validated batch held in memory. Its bytes are shared: a clone, and
 /// every record read from it ([`crate::StoredRecord`]), only counts a
-/// reference, and a batch costs one allocation.
+/// reference. A batch read from disk is one allocation; batches appended
+/// here share the chunks of a [`BatchArena`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     header: BatchHeader,
-    bytes: Arc<[u8]>,
+    bytes: Bytes,
 }
 
 impl Batch {
@@ -289,22 +290,19 @@ impl Batch {
         }
         Ok(Batch {
             header,
-            bytes: Arc::from(bytes),
+            bytes: Bytes::copy_from_slice(bytes),
         })
     }
 
-    /// Copies a batch this process just encoded with [`encode_batch`].
+    /// Copies a batch this process just encoded with [`encode_batch`],
+    /// into an allocation of its own.
+    #[cfg(test)]
     pub(crate) fn encoded(bytes: &[u8]) -> Self {
-        let header = peek_header(bytes).expect("an encoded batch has a header");
-        debug_assert_eq!(header.length as usize, bytes.len());
-        Batch {
-            header,
-            bytes: Arc::from(bytes),
-        }
+        BatchArena::default().keep(bytes)
     }
 
     /// The encoded batch, shared.
-    pub(crate) fn shared_bytes(&self) -> &Arc<[u8]> {
+    pub(crate) fn shared_bytes(&self) -> &Bytes {
         &self.bytes
     }
 
@@ -324,6 +322,37 @@ impl Batch {
             rest: &self.bytes[BATCH_HEADER_LEN..],
             next_offset: self.header.base_offset,
             remaining: self.header.record_count,
+        }
+    }
+}
+
+/// Where batches encoded here are copied to be kept: large chunks filled
+/// one batch after another, each batch a shared slice of its chunk. A
+/// chunk is freed when the last batch (or record read from one) that
+/// shares it is dropped; the memtable evicts in insertion order, so a
+/// chunk's batches leave together.
+#[derive(Default)]
+pub(crate) struct BatchArena {
+    /// The unfilled rest of the current chunk.
+    free: BytesMut,
+}
+
+/// Bytes of an arena chunk (a batch larger than this gets its own).
+const ARENA_CHUNK: usize = 256 << 10;
+
+impl BatchArena {
+    /// Copies `bytes`, a batch this process just encoded with
+    /// [`encode_batch`], into the arena.
+    pub(crate) fn keep(&mut self, bytes: &[u8]) -> Batch {
+        let header = peek_header(bytes).expect("an encoded batch has a header");
+        debug_assert_eq!(header.length as usize, bytes.len());
+        if self.free.capacity() < bytes.len() {
+            self.free = BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
+        }
+        self.free.extend_from_slice(bytes);
+        Batch {
+            header,
+            bytes: self.free.split().freeze(),
         }
     }
 }
@@ -463,4 +492,34 @@ mod tests {
         assert_eq!(h.crc, STABLE_CRC);
     }
     const STABLE_CRC: u32 = 2_052_747_426;
+
+    /// Batches kept by an arena read back as encoded, whether they share a
+    /// chunk, start a new one, or are larger than a chunk; dropping the
+    /// arena leaves the batches it handed out intact.
+    #[test]
+    fn an_arena_keeps_batches_intact_across_chunks() {
+        let mut arena = BatchArena::default();
+        let mut kept = Vec::new();
+        for (i, size) in [10, 3_000, 100, ARENA_CHUNK / 8, ARENA_CHUNK + 5, 7]
+            .into_iter()
+            .cycle()
+            .take(60)
+            .enumerate()
+        {
+            let records = [Record::new(vec![i as u8; size])];
+            let (len, _) = encoded_batch_len(&records).unwrap();
+            let mut out = vec![0; len];
+            let info = BatchInfo {
+                base_offset: i as u64,
+                ..BatchInfo::default()
+            };
+            encode_batch(&mut out, 9, info, &records, 1);
+            kept.push((arena.keep(&out), out));
+        }
+        drop(arena);
+        for (batch, out) in &kept {
+            assert_eq!(batch.as_bytes(), &out[..]);
+            assert_eq!(Batch::decode(batch.as_bytes(), 9).as_ref(), Ok(batch));
+        }
+    }
 }

@@ -1,19 +1,20 @@
 //! Records read back from a partition, sharing their batch's bytes.
 
-use std::sync::Arc;
+use bytes::Bytes;
 
 use crate::format::{
     batch::Batch,
     record::{RecordView, HEADER_OVERHEAD},
 };
 
-/// A record read back from a partition. It shares its batch's bytes (an
-/// `Arc`), so reading allocates nothing per record and cloning is cheap;
-/// the batch stays in memory while any of its records is held.
+/// A record read back from a partition. It shares its batch's bytes
+/// (reference-counted), so reading allocates nothing per record and
+/// cloning is cheap; the batch, and the arena chunk a recent batch sits
+/// in, stay in memory while any of its records is held.
 #[derive(Clone)]
 pub struct StoredRecord {
     /// The bytes of the record's batch.
-    batch: Arc<[u8]>,
+    batch: Bytes,
     offset: u64,
     timestamp: i64,
     /// Byte ranges within the batch.

@@ -16,7 +16,10 @@
 
 use std::collections::VecDeque;
 
-use crate::{format::batch::Batch, partition::PartitionMap};
+use crate::{
+    format::batch::{Batch, BatchArena},
+    partition::PartitionMap,
+};
 
 /// A batch held, with the commit group that carries it.
 struct Held {
@@ -46,6 +49,8 @@ pub struct Memtable {
     order: VecDeque<(u64, u64)>,
     /// The next insertion's `seq`.
     next_seq: u64,
+    /// Where batches appended here are copied to.
+    arena: BatchArena,
     /// Batches held (the live entries of `order`).
     held: usize,
     bytes: usize,
@@ -59,6 +64,7 @@ impl Memtable {
             partitions: PartitionMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
+            arena: BatchArena::default(),
             held: 0,
             bytes: 0,
             budget,
@@ -68,6 +74,12 @@ impl Memtable {
     /// Bytes of batches held.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Copies `bytes`, a batch just encoded, to be inserted: batches
+    /// appended together share an allocation (see `BatchArena`).
+    pub fn keep(&mut self, bytes: &[u8]) -> Batch {
+        self.arena.keep(bytes)
     }
 
     /// Adds a batch carried by commit group `group`. It must start past

@@ -22,7 +22,7 @@ use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
-        batch::{Batch, BatchInfo, RecoveredBatch, FLAG_CONTROL},
+        batch::{BatchInfo, RecoveredBatch, FLAG_CONTROL},
         checkpoint,
         record::Record,
     },
@@ -229,8 +229,9 @@ impl<S: Storage> Shard<S> {
             ..BatchInfo::default()
         };
         let mut kept = None;
+        let memtable = &mut st.memtable;
         let a = self.wal.encode(info, records, size, |bytes| {
-            kept = Some(Batch::encoded(bytes))
+            kept = Some(memtable.keep(bytes))
         })?;
         part.end = a.base_offset + u64::from(a.record_count);
         part.pending.push_back((a.group, part.end));
