@@ -1,7 +1,14 @@
 //! The shard thread's side of appends from a [`crate::Handle`]: one task
-//! takes them from the shard's queue in call order and submits each to the
+//! takes them from the shard's queue in call order and submits them to the
 //! log (no task per append, so everything queued lands in the same commit
 //! group), and one task answers them a commit group at a time.
+//!
+//! Coalescing: consecutive appends to one partition found queued together
+//! are submitted as one batch (up to [`COALESCE_BYTES`]), each still
+//! answered with its own offset. A batch costs an index entry, a memtable
+//! entry, a header and a checksum whatever its records, so a service
+//! thread appending one record at a time pays that once per pass, not per
+//! record. A batch is atomic, so each append in it still is.
 //!
 //! Order: appends are submitted one after another in queue order, and
 //! [`Shard::submit`] assigns offsets in the order its calls complete, so
@@ -19,7 +26,7 @@ use std::{
     task::{Poll, Waker},
 };
 
-use corelog_shard::{Shard, Submitted};
+use corelog_shard::{Record, Shard, Submitted};
 use futures_lite::FutureExt;
 
 use crate::{
@@ -27,6 +34,12 @@ use crate::{
     error::Error,
     stop::Stop,
 };
+
+/// Encoded bytes up to which queued appends to a partition are coalesced
+/// into one batch: enough to spread a batch's cost over hundreds of small
+/// records, small enough that a reader from disk does not read much more
+/// than it asked for.
+pub(crate) const COALESCE_BYTES: usize = 64 << 10;
 
 /// Submits the appends of `queue` until it is closed and drained, then
 /// waits until every one of them is answered.
@@ -37,37 +50,127 @@ pub(crate) async fn serve_appends(
 ) {
     let in_flight = Rc::new(InFlight::default());
     let answering = glommio::spawn_local(answer(shard.clone(), in_flight.clone(), stop.clone()));
-    while let Ok(request) = queue.recv().await {
-        submit(&shard, request, &in_flight, &stop).await;
-        // A long queue must not keep the commit task from running.
-        glommio::yield_if_needed().await;
+    let limit = COALESCE_BYTES.min(shard.config().max_batch_bytes);
+    let mut run = Run::default();
+    while let Ok(first) = queue.recv().await {
+        let mut next = Some(first);
+        while let Some(request) = next.take().or_else(|| queue.try_recv().ok()) {
+            if stop.error().is_some() {
+                // Dropped unanswered: its caller sees the panic.
+                continue;
+            }
+            if !matches!(run.add(&shard, request, limit), Joined::Yes) {
+                // Refused and answered; an empty run takes any other.
+                continue;
+            }
+            // Gather the appends queued behind it to the same partition.
+            while let Ok(request) = queue.try_recv() {
+                if let Joined::Full(request) = run.add(&shard, request, limit) {
+                    next = Some(request);
+                    break;
+                }
+            }
+            submit(&shard, &mut run, &in_flight, &stop).await;
+            // A long queue must not keep the commit task from running.
+            glommio::yield_if_needed().await;
+        }
     }
     in_flight.close();
     answering.await;
 }
 
-/// Submits one append, or answers it at once if it cannot be submitted.
-async fn submit(shard: &Shard, request: AppendRequest, in_flight: &InFlight, stop: &Stop) {
-    let AppendRequest {
-        partition,
-        expected_end,
-        records,
-        ticket,
-    } = request;
-    if stop.error().is_some() {
-        // Dropped unanswered: its caller sees the panic.
-        return;
+/// Appends to one partition gathered into one batch: their records, in
+/// queue order, and each one's ticket and record count. A conditional
+/// append goes alone.
+#[derive(Default)]
+struct Run {
+    partition: u64,
+    expected_end: Option<u64>,
+    records: Vec<Record>,
+    tickets: Vec<(Ticket, usize)>,
+    /// Encoded bytes of the appends gathered, each counted as its own
+    /// batch (so at least what their one batch takes).
+    bytes: usize,
+}
+
+/// What became of an append offered to a [`Run`].
+enum Joined {
+    Yes,
+    /// It cannot be appended; it was answered with why.
+    Refused,
+    /// It belongs to the next run.
+    Full(AppendRequest),
+}
+
+impl Run {
+    /// Adds `request` to the run if it may join: an empty run takes any
+    /// append; a run takes more unconditional appends to its partition
+    /// while their bytes together stay within `limit` (so their one batch
+    /// is within the limits too). An append that fails the log's checks is
+    /// answered at once and joins nothing.
+    fn add(&mut self, shard: &Shard, request: AppendRequest, limit: usize) -> Joined {
+        let bytes = match shard.check_batch(request.partition, &request.records) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if let Some(w) = request.ticket.fill(Err(Error::from(e))) {
+                    w.wake();
+                }
+                return Joined::Refused;
+            }
+        };
+        if !self.tickets.is_empty()
+            && (request.partition != self.partition
+                || request.expected_end.is_some()
+                || self.expected_end.is_some()
+                || self.bytes + bytes > limit)
+        {
+            return Joined::Full(request);
+        }
+        let AppendRequest {
+            partition,
+            expected_end,
+            records,
+            ticket,
+        } = request;
+        self.partition = partition;
+        self.expected_end = expected_end;
+        self.bytes += bytes;
+        self.tickets.push((ticket, records.len()));
+        self.records.extend(records);
+        Joined::Yes
     }
-    let submitted = AssertUnwindSafe(shard.submit_at(partition, expected_end, &records))
-        .catch_unwind()
-        .await;
+}
+
+/// Submits the run as one batch and empties it; each append in it is
+/// answered with its own offsets once the batch is committed, or at once
+/// with why the batch could not be submitted.
+async fn submit(shard: &Shard, run: &mut Run, in_flight: &InFlight, stop: &Stop) {
+    let submitted =
+        AssertUnwindSafe(shard.submit_at(run.partition, run.expected_end, &run.records))
+            .catch_unwind()
+            .await;
+    run.records.clear();
+    run.bytes = 0;
     let refused = match submitted {
-        Ok(Ok(submitted)) => return in_flight.push(submitted, ticket),
+        Ok(Ok(batch)) => {
+            let mut offset = batch.base_offset;
+            for (ticket, count) in run.tickets.drain(..) {
+                let append = Submitted {
+                    base_offset: offset,
+                    ..batch
+                };
+                in_flight.push(append, ticket);
+                offset += count as u64;
+            }
+            return;
+        }
         Ok(Err(e)) => Error::from(e),
         Err(payload) => stop.record(payload),
     };
-    if let Some(w) = ticket.fill(Err(refused)) {
-        w.wake();
+    for (ticket, _) in run.tickets.drain(..) {
+        if let Some(w) = ticket.fill(Err(refused.clone())) {
+            w.wake();
+        }
     }
 }
 

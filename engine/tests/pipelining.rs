@@ -209,3 +209,60 @@ fn appends_after_close_and_bad_appends_fail_alone() {
         Err(Error::Closed)
     ));
 }
+
+/// Single-record appends queued together to one partition are coalesced
+/// into shared batches, and each still gets its own offset in call order;
+/// a bad append, a conditional append and appends to another partition
+/// among them are served as if alone.
+#[test]
+fn appends_queued_together_share_batches_and_keep_their_own_offsets() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let mut calls = Vec::new();
+    let mut expected: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut next = 0;
+    for seq in 0..2_000u64 {
+        let v = value(0, seq, 0, 20 + (seq % 300) as usize);
+        match seq % 500 {
+            // Too large alone (max_record_bytes is 16 KiB): refused alone.
+            7 => calls.push((None, log.append(1, vec![Record::new(vec![0; 20 << 10])]))),
+            // Conditional on the right end: joins nothing, gets that end.
+            11 => {
+                calls.push((
+                    Some(next),
+                    log.append_at(1, next, vec![Record::new(v.clone())]),
+                ));
+                expected.insert(next, v);
+                next += 1;
+            }
+            // Conditional on a wrong end: refused, takes no offset.
+            13 => calls.push((None, log.append_at(1, next + 5, vec![Record::new(v)]))),
+            // Another partition, between appends to this one.
+            17 => calls.push((Some(seq / 500), log.append(2, vec![Record::new(v)]))),
+            _ => {
+                calls.push((Some(next), log.append(1, vec![Record::new(v.clone())])));
+                expected.insert(next, v);
+                next += 1;
+            }
+        }
+    }
+    for (seq, (offset, call)) in calls.into_iter().enumerate() {
+        match (offset, block_on(call)) {
+            (Some(want), Ok(got)) => assert_eq!(got, want, "append {seq}"),
+            (None, Err(Error::RecordTooLarge { .. } | Error::OffsetMismatch { .. })) => {}
+            (want, got) => panic!("append {seq}: wanted {want:?}, got {got:?}"),
+        }
+    }
+    check(&engine, 1, &expected);
+    let stats = engine.stats().unwrap();
+    let batches: u64 = stats.shards.iter().map(|(s, _)| s.appends).sum();
+    assert!(
+        batches < 2_000 / 4,
+        "{batches} batches for 2,000 appends queued together: too few coalesced"
+    );
+    engine.close().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    check(&engine, 1, &expected);
+    engine.close().unwrap();
+}

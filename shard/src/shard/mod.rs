@@ -179,6 +179,13 @@ impl<S: Storage> Shard<S> {
         Ok(submitted.base_offset)
     }
 
+    /// Checks `records` for `partition` against the limits (not empty, no
+    /// record or batch too large) and returns the bytes their batch takes
+    /// in the log. [`Shard::submit_at`] checks the same.
+    pub fn check_batch(&self, partition: u64, records: &[Record]) -> Result<usize> {
+        self.wal.check_batch(partition, records)
+    }
+
     /// The first step of an append: checks `records`, waits for room in the
     /// commit buffer, assigns offsets and encodes the batch into the open
     /// commit group. Batches enter the log, and get their offsets, in the
