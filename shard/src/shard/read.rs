@@ -11,10 +11,16 @@ use crate::{
     storage::Storage,
 };
 
-/// A cold read also fetches the partition's next batches in the same
-/// segment, up to this many bytes past the first and this many batches.
-const READ_AHEAD_BYTES: u64 = 256 << 10;
+/// A cold read also fetches the partition's next batches, found by offset
+/// in the index (in whatever segments they lie), up to this many bytes of
+/// batches and this many batches, with every device read in flight at
+/// once.
+const READ_AHEAD_BYTES: u64 = 1 << 20;
 const READ_AHEAD_BATCHES: usize = 256;
+/// Batches of one cold read at most this far apart in their segment share
+/// a device read (the bytes between are read and dropped): cheaper than
+/// another read on this kind of disk.
+const MERGE_GAP: u64 = 32 << 10;
 
 impl<S: Storage> Shard<S> {
     /// Waits until an acknowledged append takes the end of `partition` past
@@ -237,9 +243,9 @@ impl<S: Storage> Shard<S> {
     }
 
     /// The batch of `partition` holding `offset`, read from disk and
-    /// verified, with the partition's next batches in the same segment
-    /// (read ahead within one read, `want_bytes` at most past the first);
-    /// each with where its records end for the partition.
+    /// verified, with the partition's next batches (read ahead, their
+    /// device reads in flight together, `want_bytes` at most past the
+    /// first); each with where its records end for the partition.
     async fn read_batches_at(
         &self,
         partition: u64,
@@ -248,49 +254,66 @@ impl<S: Storage> Shard<S> {
     ) -> Result<Vec<(Batch, u64)>> {
         let entry = {
             let st = self.state.borrow();
-            // Read ahead: the batch holding `offset` and the partition's
-            // next batches in the same segment, within one read.
+            // Read ahead by offset: the batch holding `offset` and the
+            // partition's next batches, wherever they lie (interleaved with
+            // other partitions' batches).
             let entries = st
                 .partitions
                 .get(&partition)
                 .map_or(&[][..], |p| p.index.from_offset(offset));
-            let first = entries.first().copied();
             let limit = READ_AHEAD_BYTES.min(want_bytes);
+            let mut bytes = 0;
             let run: Vec<IndexEntry> = entries
                 .iter()
                 .take(READ_AHEAD_BATCHES)
-                .enumerate()
-                .take_while(|&(i, e)| {
-                    first.is_some_and(|f| {
-                        i == 0
-                            || (e.segment == f.segment
-                                && u64::from(e.position) + u64::from(e.length)
-                                    <= u64::from(f.position) + limit)
-                    })
+                .take_while(|e| {
+                    bytes += u64::from(e.length);
+                    bytes == u64::from(e.length) || bytes <= limit
                 })
-                .map(|(_, e)| *e)
+                .copied()
                 .collect();
             run
         };
-        let Some(first) = entry.first().copied() else {
+        if entry.is_empty() {
             return Err(Error::corrupted(
                 self.config().dir.clone(),
                 0,
                 format!("partition {partition} offset {offset} is in no batch"),
             ));
+        }
+        // One device read per extent of batches close together in a
+        // segment; the extents' reads all in flight at once.
+        let mut extents: Vec<(u64, Vec<(u64, u32)>)> = Vec::new();
+        let mut extent_end = 0;
+        for e in &entry {
+            let (segment, position, length) =
+                (u64::from(e.segment), u64::from(e.position), e.length);
+            match extents.last_mut() {
+                Some((s, spans)) if *s == segment && position <= extent_end + MERGE_GAP => {
+                    spans.push((position, length))
+                }
+                _ => extents.push((segment, vec![(position, length)])),
+            }
+            extent_end = position + u64::from(length);
+        }
+        let batches = if let [(segment, spans)] = &extents[..] {
+            self.wal.read_batches(*segment, spans).await?
+        } else {
+            let reads = extents
+                .iter()
+                .map(|(segment, spans)| self.wal.read_batches_exact(*segment, spans));
+            let mut batches = Vec::with_capacity(entry.len());
+            for read in futures_util::future::join_all(reads).await {
+                batches.extend(read?);
+            }
+            batches
         };
-        let segment = u64::from(first.segment);
-        let spans: Vec<(u64, u32)> = entry
-            .iter()
-            .map(|e| (u64::from(e.position), e.length))
-            .collect();
-        let batches = self.wal.read_batches(segment, &spans).await?;
         let mut out = Vec::with_capacity(batches.len());
         for (batch, e) in batches.into_iter().zip(&entry) {
             let h = batch.header();
             if h.partition != partition || h.base_offset != e.base_offset {
                 return Err(Error::corrupted(
-                    self.wal.segment_path(segment),
+                    self.wal.segment_path(u64::from(e.segment)),
                     u64::from(e.position),
                     format!(
                         "index points partition {partition} offset {} at another batch",

@@ -24,9 +24,29 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Reads the batches at `spans` (position, length; in position order)
-    /// of `segment` with one read covering them all, and verifies each.
-    /// Cold reads of a partition use it to read ahead.
+    /// of `segment` with one read covering them all, and verifies each. The
+    /// device read goes on past them into the read cache (see
+    /// [`READ_AHEAD`]).
     pub async fn read_batches(&self, segment: u64, spans: &[(u64, u32)]) -> Result<Vec<Batch>> {
+        self.read_spans(segment, spans, true).await
+    }
+
+    /// [`Wal::read_batches`], with the device read ending at the last
+    /// batch: for a reader that issues its own reads ahead, several at once.
+    pub async fn read_batches_exact(
+        &self,
+        segment: u64,
+        spans: &[(u64, u32)],
+    ) -> Result<Vec<Batch>> {
+        self.read_spans(segment, spans, false).await
+    }
+
+    async fn read_spans(
+        &self,
+        segment: u64,
+        spans: &[(u64, u32)],
+        ahead: bool,
+    ) -> Result<Vec<Batch>> {
         let (Some(&(first, _)), Some(&(last, last_len))) = (spans.first(), spans.last()) else {
             return Ok(Vec::new());
         };
@@ -61,7 +81,11 @@ impl<S: Storage> Wal<S> {
                 Err(_) => (self.inner.read_cache.borrow_mut()).remove(segment, start),
             }
         }
-        let to = self.read_ahead_end(segment, align_up(end), written);
+        let to = if ahead {
+            self.read_ahead_end(segment, align_up(end), written)
+        } else {
+            align_up(end)
+        };
         let buf = Rc::new(file.read_at(from, (to - from) as usize).await?);
         let batches = self.verify(file.path(), segment, from, &buf, spans)?;
         // Kept only when what was asked verified, and only while the
