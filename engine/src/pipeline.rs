@@ -3,12 +3,15 @@
 //! log (no task per append, so everything queued lands in the same commit
 //! group), and one task answers them a commit group at a time.
 //!
-//! Coalescing: consecutive appends to one partition found queued together
-//! are submitted as one batch (up to [`COALESCE_BYTES`]), each still
-//! answered with its own offset. A batch costs an index entry, a memtable
+//! Coalescing: consecutive unconditional appends to one partition found
+//! queued together are submitted as one batch (up to [`COALESCE_BYTES`]),
+//! each still answered with its own offset; an append to another
+//! partition, or a conditional one, ends the run. A batch costs an index entry, a memtable
 //! entry, a header and a checksum whatever its records, so a service
 //! thread appending one record at a time pays that once per pass, not per
-//! record. A batch is atomic, so each append in it still is.
+//! record. A batch is atomic, so each append in it still is; it also fails
+//! as a whole, so the one error an append alone could meet beyond the
+//! checks made first (offsets past `u64::MAX`) fails the run.
 //!
 //! Order: appends are submitted one after another in queue order, and
 //! [`Shard::submit`] assigns offsets in the order its calls complete, so
@@ -59,9 +62,12 @@ pub(crate) async fn serve_appends(
                 // Dropped unanswered: its caller sees the panic.
                 continue;
             }
-            if !matches!(run.add(&shard, request, limit), Joined::Yes) {
-                // Refused and answered; an empty run takes any other.
-                continue;
+            match run.add(&shard, request, limit) {
+                Joined::Yes => {}
+                Joined::Refused => continue,
+                // Invariant: the run is empty here, and an empty run takes
+                // any append that passes the checks.
+                Joined::Full(_) => unreachable!("an empty run refused an append"),
             }
             // Gather the appends queued behind it to the same partition.
             while let Ok(request) = queue.try_recv() {

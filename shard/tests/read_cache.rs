@@ -138,3 +138,27 @@ fn catch_up_reads_of_interleaved_partitions_return_every_record_in_order() {
         shard.close().await.unwrap();
     });
 }
+
+/// A read from disk never reads ahead into a batch of its partition that
+/// is encoded but not written yet (it is in the index already): the read
+/// of the acknowledged batch before it succeeds, and returns only that.
+#[test]
+fn a_cold_read_stops_before_a_batch_not_written_yet() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path, 1 << 20)).await.unwrap();
+        append(&shard, 0, 0, 3).await;
+        // Offset 3, submitted, not committed: its group is not written.
+        let pending = shard.submit(0, &[Record::new(value(3))]).await.unwrap();
+        assert!(pending.group > shard.committed_group());
+        let got = shard.read(0, 2, 1 << 20).await.unwrap();
+        let offsets: Vec<u64> = got.iter().map(|r| r.offset()).collect();
+        assert_eq!(offsets, vec![2], "only the acknowledged record");
+        assert_reads(&shard, 0, 0, 3).await;
+        shard.wait_committed(pending.group).await.unwrap();
+        shard.acknowledge(&pending);
+        assert_reads(&shard, 0, 0, 4).await;
+        shard.close().await.unwrap();
+    });
+}

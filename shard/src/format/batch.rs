@@ -337,8 +337,12 @@ pub(crate) struct BatchArena {
     free: BytesMut,
 }
 
-/// Bytes of an arena chunk (a batch larger than this gets its own).
+/// Bytes of an arena chunk.
 const ARENA_CHUNK: usize = 256 << 10;
+/// A batch larger than this gets an allocation of its own: a chunk holds
+/// at least four, so the memory the memtable's batches hold stays close to
+/// what it counts.
+const ARENA_LARGEST: usize = ARENA_CHUNK / 4;
 
 impl BatchArena {
     /// Copies `bytes`, a batch this process just encoded with
@@ -346,8 +350,14 @@ impl BatchArena {
     pub(crate) fn keep(&mut self, bytes: &[u8]) -> Batch {
         let header = peek_header(bytes).expect("an encoded batch has a header");
         debug_assert_eq!(header.length as usize, bytes.len());
+        if bytes.len() > ARENA_LARGEST {
+            return Batch {
+                header,
+                bytes: Bytes::copy_from_slice(bytes),
+            };
+        }
         if self.free.capacity() < bytes.len() {
-            self.free = BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
+            self.free = BytesMut::with_capacity(ARENA_CHUNK);
         }
         self.free.extend_from_slice(bytes);
         Batch {
@@ -500,11 +510,19 @@ mod tests {
     fn an_arena_keeps_batches_intact_across_chunks() {
         let mut arena = BatchArena::default();
         let mut kept = Vec::new();
-        for (i, size) in [10, 3_000, 100, ARENA_CHUNK / 8, ARENA_CHUNK + 5, 7]
-            .into_iter()
-            .cycle()
-            .take(60)
-            .enumerate()
+        for (i, size) in [
+            10,
+            3_000,
+            100,
+            ARENA_CHUNK / 8,
+            ARENA_LARGEST + 1,
+            ARENA_CHUNK + 5,
+            7,
+        ]
+        .into_iter()
+        .cycle()
+        .take(60)
+        .enumerate()
         {
             let records = [Record::new(vec![i as u8; size])];
             let (len, _) = encoded_batch_len(&records).unwrap();

@@ -13,6 +13,11 @@
 //! across partitions, and only once their commit group has been written, so
 //! a batch is always readable from memory or from disk. It is a cache:
 //! every batch is also in the WAL.
+//!
+//! The budget counts batch bytes. Appended batches share arena chunks
+//! (`BatchArena`); a chunk is freed once none of its batches is held here
+//! or by a record a reader keeps, so a reader holding one record of an
+//! evicted batch keeps its chunk (256 KiB at most) in memory.
 
 use std::collections::VecDeque;
 

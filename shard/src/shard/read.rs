@@ -178,7 +178,7 @@ impl<S: Storage> Shard<S> {
                 Walked::More => continue,
                 Walked::NotCached => {}
             }
-            for (batch, batch_end) in self.read_batches_at(partition, at, want).await? {
+            for (batch, batch_end) in self.read_batches_at(partition, at, stop, want).await? {
                 if !take(&batch, batch_end) {
                     return Ok(out);
                 }
@@ -243,58 +243,66 @@ impl<S: Storage> Shard<S> {
     }
 
     /// The batch of `partition` holding `offset`, read from disk and
-    /// verified, with the partition's next batches (read ahead, their
-    /// device reads in flight together, `want_bytes` at most past the
-    /// first); each with where its records end for the partition.
+    /// verified, with the partition's next batches before `stop` (read
+    /// ahead, their device reads in flight together, about `want_bytes` in
+    /// all); each with where its records end for the partition.
     async fn read_batches_at(
         &self,
         partition: u64,
         offset: u64,
+        stop: u64,
         want_bytes: u64,
     ) -> Result<Vec<(Batch, u64)>> {
-        let entry = {
+        let written = self.wal.written_at();
+        let limit = READ_AHEAD_BYTES.min(want_bytes);
+        // Read ahead by offset: the batch holding `offset` and the
+        // partition's next batches, wherever they lie (interleaved with
+        // other partitions' batches), but only written ones (a batch
+        // encoded into a group not written yet is in the index already)
+        // and only before `stop`. One device read per extent of batches
+        // close together in a segment; the bytes read, gaps included, stay
+        // within `limit` past the first batch.
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut extents: Vec<(u64, Vec<(u64, u32)>)> = Vec::new();
+        {
             let st = self.state.borrow();
-            // Read ahead by offset: the batch holding `offset` and the
-            // partition's next batches, wherever they lie (interleaved with
-            // other partitions' batches).
-            let entries = st
+            let index = st
                 .partitions
                 .get(&partition)
                 .map_or(&[][..], |p| p.index.from_offset(offset));
-            let limit = READ_AHEAD_BYTES.min(want_bytes);
-            let mut bytes = 0;
-            let run: Vec<IndexEntry> = entries
-                .iter()
-                .take(READ_AHEAD_BATCHES)
-                .take_while(|e| {
-                    bytes += u64::from(e.length);
-                    bytes == u64::from(e.length) || bytes <= limit
-                })
-                .copied()
-                .collect();
-            run
-        };
-        if entry.is_empty() {
+            let (mut bytes, mut extent_end) = (0, 0);
+            for e in index.iter().take(READ_AHEAD_BATCHES) {
+                let (segment, position, length) =
+                    (u64::from(e.segment), u64::from(e.position), e.length);
+                let end = position + u64::from(length);
+                let merge = extents
+                    .last()
+                    .is_some_and(|(s, _)| *s == segment && position <= extent_end + MERGE_GAP);
+                let cost = if merge {
+                    end - extent_end
+                } else {
+                    u64::from(length)
+                };
+                if !entries.is_empty()
+                    && (e.base_offset >= stop || (segment, end) > written || bytes + cost > limit)
+                {
+                    break;
+                }
+                bytes += cost;
+                extent_end = end;
+                match extents.last_mut() {
+                    Some((_, spans)) if merge => spans.push((position, length)),
+                    _ => extents.push((segment, vec![(position, length)])),
+                }
+                entries.push(*e);
+            }
+        }
+        if entries.is_empty() {
             return Err(Error::corrupted(
                 self.config().dir.clone(),
                 0,
                 format!("partition {partition} offset {offset} is in no batch"),
             ));
-        }
-        // One device read per extent of batches close together in a
-        // segment; the extents' reads all in flight at once.
-        let mut extents: Vec<(u64, Vec<(u64, u32)>)> = Vec::new();
-        let mut extent_end = 0;
-        for e in &entry {
-            let (segment, position, length) =
-                (u64::from(e.segment), u64::from(e.position), e.length);
-            match extents.last_mut() {
-                Some((s, spans)) if *s == segment && position <= extent_end + MERGE_GAP => {
-                    spans.push((position, length))
-                }
-                _ => extents.push((segment, vec![(position, length)])),
-            }
-            extent_end = position + u64::from(length);
         }
         let batches = if let [(segment, spans)] = &extents[..] {
             self.wal.read_batches(*segment, spans).await?
@@ -302,14 +310,14 @@ impl<S: Storage> Shard<S> {
             let reads = extents
                 .iter()
                 .map(|(segment, spans)| self.wal.read_batches_exact(*segment, spans));
-            let mut batches = Vec::with_capacity(entry.len());
+            let mut batches = Vec::with_capacity(entries.len());
             for read in futures_util::future::join_all(reads).await {
                 batches.extend(read?);
             }
             batches
         };
         let mut out = Vec::with_capacity(batches.len());
-        for (batch, e) in batches.into_iter().zip(&entry) {
+        for (batch, e) in batches.into_iter().zip(&entries) {
             let h = batch.header();
             if h.partition != partition || h.base_offset != e.base_offset {
                 return Err(Error::corrupted(

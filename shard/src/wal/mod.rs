@@ -386,6 +386,12 @@ impl<S: Storage> Wal<S> {
         self.inner.state.borrow().written_at.0
     }
 
+    /// Where completed writes end: (segment, position). Only batches
+    /// before it can be read.
+    pub fn written_at(&self) -> (u64, u64) {
+        self.inner.state.borrow().written_at
+    }
+
     /// Removes sealed segment `segment` from disk (its batches are no longer
     /// needed). The segment being written is never removed.
     pub async fn remove_segment(&self, segment: u64) -> Result<()> {
