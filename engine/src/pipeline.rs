@@ -62,7 +62,7 @@ pub(crate) async fn serve_appends(
                 // Dropped unanswered: its caller sees the panic.
                 continue;
             }
-            match run.add(&shard, request, limit) {
+            match run.add(&shard, request, limit, &stop) {
                 Joined::Yes => {}
                 Joined::Refused => continue,
                 // Invariant: the run is empty here, and an empty run takes
@@ -71,7 +71,7 @@ pub(crate) async fn serve_appends(
             }
             // Gather the appends queued behind it to the same partition.
             while let Ok(request) = queue.try_recv() {
-                if let Joined::Full(request) = run.add(&shard, request, limit) {
+                if let Joined::Full(request) = run.add(&shard, request, limit, &stop) {
                     next = Some(request);
                     break;
                 }
@@ -114,15 +114,15 @@ impl Run {
     /// while their bytes together stay within `limit` (so their one batch
     /// is within the limits too). An append that fails the log's checks is
     /// answered at once and joins nothing.
-    fn add(&mut self, shard: &Shard, request: AppendRequest, limit: usize) -> Joined {
-        let bytes = match shard.check_batch(request.partition, &request.records) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                if let Some(w) = request.ticket.fill(Err(Error::from(e))) {
-                    w.wake();
-                }
-                return Joined::Refused;
-            }
+    fn add(&mut self, shard: &Shard, request: AppendRequest, limit: usize, stop: &Stop) -> Joined {
+        let checked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            shard.check_batch(request.partition, &request.records)
+        }));
+        let bytes = match checked {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return refuse(request, Error::from(e)),
+            // A bug: it stops the shard, and this append's answer is why.
+            Err(payload) => return refuse(request, stop.record(payload)),
         };
         if !self.tickets.is_empty()
             && (request.partition != self.partition
@@ -147,10 +147,26 @@ impl Run {
     }
 }
 
+/// Answers `request` with `error`.
+fn refuse(request: AppendRequest, error: Error) -> Joined {
+    if let Some(w) = request.ticket.fill(Err(error)) {
+        w.wake();
+    }
+    Joined::Refused
+}
+
 /// Submits the run as one batch and empties it; each append in it is
 /// answered with its own offsets once the batch is committed, or at once
 /// with why the batch could not be submitted.
 async fn submit(shard: &Shard, run: &mut Run, in_flight: &InFlight, stop: &Stop) {
+    if stop.error().is_some() {
+        // The shard stopped while the run gathered: dropped unanswered,
+        // its callers see the panic.
+        run.records.clear();
+        run.bytes = 0;
+        run.tickets.clear();
+        return;
+    }
     let submitted =
         AssertUnwindSafe(shard.submit_at(run.partition, run.expected_end, &run.records))
             .catch_unwind()
