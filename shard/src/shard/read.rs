@@ -11,10 +11,10 @@ use crate::{
     storage::Storage,
 };
 
-/// A cold read also fetches the partition's next batches, found by offset
-/// in the index (in whatever segments they lie), up to this many bytes of
-/// batches and this many batches, with every device read in flight at
-/// once.
+/// A cold read also fetches the partition's next batches up to its end,
+/// found by offset in the index (in whatever segments they lie), up to
+/// this many bytes read (the gaps a merged read spans included) and this
+/// many batches, with every device read in flight at once.
 const READ_AHEAD_BYTES: u64 = 1 << 20;
 const READ_AHEAD_BATCHES: usize = 256;
 /// Batches of one cold read at most this far apart in their segment share
