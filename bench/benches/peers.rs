@@ -71,11 +71,12 @@ impl Workload {
 #[derive(Clone, Copy)]
 struct Figures {
     wall: Duration,
-    /// User + system CPU of the whole process (every thread).
+    /// User + system CPU of the whole process (every thread) while the
+    /// producers ran: opening and closing the system are left out.
     cpu: Duration,
 }
 
-type System = fn(&Path, Workload) -> Duration;
+type System = fn(&Path, Workload) -> Figures;
 
 const SYSTEMS: [(&str, System); 4] = [
     ("BufWriter", bufwriter),
@@ -119,7 +120,7 @@ fn main() {
         threads,
     });
     println!(
-        "median of {runs} runs; records/s (MB/s); corelog's CPU per record, all threads summed\n"
+        "median of {runs} runs; records/s (MB/s); corelog's CPU per record, all threads summed, while the producers run (open and close left out)\n"
     );
     println!("| workload | BufWriter | okaywal | fjall | corelog | corelog CPU/record | ÷ BufWriter | ÷ okaywal | ÷ fjall |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -169,12 +170,7 @@ fn human(rate: f64) -> String {
 /// Runs `system` on `w` in a fresh directory on the project's disk.
 fn measure(system: System, w: Workload) -> Figures {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let cpu = cpu_time();
-    let wall = system(dir.path(), w);
-    Figures {
-        wall,
-        cpu: cpu_time() - cpu,
-    }
+    system(dir.path(), w)
 }
 
 /// User + system CPU time of this process so far.
@@ -195,9 +191,11 @@ fn payload(w: Workload, thread: usize, i: usize) -> Vec<u8> {
     v
 }
 
-/// Runs `producer(thread)` on `w.threads` threads and returns the wall time.
-fn on_threads(w: Workload, producer: impl Fn(usize) + Send + Sync + 'static) -> Duration {
+/// Runs `producer(thread)` on `w.threads` threads and returns the wall
+/// and CPU time they took.
+fn on_threads(w: Workload, producer: impl Fn(usize) + Send + Sync + 'static) -> Figures {
     let producer = Arc::new(producer);
+    let cpu = cpu_time();
     let start = Instant::now();
     let threads: Vec<_> = (0..w.threads)
         .map(|t| {
@@ -208,10 +206,13 @@ fn on_threads(w: Workload, producer: impl Fn(usize) + Send + Sync + 'static) -> 
     for t in threads {
         t.join().expect("producer");
     }
-    start.elapsed()
+    Figures {
+        wall: start.elapsed(),
+        cpu: cpu_time() - cpu,
+    }
 }
 
-fn corelog(dir: &Path, w: Workload) -> Duration {
+fn corelog(dir: &Path, w: Workload) -> Figures {
     let (policy, window) = match w.sync {
         Syncs::AtEnd => (FsyncPolicy::Never, 1024),
         Syncs::Every(n) => (FsyncPolicy::Always, n),
@@ -219,7 +220,7 @@ fn corelog(dir: &Path, w: Workload) -> Duration {
     let engine = Engine::open(Config::new(dir).fsync(policy)).expect("open corelog");
     let log = engine.handle();
     let flusher = log.clone();
-    let wall = on_threads(w, move |t| {
+    let figures = on_threads(w, move |t| {
         let mut in_flight: VecDeque<corelog::Append> = VecDeque::with_capacity(window);
         for i in 0..w.records {
             if in_flight.len() == window {
@@ -235,10 +236,10 @@ fn corelog(dir: &Path, w: Workload) -> Duration {
         }
     });
     engine.close().expect("close");
-    wall
+    figures
 }
 
-fn bufwriter(dir: &Path, w: Workload) -> Duration {
+fn bufwriter(dir: &Path, w: Workload) -> Figures {
     let file = File::create(dir.join("log")).expect("create");
     let log = Arc::new(Mutex::new(BufWriter::with_capacity(1 << 20, file)));
     on_threads(w, move |t| {
@@ -280,10 +281,10 @@ impl okaywal::LogManager for NoCheckpoints {
     }
 }
 
-fn okaywal(dir: &Path, w: Workload) -> Duration {
+fn okaywal(dir: &Path, w: Workload) -> Figures {
     let wal = okaywal::WriteAheadLog::recover(dir, NoCheckpoints).expect("open okaywal");
     let writer = wal.clone();
-    let wall = on_threads(w, move |t| {
+    let figures = on_threads(w, move |t| {
         let per_entry = match w.sync {
             Syncs::AtEnd => w.records,
             Syncs::Every(n) => n,
@@ -299,10 +300,10 @@ fn okaywal(dir: &Path, w: Workload) -> Duration {
         entry.rollback().expect("rollback the empty entry");
     });
     wal.shutdown().expect("shutdown");
-    wall
+    figures
 }
 
-fn fjall(dir: &Path, w: Workload) -> Duration {
+fn fjall(dir: &Path, w: Workload) -> Figures {
     let db = fjall::Database::builder(dir)
         .manual_journal_persist(true)
         .open()

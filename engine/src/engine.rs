@@ -4,23 +4,35 @@
 use std::{
     fs::File,
     path::Path,
-    sync::{mpsc, Arc, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, OnceLock,
+    },
     time::Duration,
 };
 
-use corelog_shard::{FsyncPolicy, Offsets, Record, RecoveryReport, ShardStats, StoredRecord};
+use corelog_shard::{
+    FsyncPolicy, Offsets, Record, RecoveryReport, ShardConfig, ShardStats, StoredRecord,
+};
 use futures_channel::oneshot;
 
 use crate::{
-    append::{self, Append, AppendRequest, Slots},
+    append::Append,
+    bundle::{self, AppendRequest, Route},
     config::Config,
     error::{Error, Result},
     layout,
     local::LocalShard,
+    pipeline::COALESCE_BYTES,
     request::{Reply, Request},
     routing::shard_for,
     runtime::{self, ShardThread},
+    staging,
 };
+
+/// The identity of the next engine opened in this process: a thread's
+/// staged appends are kept per engine.
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
 
 /// Name of the lock file in the data directory.
 const LOCK_FILE: &str = "LOCK";
@@ -42,8 +54,13 @@ pub struct Handle {
     appends: Arc<[async_channel::Sender<AppendRequest>]>,
     /// Per shard, its queue of other requests.
     senders: Arc<[async_channel::Sender<Request>]>,
-    /// Where appends' results come back.
-    slots: Arc<Slots>,
+    /// This engine's identity in the process.
+    id: u64,
+    /// The limits every append is checked against before it is staged.
+    limits: Arc<ShardConfig>,
+    /// Encoded bytes up to which a thread's appends to a partition share
+    /// a bundle.
+    bundle_bytes: usize,
     /// Per shard, the message of a panic that stopped it.
     panics: Arc<[Arc<OnceLock<String>>]>,
     /// The engine's durability policy.
@@ -129,7 +146,9 @@ impl Engine {
             handle: Handle {
                 appends,
                 senders,
-                slots: Arc::new(Slots::new()),
+                id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+                limits: Arc::new(config.shard_config(0)),
+                bundle_bytes: COALESCE_BYTES.min(config.shard_config(0).max_batch_bytes),
                 panics,
                 fsync: config.shard_config(0).fsync,
             },
@@ -156,6 +175,7 @@ impl Engine {
     /// clean shutdowns and joins the shard threads (blocking). Later calls
     /// on any handle get [`Error::Closed`].
     pub fn close(mut self) -> Result<()> {
+        staging::send_all();
         self.shutdown()
     }
 
@@ -272,6 +292,8 @@ fn lock_dir(dir: &Path) -> Result<File> {
 impl Handle {
     /// Sends a request to shard `shard` and waits for its reply.
     async fn call<T>(&self, shard: usize, request: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+        // What this thread staged goes before it.
+        staging::send_all();
         let (tx, rx) = oneshot::channel();
         self.senders[shard]
             .send(request(tx))
@@ -283,7 +305,7 @@ impl Handle {
     /// The error for a call that shard `shard` will not answer: it
     /// panicked, or the engine is closed.
     fn stopped(&self, shard: usize) -> Error {
-        append::stopped(shard, &self.panics[shard])
+        bundle::stopped(shard, &self.panics[shard])
     }
 
     /// The durability policy the engine runs: what an acknowledged append
@@ -298,48 +320,52 @@ impl Handle {
 
     /// Appends `records` to `partition` with consecutive offsets, all or
     /// none. The returned future gives the first offset once the fsync
-    /// policy is met.
+    /// policy is met; records that break the limits are refused at once
+    /// (the future gives why).
     ///
-    /// The append is queued when this returns, before the future is first
-    /// polled: appends one thread (or task) makes to a partition get
-    /// increasing offsets in the order of the calls, whether or not each is
-    /// awaited before the next, and whatever their sizes. Dropping the
-    /// future does not withdraw the append. The call never blocks: a
-    /// caller that keeps many appends outstanding holds their records until
-    /// they complete, so bound your window of outstanding appends to bound
-    /// memory. Order against other operations (a `truncate`, a `read`)
-    /// holds once the append's future has resolved.
+    /// The append's place in the partition's order is fixed when this
+    /// returns: appends one thread makes to a partition get increasing
+    /// offsets in the order of the calls, whether or not each is awaited
+    /// before the next, and whatever their sizes. Appends a thread makes to
+    /// a partition without waiting in between are staged on the thread and
+    /// sent together, in one request, when the thread waits on any append
+    /// (or another thread on one of them), drops one, calls any other
+    /// method of a handle, closes the engine or exits, or when they reach
+    /// 64 KiB: awaiting each append sends each at once; a window of
+    /// outstanding appends goes a window at a time. Dropping the future
+    /// does not withdraw the append. The call never blocks: bound your
+    /// window of outstanding appends to bound memory. Order against other
+    /// operations (a `truncate`, a `read`) holds once the append's future
+    /// has resolved.
     pub fn append(&self, partition: u64, records: Vec<Record>) -> Append {
         self.enqueue(partition, None, records)
     }
 
     /// Appends `records` to `partition` as [`Handle::append`] does, but only
-    /// if the partition's end, counting appends already queued before this
-    /// one, is `expected_end`; else the future gives
-    /// [`Error::OffsetMismatch`] and nothing is written. The conditional
-    /// append a replicated log's leader (or a producer that must not
-    /// duplicate) needs.
+    /// if the partition's end, counting appends made before this one, is
+    /// `expected_end`; else the future gives [`Error::OffsetMismatch`] and
+    /// nothing is written. The conditional append a replicated log's
+    /// leader (or a producer that must not duplicate) needs. It is sent at
+    /// once, after what this thread staged for the partition.
     pub fn append_at(&self, partition: u64, expected_end: u64, records: Vec<Record>) -> Append {
         self.enqueue(partition, Some(expected_end), records)
     }
 
-    /// Queues an append; see [`Handle::append`].
+    /// Stages or sends an append; see [`Handle::append`].
     fn enqueue(&self, partition: u64, expected_end: Option<u64>, records: Vec<Record>) -> Append {
-        let shard = self.shard(partition);
-        let Some((future, ticket)) = append::slot(&self.slots, shard, &self.panics[shard]) else {
-            return Append::failed(Error::InvalidArgument(
-                "too many appends in progress at once (the completion slab is full)".into(),
-            ));
+        let bytes = match corelog_shard::check_batch(&self.limits, partition, &records) {
+            Ok(bytes) => bytes,
+            Err(e) => return Append::failed(e.into()),
         };
-        // A closed queue hands the request back; dropping it answers the
-        // future with why the shard stopped.
-        let _ = self.appends[shard].try_send(AppendRequest {
-            partition,
-            expected_end,
-            records,
-            ticket,
-        });
-        future
+        let shard = self.shard(partition);
+        let route = || Route {
+            queue: self.appends[shard].clone(),
+            shard,
+            panicked: self.panics[shard].clone(),
+        };
+        let at = (self.id, partition, expected_end);
+        let (bundle, place) = staging::append(at, route, records, bytes, self.bundle_bytes);
+        Append::waiting(bundle, place)
     }
 
     /// Acknowledged records from `offset` on, up to `max_bytes` (at least

@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod append;
+mod bundle;
 mod config;
 mod engine;
 mod error;
@@ -33,6 +34,7 @@ pub mod raft;
 mod request;
 mod routing;
 mod runtime;
+mod staging;
 mod stop;
 
 pub use append::Append;

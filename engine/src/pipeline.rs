@@ -33,7 +33,7 @@ use corelog_shard::{Record, Shard, Submitted};
 use futures_lite::FutureExt;
 
 use crate::{
-    append::{AppendRequest, Ticket, Wakers},
+    bundle::{AppendRequest, Ticket, Wakers},
     error::Error,
     stop::Stop,
 };
@@ -142,16 +142,21 @@ impl Run {
         self.expected_end = expected_end;
         self.bytes += bytes;
         self.tickets.push((ticket, records.len()));
-        self.records.extend(records);
+        if self.records.is_empty() {
+            // The first append's records are the run's: no copy.
+            self.records = records;
+        } else {
+            self.records.extend(records);
+        }
         Joined::Yes
     }
 }
 
 /// Answers `request` with `error`.
 fn refuse(request: AppendRequest, error: Error) -> Joined {
-    if let Some(w) = request.ticket.fill(Err(error)) {
-        w.wake();
-    }
+    let mut wakers = Wakers::default();
+    request.ticket.fill(Err(error), &mut wakers);
+    wakers.wake_all();
     Joined::Refused
 }
 
@@ -189,11 +194,11 @@ async fn submit(shard: &Shard, run: &mut Run, in_flight: &InFlight, stop: &Stop)
         Ok(Err(e)) => Error::from(e),
         Err(payload) => stop.record(payload),
     };
+    let mut wakers = Wakers::default();
     for (ticket, _) in run.tickets.drain(..) {
-        if let Some(w) = ticket.fill(Err(refused.clone())) {
-            w.wake();
-        }
+        ticket.fill(Err(refused.clone()), &mut wakers);
     }
+    wakers.wake_all();
 }
 
 /// Answers the appends in flight, a commit group at a time, until the
@@ -286,7 +291,7 @@ impl InFlight {
             let Some((submitted, ticket)) = appends.pop_front() else {
                 break;
             };
-            wakers.push(ticket.fill(result(&submitted)));
+            ticket.fill(result(&submitted), wakers);
         }
     }
 }

@@ -17,7 +17,7 @@ use corelog_shard::Shard;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::{
-    append::AppendRequest,
+    bundle::AppendRequest,
     config::Config,
     error::{Error, Result},
     local::LocalShard,

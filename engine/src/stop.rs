@@ -11,7 +11,7 @@ use std::{
 
 use corelog_shard::Shard;
 
-use crate::{append::AppendRequest, error::Error, request::Request};
+use crate::{bundle::AppendRequest, error::Error, request::Request};
 
 /// A shard's two queues, as its thread sees them.
 #[derive(Clone)]

@@ -33,7 +33,11 @@ mod wal;
 
 pub use config::{FsyncPolicy, RecoveryMode, ShardConfig};
 pub use error::{Error, Result};
-pub use format::{record::Record, stored_record::StoredRecord};
+pub use format::{
+    batch::{check_batch, BATCH_HEADER_LEN},
+    record::Record,
+    stored_record::StoredRecord,
+};
 pub use partition::Offsets;
 pub use recovery::{Damage, Orphan, RecoveryReport};
 pub use shard::{Shard, Submitted, MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES};

@@ -13,6 +13,10 @@ use bytemuck::{Pod, Zeroable};
 use crate::format::record::{
     encode_record, parse_record, read_checked_record, Record, RecordView, RECORD_OVERHEAD,
 };
+use crate::{
+    config::ShardConfig,
+    error::{Error, Result},
+};
 
 /// First four bytes of every batch: `"CLB1"`. Never zero, so zeroed space
 /// cannot be mistaken for a batch.
@@ -142,6 +146,39 @@ pub fn encoded_batch_len(records: &[Record]) -> Option<(usize, usize)> {
         total = total.checked_add(len)?;
     }
     Some((total, largest))
+}
+
+/// Checks `records`, one append to `partition`, against `config`'s
+/// limits; returns the encoded size of their batch. A shard checks every
+/// append with this; a caller may check first to refuse early.
+pub fn check_batch(config: &ShardConfig, partition: u64, records: &[Record]) -> Result<usize> {
+    if records.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "empty batch for partition {partition}"
+        )));
+    }
+    let Some((size, largest)) = encoded_batch_len(records) else {
+        return Err(Error::RecordTooLarge {
+            what: "record",
+            size: usize::MAX,
+            max: config.max_record_bytes,
+        });
+    };
+    if largest > config.max_record_bytes {
+        return Err(Error::RecordTooLarge {
+            what: "record",
+            size: largest,
+            max: config.max_record_bytes,
+        });
+    }
+    if size > config.max_batch_bytes {
+        return Err(Error::RecordTooLarge {
+            what: "batch",
+            size,
+            max: config.max_batch_bytes,
+        });
+    }
+    Ok(size)
 }
 
 /// The header fields of a batch that its records do not determine.

@@ -23,7 +23,7 @@ use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
-        batch::{encode_batch, encoded_batch_len, BatchInfo, RecoveredBatch, FLAG_CONTROL},
+        batch::{check_batch, encode_batch, BatchInfo, RecoveredBatch, FLAG_CONTROL},
         record::Record,
         segment::{align_up, crc_seed, BLOCK_SIZE},
         sidecar,
@@ -170,34 +170,7 @@ impl<S: Storage> Wal<S> {
     /// The first step of an append, with [`Wal::wait_for_room`],
     /// [`Wal::encode`] and [`Wal::wait_committed`].
     pub fn check_batch(&self, partition: u64, records: &[Record]) -> Result<usize> {
-        let config = &self.inner.config;
-        if records.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "empty batch for partition {partition}"
-            )));
-        }
-        let Some((size, largest)) = encoded_batch_len(records) else {
-            return Err(Error::RecordTooLarge {
-                what: "record",
-                size: usize::MAX,
-                max: config.max_record_bytes,
-            });
-        };
-        if largest > config.max_record_bytes {
-            return Err(Error::RecordTooLarge {
-                what: "record",
-                size: largest,
-                max: config.max_record_bytes,
-            });
-        }
-        if size > config.max_batch_bytes {
-            return Err(Error::RecordTooLarge {
-                what: "batch",
-                size,
-                max: config.max_batch_bytes,
-            });
-        }
-        Ok(size)
+        check_batch(&self.inner.config, partition, records)
     }
 
     /// Backpressure: waits while too many bytes are queued for writing.

@@ -1,0 +1,265 @@
+//! An append's way across threads and back: the [`Bundle`] that carries the
+//! appends one thread makes to one partition to its shard in one request,
+//! and the [`Ticket`] the shard answers it with. Each append's future
+//! ([`crate::Append`]) waits on its bundle.
+//!
+//! A bundle is the unit that crosses threads: it is staged on the caller's
+//! thread (see [`crate::staging`]) while the appends join it, sent to the
+//! shard's queue once, submitted there as one batch (or part of one) and
+//! answered once with the offset of its first record. Each
+//! [`crate::Append`] holds the bundle and its records' place in it, so a
+//! thread appending one record at a time pays a queue message, an
+//! allocation and a wake-up per bundle, not per record; steady-state appends
+//! allocate nothing per record beyond the caller's own records (a new
+//! bundle reserves room for as many appends like its first as it takes).
+//!
+//! Completion slots used to be one `sharded_slab` entry per append; a
+//! bundle answers hundreds of appends with one shared slot, which the
+//! measurements in docs/BENCHMARKS.md ("Request path: bundles") preferred.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    task::Waker,
+};
+
+use corelog_shard::{Record, BATCH_HEADER_LEN};
+
+use crate::error::{Error, Result};
+
+/// Most records a new bundle reserves room for.
+const MAX_RESERVE: usize = 1024;
+
+/// An append request on its way to a shard: the records of one or more
+/// appends to one partition, in call order, answered together.
+pub(crate) struct AppendRequest {
+    pub partition: u64,
+    /// For a conditional append (always alone in its bundle): the end the
+    /// partition must have.
+    pub expected_end: Option<u64>,
+    pub records: Vec<Record>,
+    pub ticket: Ticket,
+}
+
+/// Appends one thread made to one partition, sent and answered together.
+pub(crate) struct Bundle {
+    /// The appends while they are staged; `None` once sent.
+    staged: Mutex<Option<Staged>>,
+    /// Set once, by the shard (or by a dropped [`Ticket`]).
+    outcome: OnceLock<Outcome>,
+    /// Tasks waiting for the outcome, each once.
+    wakers: Mutex<Vec<Waker>>,
+    /// The shard it goes to, and where that shard's panic is recorded.
+    shard: usize,
+    panicked: Arc<OnceLock<String>>,
+}
+
+/// Where a bundle goes: a shard, its queue of appends, and where its
+/// panic, if one stops it, is recorded.
+pub(crate) struct Route {
+    pub queue: async_channel::Sender<AppendRequest>,
+    pub shard: usize,
+    pub panicked: Arc<OnceLock<String>>,
+}
+
+/// A bundle's appends before they are sent.
+struct Staged {
+    queue: async_channel::Sender<AppendRequest>,
+    partition: u64,
+    expected_end: Option<u64>,
+    records: Vec<Record>,
+    /// Encoded size of the one batch the records make.
+    bytes: usize,
+}
+
+/// How a bundle ended.
+enum Outcome {
+    /// The shard answered with the offset of the bundle's first record.
+    Done(Result<u64>),
+    /// The shard dropped the request without answering: it stopped (closed
+    /// or panicked); each caller learns which from the bundle.
+    Dropped,
+}
+
+/// Locks `m`; a panic elsewhere while it was held leaves nothing half
+/// done here (every critical section is a push, a take or a set).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Bundle {
+    /// A new bundle of one append: `records`, whose batch is `bytes` long,
+    /// for `partition`, to go by `route`; unconditional appends may join it
+    /// up to a batch of `limit` bytes.
+    pub(crate) fn new(
+        route: Route,
+        partition: u64,
+        expected_end: Option<u64>,
+        mut records: Vec<Record>,
+        bytes: usize,
+        limit: usize,
+    ) -> Arc<Bundle> {
+        if expected_end.is_none() {
+            // Room for as many more appends like this one as a bundle
+            // takes, so that it grows without copying.
+            records.reserve((limit / bytes).min(MAX_RESERVE) * records.len());
+        }
+        Arc::new(Bundle {
+            staged: Mutex::new(Some(Staged {
+                queue: route.queue,
+                partition,
+                expected_end,
+                records,
+                bytes,
+            })),
+            outcome: OnceLock::new(),
+            wakers: Mutex::new(Vec::new()),
+            shard: route.shard,
+            panicked: route.panicked,
+        })
+    }
+
+    /// Moves an unconditional append, `records` with a batch of `bytes`,
+    /// into the bundle if it is still staged and takes no conditional
+    /// append, and their one batch stays within `limit`. Returns the place
+    /// of the append's first record in the bundle; `None` leaves `records`
+    /// as they were.
+    pub(crate) fn join(
+        &self,
+        records: &mut Vec<Record>,
+        bytes: usize,
+        limit: usize,
+    ) -> Option<u64> {
+        let mut staged = lock(&self.staged);
+        let s = staged.as_mut()?;
+        let joined = s.bytes + bytes - BATCH_HEADER_LEN;
+        if s.expected_end.is_some() || joined > limit {
+            return None;
+        }
+        let place = s.records.len() as u64;
+        s.records.append(records);
+        s.bytes = joined;
+        Some(place)
+    }
+
+    /// Sends the bundle to its shard's queue, unless it was sent already.
+    pub(crate) fn send(self: &Arc<Self>) {
+        let mut staged = lock(&self.staged);
+        let Some(s) = staged.take() else {
+            return;
+        };
+        let request = AppendRequest {
+            partition: s.partition,
+            expected_end: s.expected_end,
+            records: s.records,
+            ticket: Ticket {
+                bundle: self.clone(),
+                answered: false,
+            },
+        };
+        // Invariant: sent while the lock is held. An append of the same
+        // thread that finds this bundle sent opens the next one only once
+        // this one is in the queue, so the queue keeps the calls' order
+        // even when another thread sends this bundle.
+        //
+        // A closed queue hands the request back; dropping it answers every
+        // append in it with why the shard stopped.
+        let _ = s.queue.try_send(request);
+        drop(staged);
+    }
+
+    /// Sets the outcome and hands the waiting tasks' wakers to `wakers`.
+    fn finish(&self, outcome: Outcome, wakers: &mut Wakers) {
+        // Invariant: a bundle is answered once (`Ticket::answered` guards
+        // the drop).
+        let fresh = self.outcome.set(outcome).is_ok();
+        debug_assert!(fresh, "a bundle answered twice");
+        for w in lock(&self.wakers).drain(..) {
+            wakers.push(w);
+        }
+    }
+
+    /// The result of the append whose first record is at `place`, once
+    /// the bundle is answered.
+    pub(crate) fn result(&self, place: u64) -> Option<Result<u64>> {
+        Some(match self.outcome.get()? {
+            Outcome::Done(Ok(base)) => Ok(base + place),
+            Outcome::Done(Err(e)) => Err(e.clone()),
+            Outcome::Dropped => Err(stopped(self.shard, &self.panicked)),
+        })
+    }
+
+    /// The result of the append at `place` if the bundle is answered; else
+    /// `waker` is woken when it is.
+    pub(crate) fn result_or_wake(&self, place: u64, waker: &Waker) -> Option<Result<u64>> {
+        let mut wakers = lock(&self.wakers);
+        // Checked under the lock that `finish` takes after setting the
+        // outcome: a waker registered here is never missed.
+        let result = self.result(place);
+        if result.is_none() && !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        result
+    }
+}
+
+/// The shard's side of a bundle: answered once, by [`Ticket::fill`];
+/// dropped unanswered (a stopping shard), it tells the callers so, never
+/// leaving them waiting.
+pub(crate) struct Ticket {
+    bundle: Arc<Bundle>,
+    answered: bool,
+}
+
+impl Ticket {
+    /// Answers the bundle with `result` (the offset of its first record)
+    /// and adds its waiting tasks to `wakers`. Waking is left to the caller
+    /// so that a whole commit group is answered before anyone is woken.
+    pub(crate) fn fill(mut self, result: Result<u64>, wakers: &mut Wakers) {
+        self.answered = true;
+        self.bundle.finish(Outcome::Done(result), wakers);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.answered {
+            let mut wakers = Wakers::default();
+            self.bundle.finish(Outcome::Dropped, &mut wakers);
+            wakers.wake_all();
+        }
+    }
+}
+
+/// Wakers of a batch of answered bundles, woken together once all are
+/// answered, each distinct task once in a row: a caller with many bundles
+/// in one commit is woken once per commit.
+#[derive(Default)]
+pub(crate) struct Wakers(Vec<Waker>);
+
+impl Wakers {
+    /// Adds `waker`, unless it wakes the same task as the last one added.
+    pub(crate) fn push(&mut self, waker: Waker) {
+        if !self.0.last().is_some_and(|last| last.will_wake(&waker)) {
+            self.0.push(waker);
+        }
+    }
+
+    /// Wakes them all; the buffer is kept for the next batch.
+    pub(crate) fn wake_all(&mut self) {
+        for w in self.0.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// The error for a request that shard `shard` will not answer: it panicked
+/// (`panicked` holds the message), or the engine is closed.
+pub(crate) fn stopped(shard: usize, panicked: &OnceLock<String>) -> Error {
+    match panicked.get() {
+        Some(message) => Error::ShardPanicked {
+            shard,
+            message: message.clone(),
+        },
+        None => Error::Closed,
+    }
+}

@@ -1,0 +1,123 @@
+//! Appends a thread makes without waiting are staged on the thread and sent
+//! to their shard together: when the thread waits on an append, when
+//! another thread waits on one of them, when the thread closes the engine
+//! or exits. None is ever left behind, and one the shard never got fails
+//! rather than vanishing.
+
+use std::{sync::mpsc, time::Duration};
+
+mod common;
+
+use common::{config, test_dir};
+use corelog::{Engine, Error, Record};
+use futures::executor::block_on;
+
+fn record(i: u64) -> Vec<Record> {
+    vec![Record::new(format!("record {i}").into_bytes())]
+}
+
+/// Batches submitted by every shard so far.
+fn batches(engine: &Engine) -> u64 {
+    engine
+        .stats()
+        .unwrap()
+        .shards
+        .iter()
+        .map(|(s, _)| s.appends)
+        .sum()
+}
+
+#[test]
+fn appends_made_without_waiting_go_to_the_shard_as_one_request() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let appends: Vec<_> = (0..1_000).map(|i| log.append(3, record(i))).collect();
+    // Nothing was sent yet: this thread has not waited. (Asked from another
+    // thread: a call on this one sends what it staged.)
+    let sent = std::thread::scope(|s| s.spawn(|| batches(&engine)).join().unwrap());
+    assert_eq!(sent, 0, "appends were sent before their thread waited");
+    let offsets: Vec<u64> = appends.into_iter().map(|a| block_on(a).unwrap()).collect();
+    assert_eq!(offsets, (0..1_000).collect::<Vec<_>>());
+    // About 30 KiB of records: one bundle, one batch.
+    assert_eq!(batches(&engine), 1);
+    engine.close().unwrap();
+}
+
+#[test]
+fn an_append_is_sent_when_another_thread_waits_on_it() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let (futures_tx, futures_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let stager = std::thread::spawn(move || {
+        futures_tx.send(log.append(4, record(0))).unwrap();
+        // Parked, never polling an append, until the other thread is done.
+        done_rx.recv().unwrap();
+    });
+    let append = futures_rx.recv().unwrap();
+    assert_eq!(block_on(append).unwrap(), 0);
+    done_tx.send(()).unwrap();
+    stager.join().unwrap();
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_thread_that_exits_sends_what_it_staged() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let stager = log.clone();
+    std::thread::spawn(move || {
+        for i in 0..10 {
+            // Neither polled nor dropped: only the thread's exit sends it.
+            std::mem::forget(stager.append(5, record(i)));
+        }
+    })
+    .join()
+    .unwrap();
+    // The end passes offset 9: all ten arrived.
+    assert!(block_on(log.wait_for(5, 9, Duration::from_secs(10))).unwrap());
+    let got = block_on(log.read_range(5, 0, 10)).unwrap();
+    assert_eq!(got[9].value(), b"record 9");
+    engine.close().unwrap();
+}
+
+#[test]
+fn closing_the_engine_sends_what_the_closing_thread_staged() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let appends: Vec<_> = (0..10).map(|i| log.append(6, record(i))).collect();
+    engine.close().unwrap();
+    for (i, a) in appends.into_iter().enumerate() {
+        assert_eq!(block_on(a).unwrap(), i as u64);
+    }
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let got = block_on(engine.handle().read_range(6, 0, 10)).unwrap();
+    assert_eq!(got.len(), 10);
+    engine.close().unwrap();
+}
+
+#[test]
+fn an_append_staged_when_another_thread_closes_the_engine_fails_closed() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let (futures_tx, futures_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let stager = std::thread::spawn(move || {
+        futures_tx.send(log.append(7, record(0))).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let append = futures_rx.recv().unwrap();
+    engine.close().unwrap();
+    // Never sent, never acknowledged: the future says so.
+    assert!(matches!(block_on(append), Err(Error::Closed)));
+    done_tx.send(()).unwrap();
+    stager.join().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(block_on(engine.handle().offsets(7)).unwrap().end, 0);
+    engine.close().unwrap();
+}
