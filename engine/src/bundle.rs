@@ -37,6 +37,9 @@ pub(crate) struct AppendRequest {
     /// partition must have.
     pub expected_end: Option<u64>,
     pub records: Vec<Record>,
+    /// Encoded size of the one batch `records` make, checked against the
+    /// limits by the caller.
+    pub bytes: usize,
     pub ticket: Ticket,
 }
 
@@ -151,6 +154,7 @@ impl Bundle {
             partition: s.partition,
             expected_end: s.expected_end,
             records: s.records,
+            bytes: s.bytes,
             ticket: Ticket {
                 bundle: self.clone(),
                 answered: false,

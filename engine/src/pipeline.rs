@@ -3,10 +3,15 @@
 //! log (no task per append, so everything queued lands in the same commit
 //! group), and one task answers them a commit group at a time.
 //!
-//! Coalescing: consecutive unconditional appends to one partition found
-//! queued together are submitted as one batch (up to [`COALESCE_BYTES`]),
-//! each still answered with its own offset; an append to another
-//! partition, or a conditional one, ends the run. A batch costs an index entry, a memtable
+//! Each request is a bundle: the appends one thread made to one partition
+//! without waiting in between (see [`crate::bundle`]), checked against the
+//! limits by the caller.
+//!
+//! Coalescing: consecutive unconditional bundles to one partition found
+//! queued together (from several threads, or one thread's bundles that
+//! filled up) are submitted as one batch (up to [`COALESCE_BYTES`]), each
+//! still answered with its own offset; a bundle to another partition, or a
+//! conditional one, ends the run. A batch costs an index entry, a memtable
 //! entry, a header and a checksum whatever its records, so a service
 //! thread appending one record at a time pays that once per pass, not per
 //! record. A batch is atomic, so each append in it still is; it also fails
@@ -29,7 +34,7 @@ use std::{
     task::{Poll, Waker},
 };
 
-use corelog_shard::{Record, Shard, Submitted};
+use corelog_shard::{Record, Shard, Submitted, BATCH_HEADER_LEN};
 use futures_lite::FutureExt;
 
 use crate::{
@@ -62,16 +67,13 @@ pub(crate) async fn serve_appends(
                 // Dropped unanswered: its caller sees the panic.
                 continue;
             }
-            match run.add(&shard, request, limit, &stop) {
-                Joined::Yes => {}
-                Joined::Refused => continue,
-                // Invariant: the run is empty here, and an empty run takes
-                // any append that passes the checks.
-                Joined::Full(_) => unreachable!("an empty run refused an append"),
-            }
+            // Invariant: the run is empty here, and an empty run takes any
+            // append.
+            let joined = run.add(request, limit);
+            debug_assert!(joined.is_none(), "an empty run refused an append");
             // Gather the appends queued behind it to the same partition.
             while let Ok(request) = queue.try_recv() {
-                if let Joined::Full(request) = run.add(&shard, request, limit, &stop) {
+                if let Some(request) = run.add(request, limit) {
                     next = Some(request);
                     break;
                 }
@@ -94,53 +96,42 @@ struct Run {
     expected_end: Option<u64>,
     records: Vec<Record>,
     tickets: Vec<(Ticket, usize)>,
-    /// Encoded bytes of the appends gathered, each counted as its own
-    /// batch (so at least what their one batch takes).
+    /// Encoded bytes of the one batch the appends gathered make.
     bytes: usize,
-}
-
-/// What became of an append offered to a [`Run`].
-enum Joined {
-    Yes,
-    /// It cannot be appended; it was answered with why.
-    Refused,
-    /// It belongs to the next run.
-    Full(AppendRequest),
 }
 
 impl Run {
     /// Adds `request` to the run if it may join: an empty run takes any
     /// append; a run takes more unconditional appends to its partition
     /// while their bytes together stay within `limit` (so their one batch
-    /// is within the limits too). An append that fails the log's checks is
-    /// answered at once and joins nothing.
-    fn add(&mut self, shard: &Shard, request: AppendRequest, limit: usize, stop: &Stop) -> Joined {
-        let checked = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            shard.check_batch(request.partition, &request.records)
-        }));
-        let bytes = match checked {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return refuse(request, Error::from(e)),
-            // A bug: it stops the shard, and this append's answer is why.
-            Err(payload) => return refuse(request, stop.record(payload)),
+    /// is within the limits too). The caller checked each request against
+    /// the limits; [`Shard::submit_at`] checks the run's batch again.
+    /// Hands back an append that belongs to the next run.
+    fn add(&mut self, request: AppendRequest, limit: usize) -> Option<AppendRequest> {
+        let bytes = if self.tickets.is_empty() {
+            request.bytes
+        } else {
+            // One batch: one header for all.
+            self.bytes + request.bytes - BATCH_HEADER_LEN
         };
         if !self.tickets.is_empty()
             && (request.partition != self.partition
                 || request.expected_end.is_some()
                 || self.expected_end.is_some()
-                || self.bytes + bytes > limit)
+                || bytes > limit)
         {
-            return Joined::Full(request);
+            return Some(request);
         }
         let AppendRequest {
             partition,
             expected_end,
             records,
             ticket,
+            ..
         } = request;
         self.partition = partition;
         self.expected_end = expected_end;
-        self.bytes += bytes;
+        self.bytes = bytes;
         self.tickets.push((ticket, records.len()));
         if self.records.is_empty() {
             // The first append's records are the run's: no copy.
@@ -148,16 +139,8 @@ impl Run {
         } else {
             self.records.extend(records);
         }
-        Joined::Yes
+        None
     }
-}
-
-/// Answers `request` with `error`.
-fn refuse(request: AppendRequest, error: Error) -> Joined {
-    let mut wakers = Wakers::default();
-    request.ticket.fill(Err(error), &mut wakers);
-    wakers.wake_all();
-    Joined::Refused
 }
 
 /// Submits the run as one batch and empties it; each append in it is

@@ -69,7 +69,7 @@ impl Memtable {
             partitions: PartitionMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
-            arena: BatchArena::default(),
+            arena: BatchArena::new(budget),
             held: 0,
             bytes: 0,
             budget,
