@@ -4,6 +4,7 @@
 //! little-endian field reader they share. Nothing here knows about commit
 //! groups, partitions or recovery decisions.
 
+pub(crate) mod arena;
 pub(crate) mod batch;
 pub(crate) mod checkpoint;
 pub(crate) mod clean_marker;

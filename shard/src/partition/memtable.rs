@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 
 use crate::{
-    format::batch::{Batch, BatchArena},
+    format::{arena::BatchArena, batch::Batch},
     partition::PartitionMap,
 };
 
