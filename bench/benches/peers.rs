@@ -10,6 +10,11 @@
 //!   a window of appends in flight (1,024 without sync, under `Never`, then
 //!   one `flush`; 64 for a sync per 64 records and 1 for a sync per record,
 //!   under `Always`, where group commit does the syncing);
+//! - the disk: each thread frames its records as the `BufWriter` log does
+//!   into an aligned buffer and writes it with O_DIRECT to a file written
+//!   in full beforehand, padded to the block, at each sync point (then
+//!   `fdatasync`) or when 1 MiB is full: what a log on this disk cannot
+//!   beat, with no index, no memtable, no reads and no second thread;
 //! - a plain `BufWriter` log: length + CRC32C framing, `sync_data`;
 //! - okaywal: an entry is its unit of durability (a commit syncs), so a
 //!   sync per N records is an entry of N chunks;
@@ -18,8 +23,9 @@
 
 use std::{
     collections::VecDeque,
-    fs::File,
+    fs::{File, OpenOptions},
     io::{BufWriter, Write},
+    os::unix::fs::{FileExt, OpenOptionsExt},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -78,7 +84,8 @@ struct Figures {
 
 type System = fn(&Path, Workload) -> Figures;
 
-const SYSTEMS: [(&str, System); 4] = [
+const SYSTEMS: [(&str, System); 5] = [
+    ("disk", disk),
     ("BufWriter", bufwriter),
     ("okaywal", okaywal),
     ("fjall", fjall),
@@ -122,8 +129,8 @@ fn main() {
     println!(
         "median of {runs} runs; records/s (MB/s); corelog's CPU per record, all threads summed, while the producers run (open and close left out)\n"
     );
-    println!("| workload | BufWriter | okaywal | fjall | corelog | corelog CPU/record | ÷ BufWriter | ÷ okaywal | ÷ fjall |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | disk | BufWriter | okaywal | fjall | corelog | corelog CPU/record | ÷ disk | ÷ BufWriter | ÷ okaywal | ÷ fjall |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for w in workloads.into_iter().filter(|w| w.name().contains(&filter)) {
         let mut rates = Vec::new();
         let mut corelog_cpu = Duration::ZERO;
@@ -143,18 +150,20 @@ fn main() {
         }
         let total = (w.records * w.threads) as f64;
         let cell = |r: f64| format!("{} ({:.0})", human(r), r * w.bytes as f64 / 1e6);
-        let corelog_rate = rates[3];
+        let corelog_rate = rates[4];
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} µs | {:.2}× | {:.2}× | {:.2}× |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} µs | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
             w.name(),
             cell(rates[0]),
             cell(rates[1]),
             cell(rates[2]),
+            cell(rates[3]),
             cell(corelog_rate),
             corelog_cpu.as_secs_f64() * 1e6 / total,
             corelog_rate / rates[0],
             corelog_rate / rates[1],
             corelog_rate / rates[2],
+            corelog_rate / rates[3],
         );
     }
 }
@@ -237,6 +246,69 @@ fn corelog(dir: &Path, w: Workload) -> Figures {
     });
     engine.close().expect("close");
     figures
+}
+
+/// The disk's floor for `w`: see the module's doc.
+fn disk(dir: &Path, w: Workload) -> Figures {
+    const BLOCK: usize = 4096;
+    const BUFFER: usize = 1 << 20;
+    let every = match w.sync {
+        Syncs::AtEnd => w.records,
+        Syncs::Every(n) => n,
+    };
+    let frame = w.bytes + 8;
+    let per_sync = (every * frame).div_ceil(BLOCK) * BLOCK;
+    let size = w.records.div_ceil(every) * per_sync + w.records * frame + BUFFER;
+    let files: Vec<File> = (0..w.threads)
+        .map(|t| {
+            let path = dir.join(format!("disk-{t}"));
+            std::fs::write(&path, vec![0u8; size]).expect("pre-write");
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .expect("sync the pre-written file");
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .expect("sync dir");
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .expect("open O_DIRECT")
+        })
+        .collect();
+    let files = Arc::new(files);
+    on_threads(w, move |t| {
+        let file = &files[t];
+        let mut memory = vec![0u8; BUFFER + BLOCK];
+        let start = memory.as_ptr().align_offset(BLOCK);
+        let buf = &mut memory[start..start + BUFFER];
+        let (mut len, mut pos) = (0usize, 0u64);
+        let mut write = |buf: &mut [u8], len: &mut usize| {
+            let padded = len.div_ceil(BLOCK) * BLOCK;
+            buf[*len..padded].fill(0);
+            file.write_all_at(&buf[..padded], pos).expect("pwrite");
+            pos += padded as u64;
+            *len = 0;
+        };
+        for i in 0..w.records {
+            if len + frame > BUFFER {
+                write(buf, &mut len);
+            }
+            let value = payload(w, t, i);
+            buf[len..len + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+            buf[len + 4..len + 8].copy_from_slice(&crc32c::crc32c(&value).to_le_bytes());
+            buf[len + 8..len + frame].copy_from_slice(&value);
+            len += frame;
+            if matches!(w.sync, Syncs::Every(n) if (i + 1) % n == 0) {
+                write(buf, &mut len);
+                file.sync_data().expect("fdatasync");
+            }
+        }
+        if len > 0 {
+            write(buf, &mut len);
+        }
+        file.sync_data().expect("fdatasync");
+    })
 }
 
 fn bufwriter(dir: &Path, w: Workload) -> Figures {
