@@ -12,6 +12,7 @@ mod args;
 mod cold_read;
 mod consumers;
 mod latency;
+mod pacing;
 mod plot;
 mod producers;
 mod progress;

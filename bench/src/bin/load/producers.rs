@@ -10,12 +10,13 @@ use std::{
 };
 
 use corelog::{Handle, Record};
-use futures::{executor::block_on, stream::FuturesUnordered, StreamExt};
+use futures::{stream::FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 
 use crate::{
     args::Args,
     latency::{self, ThreadLatency},
+    pacing,
     progress::Shared,
     workload::{self, Header},
 };
@@ -91,7 +92,7 @@ fn run_thread(
     progress: Sender<Histogram<u64>>,
 ) -> ThreadResult {
     let latency = RefCell::new(ThreadLatency::new(progress));
-    let counts = block_on(
+    let counts = pacing::run(
         (0..args.producers)
             .filter(|p| p % args.threads == thread)
             .map(|p| {
@@ -184,8 +185,8 @@ impl Schedule {
             return now;
         };
         let due = started + interval.mul_f64(round as f64 + self.phase);
-        if let Some(wait) = due.checked_duration_since(now) {
-            futures_timer::Delay::new(wait).await;
+        if due > now {
+            pacing::sleep_until(due).await;
         }
         due
     }
