@@ -1,7 +1,13 @@
 //! `cargo xtask disk`: the disk's limits, measured with fio on the file
 //! system that holds the data.
 
-use std::{path::Path, process::Command};
+use std::{
+    fs::{File, OpenOptions},
+    os::unix::fs::{FileExt, OpenOptionsExt},
+    path::Path,
+    process::Command,
+    time::Instant,
+};
 
 use serde_json::Value;
 
@@ -59,8 +65,10 @@ pub struct Disk {
     pub seq_write_mb: f64,
     /// Sequential O_DIRECT read, MB/s.
     pub seq_read_mb: f64,
-    /// p50 of a 4 KiB write plus fdatasync on written blocks (psync), µs.
+    /// p50 and p99 of a whole 4 KiB write plus fdatasync on written
+    /// blocks, timed around both calls in process, µs.
     pub sync_write_p50_us: f64,
+    pub sync_write_p99_us: f64,
 }
 
 /// Installs fio if missing, runs every job in `dir`, prints the figures and
@@ -71,23 +79,7 @@ pub fn run(dir: &Path) -> Result<Disk, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     println!("fio in {} (O_DIRECT)", dir.display());
     for (name, args) in JOBS {
-        let out = Command::new("fio")
-            .arg(format!("--name={name}"))
-            .arg(format!("--directory={}", dir.display()))
-            .args(["--direct=1", "--output-format=json"])
-            .args(*args)
-            .output()
-            .map_err(|e| format!("run fio: {e}"))?;
-        // fio leaves its data file behind.
-        let _ = std::fs::remove_file(dir.join(format!("{name}.0.0")));
-        if !out.status.success() {
-            return Err(format!(
-                "fio {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let json: Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| format!("fio {name} output: {e}"))?;
+        let json = fio(dir, name, args)?;
         let job = &json["jobs"][0];
         let p50 = |v: &Value| v["percentile"]["50.000000"].as_f64().unwrap_or(0.0) / 1000.0;
         match *name {
@@ -99,14 +91,6 @@ pub fn run(dir: &Path) -> Result<Disk, String> {
                 disk.seq_read_mb = job["read"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6;
                 println!("  sequential read, 1 MiB, queue depth 4: {:.0} MB/s", disk.seq_read_mb)
             }
-            "sync-write-psync" => {
-                disk.sync_write_p50_us = p50(&job["write"]["clat_ns"]) + p50(&job["sync"]["lat_ns"]);
-                println!(
-                    "  4 KiB write+fdatasync on written blocks (psync): {:.0}/s, p50 {:.1} us",
-                    job["write"]["iops"].as_f64().unwrap_or(0.0),
-                    disk.sync_write_p50_us
-                )
-            }
             _ => println!(
                 "  4 KiB write+fdatasync on written blocks ({}): {:.0}/s, p50 write {:.1} us + fdatasync {:.1} us = {:.1} us",
                 name.trim_start_matches("sync-write-"),
@@ -117,7 +101,128 @@ pub fn run(dir: &Path) -> Result<Disk, String> {
             ),
         }
     }
+    let latencies = sync_write_loop(dir, 2_000)?;
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    (disk.sync_write_p50_us, disk.sync_write_p99_us) = (at(0.5), at(0.99));
+    println!(
+        "  4 KiB write+fdatasync on written blocks, whole operation (pwrite + fdatasync loop in process): p50 {:.1} us, p99 {:.1} us",
+        disk.sync_write_p50_us, disk.sync_write_p99_us
+    );
     Ok(disk)
+}
+
+/// Times `n` whole operations of a blocking 4 KiB O_DIRECT `pwrite` and its
+/// `fdatasync`, one after another over a file written in full first (so no
+/// write allocates), the way a program without io_uring commits; returns
+/// the latencies in µs, sorted. fio reports the write and the sync apart,
+/// and the sum of their medians leaves out the time between them.
+fn sync_write_loop(dir: &Path, n: usize) -> Result<Vec<f64>, String> {
+    const BLOCK: usize = 4096;
+    let path = dir.join("sync-write-loop");
+    let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    std::fs::write(&path, vec![0u8; n * BLOCK]).map_err(|e| err("write", e))?;
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| err("fsync", e))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(|e| err("open O_DIRECT", e))?;
+    // O_DIRECT needs a block-aligned buffer: the aligned block of a larger one.
+    let mut memory = vec![7u8; 2 * BLOCK];
+    let start = memory.as_ptr().align_offset(BLOCK);
+    let block = &mut memory[start..start + BLOCK];
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        file.write_all_at(block, (i * BLOCK) as u64)
+            .map_err(|e| err("pwrite", e))?;
+        file.sync_data().map_err(|e| err("fdatasync", e))?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_file(&path);
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+/// Runs fio job `name` with `args` (O_DIRECT) in `dir`; returns its JSON
+/// report.
+fn fio(dir: &Path, name: &str, args: &[&str]) -> Result<Value, String> {
+    let out = Command::new("fio")
+        .arg(format!("--name={name}"))
+        .arg(format!("--directory={}", dir.display()))
+        .args(["--direct=1", "--output-format=json"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("run fio: {e}"))?;
+    // fio leaves its data file behind.
+    let _ = std::fs::remove_file(dir.join(format!("{name}.0.0")));
+    if !out.status.success() {
+        return Err(format!(
+            "fio {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("fio {name} output: {e}"))
+}
+
+/// The write bandwidth of the commit pattern of a closed loop under
+/// `Always` (MB/s): 256 KiB O_DIRECT writes, each followed by fdatasync,
+/// one job (psync), 5 s.
+pub fn commit_pattern(dir: &Path) -> Result<f64, String> {
+    let args = [
+        "--rw=write",
+        "--bs=256k",
+        "--fdatasync=1",
+        "--ioengine=psync",
+        "--size=1g",
+        "--runtime=5",
+        "--time_based",
+    ];
+    let json = fio(dir, "commit-pattern", &args)?;
+    let mb = json["jobs"][0]["write"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6;
+    println!("  256 KiB write+fdatasync (psync), the commit pattern under Always: {mb:.0} MB/s");
+    Ok(mb)
+}
+
+/// p99 of whole write latency (µs) of fio writing `block` bytes at
+/// `bytes_per_s`, paced, with `fdatasync` after each write if asked (io_uring,
+/// up to 16 in flight), 10 s: the disk at the same byte rate and block size
+/// as a paced load.
+pub fn paced_p99(
+    dir: &Path,
+    block: usize,
+    bytes_per_s: f64,
+    fdatasync: bool,
+) -> Result<f64, String> {
+    let bs = format!("--bs={block}");
+    let rate = format!("--rate={}", bytes_per_s as u64);
+    let mut args = vec![
+        "--rw=write",
+        bs.as_str(),
+        rate.as_str(),
+        "--ioengine=io_uring",
+        "--iodepth=16",
+        "--size=4g",
+        "--runtime=10",
+        "--time_based",
+        "--lat_percentiles=1",
+    ];
+    if fdatasync {
+        args.push("--fdatasync=1");
+    }
+    let json = fio(dir, "paced", &args)?;
+    let p99 = json["jobs"][0]["write"]["lat_ns"]["percentile"]["99.000000"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1000.0;
+    println!(
+        "  {block} B writes paced at {:.1} MB/s{}: p99 {p99:.0} us",
+        bytes_per_s / 1e6,
+        if fdatasync { ", each fdatasynced" } else { "" }
+    );
+    Ok(p99)
 }
 
 /// Installs Debian's fio through apt when it is not on the PATH.

@@ -100,7 +100,8 @@ fn load(args: &[String]) -> Result<(), String> {
     let vs_disk = args.iter().any(|a| a == "--vs-disk");
     let mut args: Vec<String> = args.iter().filter(|a| *a != "--vs-disk").cloned().collect();
     let disk = if vs_disk {
-        Some(disk::run(std::path::Path::new("target/disk-baseline"))?)
+        let dir = std::path::Path::new("target/disk-baseline");
+        Some((disk::run(dir)?, matched_baseline(dir, &args)?))
     } else {
         None
     };
@@ -129,7 +130,7 @@ fn load(args: &[String]) -> Result<(), String> {
             let _ = std::fs::remove_file(temporary);
         }
         match report {
-            Ok(report) => print_vs_disk(&report, &disk),
+            Ok(report) => print_vs_disk(&report, &disk.0, &disk.1),
             // The load failed before it wrote its report: say why.
             Err(e) => return result.and(Err(e)),
         }
@@ -139,13 +140,50 @@ fn load(args: &[String]) -> Result<(), String> {
 
 /// The value of `--json PATH` or `--json=PATH` in the load's `args`.
 fn json_path(args: &[String]) -> Option<String> {
+    option(args, "--json")
+}
+
+/// The value of option `name` (`name VALUE` or `name=VALUE`) in `args`.
+fn option(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .enumerate()
-        .find_map(|(i, a)| match a.strip_prefix("--json") {
+        .find_map(|(i, a)| match a.strip_prefix(name) {
             Some("") => args.get(i + 1).cloned(),
             Some(rest) => rest.strip_prefix('=').map(str::to_string),
             None => None,
         })
+}
+
+/// The disk measured the way the load will run (`args`, the load's own
+/// options, with its defaults): a paced load (`--rate`) against fio at the
+/// same byte rate and block size (each write synced under `Always`); a
+/// closed loop under `Always` against fio's 256 KiB write+fdatasync.
+#[derive(Default)]
+struct Matched {
+    commit_mb: Option<f64>,
+    paced_p99_us: Option<f64>,
+}
+
+fn matched_baseline(dir: &std::path::Path, args: &[String]) -> Result<Matched, String> {
+    let number = |name: &str, default: f64| -> Result<f64, String> {
+        option(args, name).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| format!("{name} {v}: not a number"))
+        })
+    };
+    let always = option(args, "--fsync").is_none_or(|f| f == "always");
+    let mut matched = Matched::default();
+    if let Some(rate) = option(args, "--rate") {
+        let rate: f64 = rate
+            .parse()
+            .map_err(|_| format!("--rate {rate}: not a number"))?;
+        let record = number("--record-bytes", 1024.0)?;
+        let block = (record * number("--batch", 16.0)?) as usize;
+        let block = block.div_ceil(4096) * 4096;
+        matched.paced_p99_us = Some(disk::paced_p99(dir, block, rate * record, always)?);
+    } else if always {
+        matched.commit_mb = Some(disk::commit_pattern(dir)?);
+    }
+    Ok(matched)
 }
 
 /// Reads the load generator's JSON report at `path`; a missing field is an
@@ -156,7 +194,7 @@ fn read_report(path: &str) -> Result<load_report::Report, String> {
 }
 
 /// Prints the load's figures as ratios of the disk's.
-fn print_vs_disk(report: &load_report::Report, disk: &disk::Disk) {
+fn print_vs_disk(report: &load_report::Report, disk: &disk::Disk, matched: &Matched) {
     println!("against the disk (fio, measured just before):");
     println!(
         "  write bandwidth  {:.1} MB/s = {:.2}x fio sequential write ({:.0} MB/s)",
@@ -164,13 +202,26 @@ fn print_vs_disk(report: &load_report::Report, disk: &disk::Disk) {
         report.mb_per_s / disk.seq_write_mb,
         disk.seq_write_mb
     );
+    if let Some(mb) = matched.commit_mb {
+        println!(
+            "                   = {:.2}x fio 256 KiB write+fdatasync ({mb:.0} MB/s)",
+            report.mb_per_s / mb
+        );
+    }
     let p50 = report.append_latency_us.p50;
     println!(
-        "  append p50       {:.0} us = {:.2}x fio 4 KiB write+fdatasync p50 ({:.0} us)",
+        "  append p50       {:.0} us = {:.2}x a 4 KiB write+fdatasync p50 ({:.0} us)",
         p50,
         p50 / disk.sync_write_p50_us,
         disk.sync_write_p50_us
     );
+    if let Some(fio_p99) = matched.paced_p99_us {
+        let p99 = report.append_latency_us.p99;
+        println!(
+            "  append p99       {p99:.0} us = {:.2}x fio's p99 at the same byte rate and block size ({fio_p99:.0} us)",
+            p99 / fio_p99
+        );
+    }
     if let Some(cold) = &report.cold_read {
         println!(
             "  cold read        {:.1} MB/s = {:.2}x fio sequential read ({:.0} MB/s)",
