@@ -186,16 +186,19 @@ pub fn commit_pattern(dir: &Path) -> Result<f64, String> {
     Ok(mb)
 }
 
-/// p99 of whole write latency (µs) of fio writing `block` bytes at
-/// `bytes_per_s`, paced, with `fdatasync` after each write if asked (io_uring,
-/// up to 16 in flight), 10 s: the disk at the same byte rate and block size
-/// as a paced load.
-pub fn paced_p99(
-    dir: &Path,
-    block: usize,
-    bytes_per_s: f64,
-    fdatasync: bool,
-) -> Result<f64, String> {
+/// fio writing `block` bytes at `bytes_per_s`, paced, with `fdatasync`
+/// after each write if asked (io_uring, up to 16 in flight), 10 s: the disk
+/// at the same byte rate and block size as a paced load.
+pub struct Paced {
+    /// p99 of a write's whole latency (submission to completion, with its
+    /// fdatasync if any), µs.
+    pub p99_us: f64,
+    /// fio's own CPU (user + system) per write, µs: what the machine costs
+    /// for one write (and fdatasync) at that rate, with no engine.
+    pub cpu_us_per_write: f64,
+}
+
+pub fn paced(dir: &Path, block: usize, bytes_per_s: f64, fdatasync: bool) -> Result<Paced, String> {
     let bs = format!("--bs={block}");
     let rate = format!("--rate={}", bytes_per_s as u64);
     let mut args = vec![
@@ -213,16 +216,28 @@ pub fn paced_p99(
         args.push("--fdatasync=1");
     }
     let json = fio(dir, "paced", &args)?;
-    let p99 = json["jobs"][0]["write"]["lat_ns"]["percentile"]["99.000000"]
+    let job = &json["jobs"][0];
+    let p99_us = job["write"]["lat_ns"]["percentile"]["99.000000"]
         .as_f64()
         .unwrap_or(0.0)
         / 1000.0;
+    let runtime_s = job["job_runtime"].as_f64().unwrap_or(0.0) / 1000.0;
+    let cpu_s = (job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0))
+        / 100.0
+        * runtime_s;
+    let writes = job["write"]["total_ios"].as_f64().unwrap_or(0.0).max(1.0);
+    let paced = Paced {
+        p99_us,
+        cpu_us_per_write: cpu_s * 1e6 / writes,
+    };
     println!(
-        "  {block} B writes paced at {:.1} MB/s{}: p99 {p99:.0} us",
+        "  {block} B writes paced at {:.1} MB/s{}: p99 {:.0} us, fio's CPU {:.1} us a write",
         bytes_per_s / 1e6,
-        if fdatasync { ", each fdatasynced" } else { "" }
+        if fdatasync { ", each fdatasynced" } else { "" },
+        paced.p99_us,
+        paced.cpu_us_per_write
     );
-    Ok(p99)
+    Ok(paced)
 }
 
 /// Installs Debian's fio through apt when it is not on the PATH.

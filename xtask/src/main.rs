@@ -161,7 +161,9 @@ fn option(args: &[String], name: &str) -> Option<String> {
 #[derive(Default)]
 struct Matched {
     commit_mb: Option<f64>,
-    paced_p99_us: Option<f64>,
+    paced: Option<disk::Paced>,
+    /// Records an append of the load.
+    batch: f64,
 }
 
 fn matched_baseline(dir: &std::path::Path, args: &[String]) -> Result<Matched, String> {
@@ -171,15 +173,17 @@ fn matched_baseline(dir: &std::path::Path, args: &[String]) -> Result<Matched, S
         })
     };
     let always = option(args, "--fsync").is_none_or(|f| f == "always");
-    let mut matched = Matched::default();
+    let mut matched = Matched {
+        batch: number("--batch", 16.0)?,
+        ..Matched::default()
+    };
     if let Some(rate) = option(args, "--rate") {
         let rate: f64 = rate
             .parse()
             .map_err(|_| format!("--rate {rate}: not a number"))?;
         let record = number("--record-bytes", 1024.0)?;
-        let block = (record * number("--batch", 16.0)?) as usize;
-        let block = block.div_ceil(4096) * 4096;
-        matched.paced_p99_us = Some(disk::paced_p99(dir, block, rate * record, always)?);
+        let block = ((record * matched.batch) as usize).div_ceil(4096) * 4096;
+        matched.paced = Some(disk::paced(dir, block, rate * record, always)?);
     } else if always {
         matched.commit_mb = Some(disk::commit_pattern(dir)?);
     }
@@ -215,11 +219,18 @@ fn print_vs_disk(report: &load_report::Report, disk: &disk::Disk, matched: &Matc
         p50 / disk.sync_write_p50_us,
         disk.sync_write_p50_us
     );
-    if let Some(fio_p99) = matched.paced_p99_us {
+    if let Some(paced) = &matched.paced {
         let p99 = report.append_latency_us.p99;
         println!(
-            "  append p99       {p99:.0} us = {:.2}x fio's p99 at the same byte rate and block size ({fio_p99:.0} us)",
-            p99 / fio_p99
+            "  append p99       {p99:.0} us = {:.2}x fio's p99 at the same byte rate and block size ({:.0} us)",
+            p99 / paced.p99_us,
+            paced.p99_us
+        );
+        let cpu = report.cpu_us_per_record * matched.batch;
+        println!(
+            "  cpu per append   {cpu:.1} us = {:.2}x fio's own CPU per write at that rate ({:.1} us)",
+            cpu / paced.cpu_us_per_write,
+            paced.cpu_us_per_write
         );
     }
     if let Some(cold) = &report.cold_read {
