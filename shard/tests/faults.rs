@@ -369,10 +369,10 @@ fn a_write_failing_while_an_earlier_fdatasync_runs_loses_nothing_acknowledged() 
     let mut config = small_config(&path, FsyncPolicy::Always);
     // A group past the lone-commit size goes through io_uring, with its
     // fdatasync in flight on its own.
-    config.segment_bytes = 4 << 20;
-    config.max_record_bytes = 512 << 10;
-    config.max_batch_bytes = 512 << 10;
-    config.max_write_bytes = 512 << 10;
+    config.segment_bytes = 8 << 20;
+    config.max_record_bytes = 2 << 20;
+    config.max_batch_bytes = 2 << 20;
+    config.max_write_bytes = 2 << 20;
     let config2 = config.clone();
     let (first, second) = run(move || async move {
         let plan = Rc::new(Plan::default());
@@ -384,7 +384,7 @@ fn a_write_failing_while_an_earlier_fdatasync_runs_loses_nothing_acknowledged() 
         let before = wal.stats();
         plan.sync_delay
             .set(Some(std::time::Duration::from_millis(200)));
-        let big = vec![corelog_shard::Record::new(vec![7u8; 300 << 10])];
+        let big = vec![corelog_shard::Record::new(vec![7u8; 1100 << 10])];
         let first = {
             let wal = wal.clone();
             glommio::spawn_local(async move { wal.append(1, 0, 0, &big).await }).detach()

@@ -18,13 +18,14 @@
 //! starts on the next one, so no write ever touches a block that holds
 //! acknowledged data.
 //!
-//! Under `Always`, a lone small group (no write in flight, nothing written
-//! and not yet synced) skips the reactor: it is written and synced in one
-//! blocking call on the shard's thread ([`StorageFile::write_durable_at`]),
-//! which costs one syscall where the io_uring path costs a write, an fsync
-//! on an io-wq worker and several reactor round trips. Appends that arrive
-//! meanwhile wait in the shard's queue and form the next group. Under load
-//! groups are larger or writes overlap, and io_uring group commit goes on.
+//! Under `Always`, a lone group (no write in flight, nothing written and
+//! not yet synced, at most [`LONE_COMMIT_BYTES`]) skips the reactor: it is
+//! written and synced in one blocking call on the shard's thread
+//! ([`StorageFile::write_durable_at`]), which costs one syscall where the
+//! io_uring path costs a write, an fsync on an io-wq worker and several
+//! reactor round trips. Appends that arrive meanwhile wait in the shard's
+//! queue and form the next group. A group behind a larger batch goes
+//! through io_uring, and the groups after it overlap with its fdatasync.
 //!
 //! Invariant: writes are issued in log order, at most
 //! [`MAX_WRITES_IN_FLIGHT`] at once, and a group is acknowledged only when
@@ -62,10 +63,13 @@ pub(super) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
 /// from damage to completed data by each batch's `floor_block`.
 const MAX_WRITES_IN_FLIGHT: usize = 4;
 
-/// The largest group a lone commit writes in one blocking call: beyond it
-/// the write itself, not the reactor, is most of the cost, and the shard's
-/// thread would be blocked for it.
-const LONE_COMMIT_BYTES: usize = 128 << 10;
+/// The largest group a lone commit writes in one blocking call: the
+/// default `max_write_bytes`, so only a group holding a single larger batch
+/// goes through io_uring. Measured against 128 KiB (docs/BENCHMARKS.md,
+/// "Lone commits up to 1 MiB"): the closed loop of the main job has nothing
+/// to overlap with the commit (its appends all wait on it), and blocking
+/// saves the io-wq hop of the fdatasync and the reactor's round trips.
+const LONE_COMMIT_BYTES: usize = 1 << 20;
 
 /// A group's write, handed to the kernel and not yet reaped.
 struct InFlight {
