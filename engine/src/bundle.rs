@@ -72,6 +72,11 @@ struct Staged {
     records: Vec<Record>,
     /// Encoded size of the one batch the records make.
     bytes: usize,
+    /// The bundle of the same thread and partition before this one, if it
+    /// is kept staged to go with this one; sent first.
+    prev: Option<Arc<Bundle>>,
+    /// Bundles kept staged before this one.
+    depth: usize,
 }
 
 /// How a bundle ended.
@@ -113,6 +118,8 @@ impl Bundle {
                 expected_end,
                 records,
                 bytes,
+                prev: None,
+                depth: 0,
             })),
             outcome: OnceLock::new(),
             wakers: Mutex::new(Vec::new()),
@@ -144,12 +151,38 @@ impl Bundle {
         Some(place)
     }
 
-    /// Sends the bundle to its shard's queue, unless it was sent already.
+    /// Makes `prev`, the bundle of the same thread and partition that this
+    /// new one replaces, go with it: kept staged and sent first when this
+    /// one is sent, if it is still staged and fewer than `max` bundles
+    /// would be kept before this one. Else hands `prev` back, to be sent
+    /// now (or `None` if it was sent already).
+    pub(crate) fn follow(&self, prev: Arc<Bundle>, max: usize) -> Option<Arc<Bundle>> {
+        let depth = lock(&prev.staged).as_ref()?.depth + 1;
+        if depth > max {
+            return Some(prev);
+        }
+        let mut staged = lock(&self.staged);
+        let Some(s) = staged.as_mut() else {
+            return Some(prev);
+        };
+        s.prev = Some(prev);
+        s.depth = depth;
+        None
+    }
+
+    /// Sends the bundle to its shard's queue, after the bundles kept staged
+    /// before it, unless it was sent already.
     pub(crate) fn send(self: &Arc<Self>) {
         let mut staged = lock(&self.staged);
-        let Some(s) = staged.take() else {
+        let Some(mut s) = staged.take() else {
             return;
         };
+        // Invariant: locks are taken from a newer bundle to an older one
+        // only (an append locks only its thread's newest), so this cannot
+        // deadlock, and the older bundle is queued first.
+        if let Some(prev) = s.prev.take() {
+            prev.send();
+        }
         let request = AppendRequest {
             partition: s.partition,
             expected_end: s.expected_end,

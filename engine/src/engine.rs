@@ -30,6 +30,9 @@ use crate::{
     staging,
 };
 
+/// Full bundles a thread keeps staged behind its open one under `Always`.
+const MAX_KEPT_BUNDLES: usize = 15;
+
 /// The identity of the next engine opened in this process: a thread's
 /// staged appends are kept per engine.
 static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
@@ -331,7 +334,8 @@ impl Handle {
     /// sent together, in one request, when the thread waits on any append
     /// (or another thread on one of them), drops one, calls any other
     /// method of a handle, closes the engine or exits, or when they reach
-    /// 64 KiB: awaiting each append sends each at once; a window of
+    /// 64 KiB (1 MiB under `Always`, so that a window is one commit):
+    /// awaiting each append sends each at once; a window of
     /// outstanding appends goes a window at a time. Dropping the future
     /// does not withdraw the append. The call never blocks: bound your
     /// window of outstanding appends to bound memory. Order against other
@@ -364,7 +368,16 @@ impl Handle {
             panicked: self.panics[shard].clone(),
         };
         let at = (self.id, partition, expected_end);
-        let (bundle, place) = staging::append(at, route, records, bytes, self.bundle_bytes);
+        // Under `Always` a thread's full bundles wait for the rest of its
+        // window (up to 1 MiB): sent early, the first would take a commit
+        // of its own, an fdatasync more per window. Otherwise they go as
+        // they fill, so the shard writes while the thread goes on.
+        let keep = match self.fsync {
+            FsyncPolicy::Always => MAX_KEPT_BUNDLES,
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => 0,
+        };
+        let sizes = (self.bundle_bytes, keep);
+        let (bundle, place) = staging::append(at, route, records, bytes, sizes);
         Append::waiting(bundle, place)
     }
 

@@ -5,7 +5,9 @@
 //! [`crate::Append`] polled and not ready), drops an append still staged,
 //! makes a conditional or a large append to the partition, calls any other
 //! [`crate::Handle`] method, closes the engine, or exits; or when another
-//! thread polls one of its appends; or when it reaches its byte limit. So
+//! thread polls one of its appends; or when it reaches its byte limit
+//! (under `Always`, a full bundle waits, linked before the next one, for
+//! up to 1 MiB: see [`Bundle::follow`]). So
 //! an append waits in the bundle only while its thread goes on making
 //! appends without waiting for any, and a thread appending one record at a
 //! time with a window of appends outstanding sends one request a window.
@@ -13,8 +15,8 @@
 //! Invariant: a thread has at most one open bundle per engine and
 //! partition, and bundles of one thread and partition are sent in the
 //! order they were opened (a new one is opened only once the previous one
-//! is sent), so the appends one thread makes to a partition reach the
-//! shard in call order.
+//! is sent, or linked to go first when the new one is sent), so the
+//! appends one thread makes to a partition reach the shard in call order.
 
 use std::{cell::RefCell, sync::Arc};
 
@@ -56,11 +58,11 @@ pub(crate) fn append(
     route: impl FnOnce() -> Route,
     records: Vec<Record>,
     bytes: usize,
-    limit: usize,
+    (limit, keep): (usize, usize),
 ) -> (Arc<Bundle>, u64) {
     let open = |records| Bundle::new(route(), partition, expected_end, records, bytes, limit);
     if expected_end.is_none() && bytes <= limit {
-        return stage(engine, partition, records, bytes, limit, open);
+        return stage(engine, partition, records, (bytes, limit, keep), open);
     }
     send_partition(engine, partition);
     let bundle = open(records);
@@ -70,15 +72,15 @@ pub(crate) fn append(
 
 /// Stages an unconditional append of `records` (a batch of `bytes`, at
 /// most `limit`) to `partition` of engine `engine`: it joins this thread's
-/// open bundle for them, or a new one made by `open` (the bundle it
-/// replaces, full or sent, is sent). Returns the bundle and the place of
-/// the append's first record in it.
+/// open bundle for them, or a new one made by `open`. The full bundle that
+/// one replaces goes with it if fewer than `keep` are kept staged before it
+/// (see [`Bundle::follow`]), else it is sent now. Returns the bundle and
+/// the place of the append's first record in it.
 fn stage(
     engine: u64,
     partition: u64,
     mut records: Vec<Record>,
-    bytes: usize,
-    limit: usize,
+    (bytes, limit, keep): (usize, usize, usize),
     open: impl FnOnce(Vec<Record>) -> Arc<Bundle>,
 ) -> (Arc<Bundle>, u64) {
     let joined = OPEN.try_with(|o| {
@@ -113,7 +115,11 @@ fn stage(
     // Sent outside the borrow (sending wakes a shard, which runs no code
     // of this thread, but nothing here relies on that).
     match replaced {
-        Ok(Some(previous)) => previous.send(),
+        Ok(Some(previous)) => {
+            if let Some(previous) = bundle.follow(previous, keep) {
+                previous.send();
+            }
+        }
         Ok(None) => {}
         // The thread is exiting: nothing is staged any more.
         Err(_) => bundle.send(),

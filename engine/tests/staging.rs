@@ -121,3 +121,33 @@ fn an_append_staged_when_another_thread_closes_the_engine_fails_closed() {
     assert_eq!(block_on(engine.handle().offsets(7)).unwrap().end, 0);
     engine.close().unwrap();
 }
+
+/// Under `Always` a thread's full bundles wait, linked, for the rest of its
+/// window; another thread that sends one of them by waiting on it sends
+/// the ones before it first, so the offsets keep the calls' order.
+#[test]
+fn a_bundle_sent_by_another_thread_never_overtakes_the_ones_before_it() {
+    let dir = test_dir();
+    // The default policy: `Always`.
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    // 4 KiB records: about 15 to a 64 KiB bundle, so these fill several.
+    let mut appends: Vec<_> = (0..60)
+        .map(|i| Some(log.append(8, vec![Record::new(vec![i as u8; 4096])])))
+        .collect();
+    let middle = appends[40].take().unwrap();
+    let waited = std::thread::spawn(move || block_on(middle).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(waited, 40, "a later bundle was queued first");
+    for (i, a) in appends.into_iter().enumerate() {
+        if let Some(a) = a {
+            assert_eq!(block_on(a).unwrap(), i as u64);
+        }
+    }
+    let got = block_on(log.read_range(8, 0, 60)).unwrap();
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.value()[0], i as u8, "offset {i}");
+    }
+    engine.close().unwrap();
+}
