@@ -199,9 +199,11 @@ impl Bundle {
         // even when another thread sends this bundle.
         //
         // A closed queue hands the request back; dropping it answers every
-        // append in it with why the shard stopped.
-        let _ = s.queue.try_send(request);
+        // append in it with why the shard stopped, once the lock is
+        // released (the wakers it runs may poll this bundle's appends).
+        let refused = s.queue.try_send(request).err();
         drop(staged);
+        drop(refused);
     }
 
     /// Sets the outcome and hands the waiting tasks' wakers to `wakers`.

@@ -95,6 +95,9 @@ fn stage(
         return joined;
     }
     let bundle = open(records);
+    // The bundle the new one replaces (same partition, full or sent), and
+    // the oldest open one, of another partition, if the thread holds too
+    // many.
     let replaced = OPEN.try_with(|o| {
         let mut o = o.borrow_mut();
         let entries = &mut o.0;
@@ -102,7 +105,7 @@ fn stage(
             .iter_mut()
             .find(|e| e.engine == engine && e.partition == partition);
         if let Some(e) = found {
-            return Some(std::mem::replace(&mut e.bundle, bundle.clone()));
+            return (Some(std::mem::replace(&mut e.bundle, bundle.clone())), None);
         }
         let oldest = (entries.len() >= MAX_OPEN).then(|| entries.remove(0).bundle);
         entries.push(Entry {
@@ -110,17 +113,19 @@ fn stage(
             partition,
             bundle: bundle.clone(),
         });
-        oldest
+        (None, oldest)
     });
     // Sent outside the borrow (sending wakes a shard, which runs no code
     // of this thread, but nothing here relies on that).
     match replaced {
-        Ok(Some(previous)) => {
-            if let Some(previous) = bundle.follow(previous, keep) {
+        Ok((previous, oldest)) => {
+            if let Some(previous) = previous.and_then(|p| bundle.follow(p, keep)) {
                 previous.send();
             }
+            if let Some(oldest) = oldest {
+                oldest.send();
+            }
         }
-        Ok(None) => {}
         // The thread is exiting: nothing is staged any more.
         Err(_) => bundle.send(),
     }
