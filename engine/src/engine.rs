@@ -4,10 +4,7 @@
 use std::{
     fs::File,
     path::Path,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        mpsc, Arc, OnceLock,
-    },
+    sync::{mpsc, Arc, OnceLock},
     time::Duration,
 };
 
@@ -27,15 +24,11 @@ use crate::{
     request::{Reply, Request},
     routing::shard_for,
     runtime::{self, ShardThread},
-    staging,
+    staging::{self, Staged},
 };
 
-/// Full bundles a thread keeps staged behind its open one under `Always`.
+/// Full bundles kept staged behind a partition's open one under `Always`.
 const MAX_KEPT_BUNDLES: usize = 15;
-
-/// The identity of the next engine opened in this process: a thread's
-/// staged appends are kept per engine.
-static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
 
 /// Name of the lock file in the data directory.
 const LOCK_FILE: &str = "LOCK";
@@ -57,8 +50,8 @@ pub struct Handle {
     appends: Arc<[async_channel::Sender<AppendRequest>]>,
     /// Per shard, its queue of other requests.
     senders: Arc<[async_channel::Sender<Request>]>,
-    /// This engine's identity in the process.
-    id: u64,
+    /// The appends staged per partition, not yet sent.
+    staged: Arc<Staged>,
     /// The limits every append is checked against before it is staged.
     limits: Arc<ShardConfig>,
     /// Encoded bytes up to which a thread's appends to a partition share
@@ -149,7 +142,7 @@ impl Engine {
             handle: Handle {
                 appends,
                 senders,
-                id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+                staged: Arc::new(Staged::new()),
                 limits: Arc::new(config.shard_config(0)),
                 bundle_bytes: COALESCE_BYTES.min(config.shard_config(0).max_batch_bytes),
                 panics,
@@ -178,11 +171,12 @@ impl Engine {
     /// clean shutdowns and joins the shard threads (blocking). Later calls
     /// on any handle get [`Error::Closed`].
     pub fn close(mut self) -> Result<()> {
-        staging::send_all();
         self.shutdown()
     }
 
     fn shutdown(&mut self) -> Result<()> {
+        // Nothing staged is left behind: it goes before the queues close.
+        self.handle.staged.send_everything();
         let threads = std::mem::take(&mut self.threads);
         let mut first = None;
         for t in &threads {
@@ -367,7 +361,7 @@ impl Handle {
             shard,
             panicked: self.panics[shard].clone(),
         };
-        let at = (self.id, partition, expected_end);
+        let at = (partition, expected_end);
         // Under `Always` a thread's full bundles wait for the rest of its
         // window (up to 1 MiB): sent early, the first would take a commit
         // of its own, an fdatasync more per window. Otherwise they go as
@@ -377,7 +371,7 @@ impl Handle {
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => 0,
         };
         let sizes = (self.bundle_bytes, keep);
-        let (bundle, place) = staging::append(at, route, records, bytes, sizes);
+        let (bundle, place) = self.staged.append(at, route, records, bytes, sizes);
         Append::waiting(bundle, place)
     }
 
@@ -512,6 +506,8 @@ impl Handle {
 
     /// Makes everything appended so far, on every shard, durable.
     pub async fn flush(&self) -> Result<()> {
+        // Appends staged on any thread are appended already: they go first.
+        self.staged.send_everything();
         for shard in 0..self.senders.len() {
             self.call(shard, |reply| Request::Flush { reply }).await?;
         }

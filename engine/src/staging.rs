@@ -1,159 +1,170 @@
-//! Each thread's staged appends: per engine and partition, the open
-//! [`Bundle`] that the thread's next appends to that partition join.
+//! Staged appends: per partition, the open [`Bundle`] that the next
+//! unconditional appends to it join, whatever thread or task makes them;
+//! and per thread, the bundles it staged into and has not sent.
 //!
-//! A bundle is sent to its shard when the thread waits on any append (an
-//! [`crate::Append`] polled and not ready), drops an append still staged,
-//! makes a conditional or a large append to the partition, calls any other
-//! [`crate::Handle`] method, closes the engine, or exits; or when another
-//! thread polls one of its appends; or when it reaches its byte limit
-//! (under `Always`, a full bundle waits, linked before the next one, for
-//! up to 1 MiB: see [`Bundle::follow`]). So
-//! an append waits in the bundle only while its thread goes on making
-//! appends without waiting for any, and a thread appending one record at a
-//! time with a window of appends outstanding sends one request a window.
+//! A bundle is sent to its shard when a thread or task waits on one of its
+//! appends (an [`crate::Append`] polled and not ready sends its own bundle
+//! and every bundle the polling thread staged into), when one of its
+//! appends is dropped still staged, when a conditional or large append to
+//! the partition follows it, when a flush or the engine's close sends
+//! everything staged, when another method of a [`crate::Handle`] is called
+//! on a thread that staged into it, when that thread exits, or when it is
+//! full (64 KiB; under `Always` a full bundle waits, linked before the
+//! next one, for up to 1 MiB: see [`Bundle::follow`]). So an append waits
+//! in its bundle only while appends keep coming without anyone waiting,
+//! and a thread appending one record at a time with a window of appends
+//! outstanding sends one request a window.
 //!
-//! Invariant: a thread has at most one open bundle per engine and
-//! partition, and bundles of one thread and partition are sent in the
-//! order they were opened (a new one is opened only once the previous one
-//! is sent, or linked to go first when the new one is sent), so the
-//! appends one thread makes to a partition reach the shard in call order.
+//! Invariant: a partition has at most one open bundle, appends join it in
+//! the order of the calls (under the partition's lock), and a new one is
+//! opened only once the previous one is sent or linked to be sent first,
+//! so appends reach the shard in call order: for one thread, for a task
+//! that moves between threads, and for calls on several threads ordered
+//! by their return.
 
-use std::{cell::RefCell, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use corelog_shard::Record;
 
 use crate::bundle::{Bundle, Route};
 
-/// Open bundles a thread keeps at most; past this, the oldest is sent.
-const MAX_OPEN: usize = 64;
+/// Locks guarding the open bundles, partitions spread over them by hash:
+/// appends to different partitions rarely share one.
+const LOCKS: usize = 64;
+
+/// Bundles a thread keeps to send at most; past this, the oldest is sent.
+const MAX_NOTED: usize = 64;
+
+/// The open bundles of an engine, per partition.
+pub(crate) struct Staged {
+    open: Vec<Mutex<HashMap<u64, Arc<Bundle>>>>,
+}
 
 thread_local! {
-    static OPEN: RefCell<Open> = const { RefCell::new(Open(Vec::new())) };
+    /// The bundles this thread staged into, to send when it waits.
+    static NOTED: RefCell<Noted> = const { RefCell::new(Noted(Vec::new())) };
 }
 
-/// A thread's open bundles, sent when the thread exits.
-struct Open(Vec<Entry>);
+/// A thread's bundles to send, sent when the thread exits.
+struct Noted(Vec<Arc<Bundle>>);
 
-struct Entry {
-    engine: u64,
-    partition: u64,
-    bundle: Arc<Bundle>,
-}
-
-impl Drop for Open {
+impl Drop for Noted {
     fn drop(&mut self) {
-        for e in self.0.drain(..) {
-            e.bundle.send();
+        for b in self.0.drain(..) {
+            b.send();
         }
     }
 }
 
-/// Makes an append that passed its checks: `records`, a batch of `bytes`,
-/// to `partition` of engine `engine` on `route`, conditional on
-/// `expected_end` if given. Staged if unconditional and at most `limit`
-/// bytes; else sent at once, after what this thread staged for the
-/// partition. Returns its bundle and the place of its first record in it.
-pub(crate) fn append(
-    (engine, partition, expected_end): (u64, u64, Option<u64>),
-    route: impl FnOnce() -> Route,
-    records: Vec<Record>,
-    bytes: usize,
-    (limit, keep): (usize, usize),
-) -> (Arc<Bundle>, u64) {
-    let open = |records| Bundle::new(route(), partition, expected_end, records, bytes, limit);
-    if expected_end.is_none() && bytes <= limit {
-        return stage(engine, partition, records, (bytes, limit, keep), open);
-    }
-    send_partition(engine, partition);
-    let bundle = open(records);
-    bundle.send();
-    (bundle, 0)
+/// Locks `m`; every critical section here is a lookup, an insert or a
+/// send that leaves the map whole, so a panic elsewhere leaves nothing to
+/// repair.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Stages an unconditional append of `records` (a batch of `bytes`, at
-/// most `limit`) to `partition` of engine `engine`: it joins this thread's
-/// open bundle for them, or a new one made by `open`. The full bundle that
-/// one replaces goes with it if fewer than `keep` are kept staged before it
-/// (see [`Bundle::follow`]), else it is sent now. Returns the bundle and
-/// the place of the append's first record in it.
-fn stage(
-    engine: u64,
-    partition: u64,
-    mut records: Vec<Record>,
-    (bytes, limit, keep): (usize, usize, usize),
-    open: impl FnOnce(Vec<Record>) -> Arc<Bundle>,
-) -> (Arc<Bundle>, u64) {
-    let joined = OPEN.try_with(|o| {
-        let o = o.borrow();
-        let e =
-            o.0.iter()
-                .find(|e| e.engine == engine && e.partition == partition)?;
-        let place = e.bundle.join(&mut records, bytes, limit)?;
-        Some((e.bundle.clone(), place))
-    });
-    if let Ok(Some(joined)) = joined {
-        return joined;
-    }
-    let bundle = open(records);
-    // The bundle the new one replaces (same partition, full or sent), and
-    // the oldest open one, of another partition, if the thread holds too
-    // many.
-    let replaced = OPEN.try_with(|o| {
-        let mut o = o.borrow_mut();
-        let entries = &mut o.0;
-        let found = entries
-            .iter_mut()
-            .find(|e| e.engine == engine && e.partition == partition);
-        if let Some(e) = found {
-            return (Some(std::mem::replace(&mut e.bundle, bundle.clone())), None);
+impl Staged {
+    pub(crate) fn new() -> Self {
+        Staged {
+            open: (0..LOCKS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
-        let oldest = (entries.len() >= MAX_OPEN).then(|| entries.remove(0).bundle);
-        entries.push(Entry {
-            engine,
-            partition,
-            bundle: bundle.clone(),
-        });
-        (None, oldest)
-    });
-    // Sent outside the borrow (sending wakes a shard, which runs no code
-    // of this thread, but nothing here relies on that).
-    match replaced {
-        Ok((previous, oldest)) => {
-            if let Some(previous) = previous.and_then(|p| bundle.follow(p, keep)) {
+    }
+
+    fn slot(&self, partition: u64) -> MutexGuard<'_, HashMap<u64, Arc<Bundle>>> {
+        // Fibonacci hashing: the top bits of the product spread any ids.
+        let i = (partition.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % LOCKS;
+        lock(&self.open[i])
+    }
+
+    /// Makes an append that passed its checks: `records`, a batch of
+    /// `bytes`, to `partition` on `route`, conditional on `expected_end` if
+    /// given. Staged if unconditional and at most `limit` bytes (a full
+    /// bundle it replaces goes with the new one if fewer than `keep` are
+    /// linked before it); else sent at once, after what is staged for the
+    /// partition. Returns its bundle and the place of its first record.
+    pub(crate) fn append(
+        &self,
+        (partition, expected_end): (u64, Option<u64>),
+        route: impl FnOnce() -> Route,
+        mut records: Vec<Record>,
+        bytes: usize,
+        (limit, keep): (usize, usize),
+    ) -> (Arc<Bundle>, u64) {
+        let open = |records| Bundle::new(route(), partition, expected_end, records, bytes, limit);
+        let mut slot = self.slot(partition);
+        if expected_end.is_some() || bytes > limit {
+            // Sent under the lock: after what is staged, before any later
+            // append to the partition.
+            if let Some(staged) = slot.remove(&partition) {
+                staged.send();
+            }
+            let bundle = open(records);
+            bundle.send();
+            return (bundle, 0);
+        }
+        if let Some(b) = slot.get(&partition) {
+            if let Some(place) = b.join(&mut records, bytes, limit) {
+                let b = b.clone();
+                drop(slot);
+                note(&b);
+                return (b, place);
+            }
+        }
+        let bundle = open(records);
+        if let Some(previous) = slot.insert(partition, bundle.clone()) {
+            // Under the lock, before anyone can reach the new bundle.
+            if let Some(previous) = bundle.follow(previous, keep) {
                 previous.send();
             }
-            if let Some(oldest) = oldest {
-                oldest.send();
+        }
+        drop(slot);
+        note(&bundle);
+        (bundle, 0)
+    }
+
+    /// Sends every bundle staged for any partition: what a flush and a
+    /// close must not leave behind.
+    pub(crate) fn send_everything(&self) {
+        for m in &self.open {
+            // Sent under the lock, so that no later append to a partition
+            // overtakes what was staged for it.
+            let mut slot = lock(m);
+            for (_, b) in slot.drain() {
+                b.send();
             }
         }
-        // The thread is exiting: nothing is staged any more.
+    }
+}
+
+/// Notes that this thread staged into `bundle`, to send it when the thread
+/// waits.
+fn note(bundle: &Arc<Bundle>) {
+    let oldest = NOTED.try_with(|n| {
+        let mut n = n.borrow_mut();
+        if n.0.last().is_some_and(|last| Arc::ptr_eq(last, bundle)) {
+            return None;
+        }
+        n.0.push(bundle.clone());
+        (n.0.len() > MAX_NOTED).then(|| n.0.remove(0))
+    });
+    match oldest {
+        Ok(Some(oldest)) => oldest.send(),
+        Ok(None) => {}
+        // The thread is exiting: nothing waits here any more.
         Err(_) => bundle.send(),
     }
-    (bundle, 0)
 }
 
-/// Sends this thread's open bundle for `partition` of engine `engine`, if
-/// any: what must precede an append that is not staged.
-fn send_partition(engine: u64, partition: u64) {
-    let open = OPEN.try_with(|o| {
-        let mut o = o.borrow_mut();
-        let entries = &mut o.0;
-        let found = entries
-            .iter()
-            .position(|e| e.engine == engine && e.partition == partition);
-        found.map(|i| entries.swap_remove(i).bundle)
-    });
-    if let Ok(Some(bundle)) = open {
-        bundle.send();
-    }
-}
-
-/// Sends every bundle this thread has open.
+/// Sends every bundle this thread staged into.
 pub(crate) fn send_all() {
-    let open = OPEN.try_with(|o| std::mem::take(&mut o.borrow_mut().0));
-    if let Ok(entries) = open {
-        for e in entries {
-            e.bundle.send();
+    let noted = NOTED.try_with(|n| std::mem::take(&mut n.borrow_mut().0));
+    if let Ok(noted) = noted {
+        for b in noted {
+            b.send();
         }
     }
 }
