@@ -97,10 +97,11 @@ impl Engine {
             .map(|c| c.id)
             .collect();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let staged = Arc::new(Staged::new());
         let mut threads = Vec::with_capacity(config.shards);
         for id in 0..config.shards {
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-            match runtime::start(&config, id, core, ready_tx.clone()) {
+            match runtime::start(&config, id, core, ready_tx.clone(), staged.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     stop(threads);
@@ -142,7 +143,7 @@ impl Engine {
             handle: Handle {
                 appends,
                 senders,
-                staged: Arc::new(Staged::new()),
+                staged,
                 limits: Arc::new(config.shard_config(0)),
                 bundle_bytes: COALESCE_BYTES.min(config.shard_config(0).max_batch_bytes),
                 panics,

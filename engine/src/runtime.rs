@@ -9,6 +9,7 @@ use std::{
     rc::Rc,
     sync::{mpsc, Arc, OnceLock},
     task::{Poll, Waker},
+    time::Duration,
 };
 
 use futures_lite::FutureExt;
@@ -23,6 +24,7 @@ use crate::{
     local::LocalShard,
     pipeline::serve_appends,
     request::{Reply, Request},
+    staging::Staged,
     stop::{Queues, Stop, Unwinding},
 };
 
@@ -43,6 +45,7 @@ pub(crate) fn start(
     id: usize,
     core: Option<usize>,
     ready: mpsc::Sender<(usize, Result<()>)>,
+    staged: Arc<Staged>,
 ) -> Result<ShardThread> {
     // Unbounded: a call enqueues at once, so its place in the order is the
     // call's. What bounds them is the callers' own waiting (see
@@ -91,6 +94,9 @@ pub(crate) fn start(
                 queues: queues.clone(),
                 shard: shard.clone(),
             };
+            if id == 0 {
+                glommio::spawn_local(linger(staged)).detach();
+            }
             serve(shard, local, Rc::new(report), queues, stop).await
         })
         .map_err(|e| Error::Runtime {
@@ -103,6 +109,20 @@ pub(crate) fn start(
         join,
         panicked,
     })
+}
+
+/// How long an append made without anyone waiting may stay staged.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// Sends everything staged every [`LINGER`], on shard 0's thread: an
+/// append whose caller neither waits on it nor drops it (a future kept,
+/// or forgotten, on a thread that goes on with other work) still reaches
+/// its shard. Ends with the executor.
+async fn linger(staged: Arc<Staged>) {
+    loop {
+        glommio::timer::sleep(LINGER).await;
+        staged.send_everything();
+    }
 }
 
 /// Serves both queues until they are closed and drained, waits for the

@@ -33,14 +33,14 @@ fn appends_made_without_waiting_go_to_the_shard_as_one_request() {
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
     let appends: Vec<_> = (0..1_000).map(|i| log.append(3, record(i))).collect();
-    // Nothing was sent yet: this thread has not waited. (Asked from another
-    // thread: a call on this one sends what it staged.)
-    let sent = std::thread::scope(|s| s.spawn(|| batches(&engine)).join().unwrap());
-    assert_eq!(sent, 0, "appends were sent before their thread waited");
     let offsets: Vec<u64> = appends.into_iter().map(|a| block_on(a).unwrap()).collect();
     assert_eq!(offsets, (0..1_000).collect::<Vec<_>>());
-    // About 30 KiB of records: one bundle, one batch.
-    assert_eq!(batches(&engine), 1);
+    // About 30 KiB of records: one bundle, one batch (a second or third
+    // only if the engine's periodic send of what stays staged struck
+    // while the loop ran). Sent one by one, the shard coalesced them into
+    // 24 to 54.
+    let batches = batches(&engine);
+    assert!(batches <= 3, "{batches} batches for 1,000 appends made together");
     engine.close().unwrap();
 }
 
@@ -184,5 +184,27 @@ fn a_bundle_sent_by_another_thread_never_overtakes_the_ones_before_it() {
     for (i, r) in got.iter().enumerate() {
         assert_eq!(r.value()[0], i as u8, "offset {i}");
     }
+    engine.close().unwrap();
+}
+
+/// An append whose future is kept, neither awaited nor dropped, on a
+/// thread that goes on with other work still reaches its shard (the
+/// engine sends what stays staged every few milliseconds).
+#[test]
+fn an_append_nobody_waits_on_is_written_anyway() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let stager = log.clone();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let kept = stager.append(10, record(0));
+        done_rx.recv().unwrap();
+        drop(kept);
+    });
+    // The end passes offset 0: the append was written and acknowledged.
+    assert!(block_on(log.wait_for(10, 0, Duration::from_secs(10))).unwrap());
+    done_tx.send(()).unwrap();
+    thread.join().unwrap();
     engine.close().unwrap();
 }
