@@ -62,7 +62,7 @@ impl Future for Append {
                 None => {
                     // Someone waits: nothing this thread staged may wait
                     // any longer, this append's bundle least of all (it
-                    // may be another thread's).
+                    // may have been staged elsewhere).
                     bundle.send();
                     staging::send_all();
                     match bundle.result_or_wake(*place, cx.waker()) {

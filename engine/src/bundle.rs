@@ -1,10 +1,10 @@
 //! An append's way across threads and back: the [`Bundle`] that carries the
-//! appends one thread makes to one partition to its shard in one request,
-//! and the [`Ticket`] the shard answers it with. Each append's future
-//! ([`crate::Append`]) waits on its bundle.
+//! appends made to one partition while no one waited to its shard in one
+//! request, and the [`Ticket`] the shard answers it with. Each append's
+//! future ([`crate::Append`]) waits on its bundle.
 //!
-//! A bundle is the unit that crosses threads: it is staged on the caller's
-//! thread (see [`crate::staging`]) while the appends join it, sent to the
+//! A bundle is the unit that crosses threads: it is staged (see
+//! [`crate::staging`]) while the appends join it, sent to the
 //! shard's queue once, submitted there as one batch (or part of one) and
 //! answered once with the offset of its first record. Each
 //! [`crate::Append`] holds the bundle and its records' place in it, so a
@@ -43,7 +43,8 @@ pub(crate) struct AppendRequest {
     pub ticket: Ticket,
 }
 
-/// Appends one thread made to one partition, sent and answered together.
+/// Appends made to one partition while no one waited, sent and answered
+/// together.
 pub(crate) struct Bundle {
     /// The appends while they are staged; `None` once sent.
     staged: Mutex<Option<Staged>>,
@@ -72,7 +73,7 @@ struct Staged {
     records: Vec<Record>,
     /// Encoded size of the one batch the records make.
     bytes: usize,
-    /// The bundle of the same thread and partition before this one, if it
+    /// The bundle of the same partition before this one, if it
     /// is kept staged to go with this one; sent first.
     prev: Option<Arc<Bundle>>,
     /// Bundles kept staged before this one.
@@ -151,8 +152,8 @@ impl Bundle {
         Some(place)
     }
 
-    /// Makes `prev`, the bundle of the same thread and partition that this
-    /// new one replaces, go with it: kept staged and sent first when this
+    /// Makes `prev`, the bundle of the same partition that this new one
+    /// replaces, go with it: kept staged and sent first when this
     /// one is sent, if it is still staged and fewer than `max` bundles
     /// would be kept before this one. Else hands `prev` back, to be sent
     /// now (or `None` if it was sent already).
@@ -177,9 +178,10 @@ impl Bundle {
         let Some(mut s) = staged.take() else {
             return;
         };
-        // Invariant: locks are taken from a newer bundle to an older one
-        // only (an append locks only its thread's newest), so this cannot
-        // deadlock, and the older bundle is queued first.
+        // Invariant: bundle locks are taken from a newer bundle to an older
+        // one only (an append locks only its partition's newest, under the
+        // partition's slot lock, which no bundle lock holder takes), so this
+        // cannot deadlock, and the older bundle is queued first.
         if let Some(prev) = s.prev.take() {
             prev.send();
         }
@@ -193,10 +195,9 @@ impl Bundle {
                 answered: false,
             },
         };
-        // Invariant: sent while the lock is held. An append of the same
-        // thread that finds this bundle sent opens the next one only once
-        // this one is in the queue, so the queue keeps the calls' order
-        // even when another thread sends this bundle.
+        // Invariant: sent while the lock is held. An append that finds this
+        // bundle sent opens the next one only once this one is in the
+        // queue, so the queue keeps the calls' order whoever sends it.
         //
         // A closed queue hands the request back; dropping it answers every
         // append in it with why the shard stopped, once the lock is

@@ -322,20 +322,20 @@ impl Handle {
     /// (the future gives why).
     ///
     /// The append's place in the partition's order is fixed when this
-    /// returns: appends one thread makes to a partition get increasing
-    /// offsets in the order of the calls, whether or not each is awaited
-    /// before the next, and whatever their sizes. Appends a thread makes to
-    /// a partition without waiting in between are staged on the thread and
-    /// sent together, in one request, when the thread waits on any append
-    /// (or another thread on one of them), drops one, calls any other
-    /// method of a handle, closes the engine or exits, or when they reach
-    /// 64 KiB (1 MiB under `Always`, so that a window is one commit):
-    /// awaiting each append sends each at once; a window of
-    /// outstanding appends goes a window at a time. Dropping the future
-    /// does not withdraw the append. The call never blocks: bound your
-    /// window of outstanding appends to bound memory. Order against other
-    /// operations (a `truncate`, a `read`) holds once the append's future
-    /// has resolved.
+    /// returns: an append made after this call returned, on any thread or
+    /// task, gets a later offset, whether or not this one was awaited and
+    /// whatever the sizes. Appends made to a partition while no one waits
+    /// are staged together and sent in one request when someone waits on
+    /// one of them, drops one, flushes or closes the engine, when the
+    /// thread that made them waits on any append, calls another method of
+    /// a handle or exits, when they reach 64 KiB (1 MiB under `Always`, so
+    /// that a window is one commit), and at the latest after about 10 ms:
+    /// awaiting each append sends each at once; a window of outstanding
+    /// appends goes a window at a time. Dropping the future does not
+    /// withdraw the append. The call never blocks: bound your window of
+    /// outstanding appends to bound memory. Order against other operations
+    /// (a `truncate`, a `read`) holds once the append's future has
+    /// resolved.
     pub fn append(&self, partition: u64, records: Vec<Record>) -> Append {
         self.enqueue(partition, None, records)
     }
@@ -345,7 +345,7 @@ impl Handle {
     /// `expected_end`; else the future gives [`Error::OffsetMismatch`] and
     /// nothing is written. The conditional append a replicated log's
     /// leader (or a producer that must not duplicate) needs. It is sent at
-    /// once, after what this thread staged for the partition.
+    /// once, after what is staged for the partition.
     pub fn append_at(&self, partition: u64, expected_end: u64, records: Vec<Record>) -> Append {
         self.enqueue(partition, Some(expected_end), records)
     }

@@ -40,7 +40,10 @@ fn appends_made_without_waiting_go_to_the_shard_as_one_request() {
     // while the loop ran). Sent one by one, the shard coalesced them into
     // 24 to 54.
     let batches = batches(&engine);
-    assert!(batches <= 3, "{batches} batches for 1,000 appends made together");
+    assert!(
+        batches <= 3,
+        "{batches} batches for 1,000 appends made together"
+    );
     engine.close().unwrap();
 }
 

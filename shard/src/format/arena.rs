@@ -14,9 +14,11 @@ use crate::format::batch::{peek_header, Batch};
 /// record read from one) shares them any more: the memtable evicts in
 /// insertion order, so the oldest chunk is the first to come free, and a
 /// steady stream of appends reuses the same memory instead of allocating
-/// (and faulting in) a fresh chunk every 256 KiB. A chunk still shared
-/// when it is the oldest (a reader holds a record) is let go instead, its
-/// memory freed with its last slice; at most `kept` chunks are kept.
+/// (and faulting in) a fresh chunk every 256 KiB. While the oldest is
+/// still shared (its batches are still held, or a reader holds a record),
+/// a fresh chunk is allocated and the oldest stays first in line; once
+/// more than `kept` chunks are filed, the oldest shared ones are let go,
+/// their memory freed with their last slice.
 pub(crate) struct BatchArena {
     /// The unfilled rest of the current chunk, once there is one.
     free: Option<BytesMut>,
