@@ -329,7 +329,7 @@ impl Handle {
     /// one of them, drops one, flushes or closes the engine, when the
     /// thread that made them waits on any append, calls another method of
     /// a handle or exits, when they reach 64 KiB (1 MiB under `Always`, so
-    /// that a window is one commit), and at the latest after about 10 ms:
+    /// that a window is one commit), and within about 20 ms:
     /// awaiting each append sends each at once; a window of outstanding
     /// appends goes a window at a time. Dropping the future does not
     /// withdraw the append. The call never blocks: bound your window of

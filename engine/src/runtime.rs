@@ -9,7 +9,6 @@ use std::{
     rc::Rc,
     sync::{mpsc, Arc, OnceLock},
     task::{Poll, Waker},
-    time::Duration,
 };
 
 use futures_lite::FutureExt;
@@ -95,7 +94,9 @@ pub(crate) fn start(
                 shard: shard.clone(),
             };
             if id == 0 {
-                glommio::spawn_local(linger(staged)).detach();
+                // Shard 0 sends what stays staged; the task ends with the
+                // executor.
+                glommio::spawn_local(async move { staged.linger().await }).detach();
             }
             serve(shard, local, Rc::new(report), queues, stop).await
         })
@@ -109,20 +110,6 @@ pub(crate) fn start(
         join,
         panicked,
     })
-}
-
-/// How long an append made without anyone waiting may stay staged.
-const LINGER: Duration = Duration::from_millis(10);
-
-/// Sends everything staged every [`LINGER`], on shard 0's thread: an
-/// append whose caller neither waits on it nor drops it (a future kept,
-/// or forgotten, on a thread that goes on with other work) still reaches
-/// its shard. Ends with the executor.
-async fn linger(staged: Arc<Staged>) {
-    loop {
-        glommio::timer::sleep(LINGER).await;
-        staged.send_everything();
-    }
 }
 
 /// Serves both queues until they are closed and drained, waits for the

@@ -25,10 +25,15 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
 };
 
 use corelog_shard::Record;
+use event_listener::Event;
 
 use crate::bundle::{Bundle, Route};
 
@@ -42,7 +47,14 @@ const MAX_NOTED: usize = 64;
 /// The open bundles of an engine, per partition.
 pub(crate) struct Staged {
     open: Vec<Mutex<HashMap<u64, Arc<Bundle>>>>,
+    /// The task that sends what stays staged ([`Staged::linger`]) is parked
+    /// because nothing was staged; the next bundle opened wakes it.
+    idle: AtomicBool,
+    wake: Event,
 }
+
+/// How long an append made without anyone waiting may stay staged.
+const LINGER: Duration = Duration::from_millis(10);
 
 thread_local! {
     /// The bundles this thread staged into, to send when it waits.
@@ -71,7 +83,35 @@ impl Staged {
     pub(crate) fn new() -> Self {
         Staged {
             open: (0..LOCKS).map(|_| Mutex::new(HashMap::new())).collect(),
+            idle: AtomicBool::new(false),
+            wake: Event::new(),
         }
+    }
+
+    /// Sends whatever stays staged every [`LINGER`], while anything is
+    /// staged, and parks otherwise (an idle engine is not woken): an append
+    /// whose caller neither waits on it nor drops it (a future kept, or
+    /// forgotten, on a thread that goes on with other work) still reaches
+    /// its shard. Runs on one shard's executor until it ends.
+    pub(crate) async fn linger(&self) {
+        loop {
+            let woken = self.wake.listen();
+            // Invariant: `idle` is set before the table is checked (under
+            // each slot's lock), and an append that opens a bundle checks
+            // it under the same lock after inserting, so either this sees
+            // the bundle or the append sees `idle` and wakes this.
+            self.idle.store(true, Ordering::SeqCst);
+            if self.is_empty() {
+                woken.await;
+            }
+            self.idle.store(false, Ordering::SeqCst);
+            glommio::timer::sleep(LINGER).await;
+            self.send_everything();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.open.iter().all(|m| lock(m).is_empty())
     }
 
     fn slot(&self, partition: u64) -> MutexGuard<'_, HashMap<u64, Arc<Bundle>>> {
@@ -120,6 +160,10 @@ impl Staged {
             if let Some(previous) = bundle.follow(previous, keep) {
                 previous.send();
             }
+        }
+        // Checked under the slot's lock: see `linger`.
+        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
+            self.wake.notify(1);
         }
         drop(slot);
         note(&bundle);
