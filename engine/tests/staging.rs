@@ -9,11 +9,58 @@ use std::{sync::mpsc, time::Duration};
 mod common;
 
 use common::{config, test_dir};
-use corelog::{Engine, Record};
+use corelog::{Append, Engine, Handle, Record};
 use futures::executor::block_on;
 
 fn record(i: u64) -> Vec<Record> {
     vec![Record::new(format!("record {i}").into_bytes())]
+}
+
+/// A thread that made one append and then parks, never waiting on an
+/// append, until this is dropped.
+struct Parked {
+    release: mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        let _ = self.release.send(());
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// Makes append `i` to `partition` on a new thread that then parks. The
+/// future is handed back, or, with `keep`, kept on the parked thread.
+fn append_on_parked_thread(
+    log: &Handle,
+    partition: u64,
+    i: u64,
+    keep: bool,
+) -> (Option<Append>, Parked) {
+    let log = log.clone();
+    let (futures_tx, futures_rx) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let append = log.append(partition, record(i));
+        let kept = if keep {
+            futures_tx.send(None).unwrap();
+            Some(append)
+        } else {
+            futures_tx.send(Some(append)).unwrap();
+            None
+        };
+        let _ = released.recv();
+        drop(kept);
+    });
+    let append = futures_rx.recv().unwrap();
+    let parked = Parked {
+        release,
+        thread: Some(thread),
+    };
+    (append, parked)
 }
 
 /// Batches submitted by every shard so far.
@@ -52,17 +99,9 @@ fn an_append_is_sent_when_another_thread_waits_on_it() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let (futures_tx, futures_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let stager = std::thread::spawn(move || {
-        futures_tx.send(log.append(4, record(0))).unwrap();
-        // Parked, never polling an append, until the other thread is done.
-        done_rx.recv().unwrap();
-    });
-    let append = futures_rx.recv().unwrap();
-    assert_eq!(block_on(append).unwrap(), 0);
-    done_tx.send(()).unwrap();
-    stager.join().unwrap();
+    let (append, parked) = append_on_parked_thread(&log, 4, 0, false);
+    assert_eq!(block_on(append.unwrap()).unwrap(), 0);
+    drop(parked);
     engine.close().unwrap();
 }
 
@@ -108,18 +147,11 @@ fn closing_the_engine_sends_what_other_threads_staged() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let (futures_tx, futures_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let stager = std::thread::spawn(move || {
-        futures_tx.send(log.append(7, record(0))).unwrap();
-        done_rx.recv().unwrap();
-    });
-    let append = futures_rx.recv().unwrap();
+    let (append, parked) = append_on_parked_thread(&log, 7, 0, false);
     // The stager never waits: the close sends what it staged.
     engine.close().unwrap();
-    assert_eq!(block_on(append).unwrap(), 0);
-    done_tx.send(()).unwrap();
-    stager.join().unwrap();
+    assert_eq!(block_on(append.unwrap()).unwrap(), 0);
+    drop(parked);
     let engine = Engine::open(config(dir.path())).unwrap();
     assert_eq!(block_on(engine.handle().offsets(7)).unwrap().end, 1);
     engine.close().unwrap();
@@ -134,15 +166,8 @@ fn an_append_made_after_another_returned_gets_a_later_offset_on_any_thread() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let stager = log.clone();
-    let (futures_tx, futures_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        futures_tx.send(stager.append(9, record(0))).unwrap();
-        // Parked, never waiting on an append, until the end.
-        done_rx.recv().unwrap();
-    });
-    let first = futures_rx.recv().unwrap();
+    let (first, parked) = append_on_parked_thread(&log, 9, 0, false);
+    let first = first.unwrap();
     assert_eq!(block_on(log.append(9, record(1))).unwrap(), 1);
     assert_eq!(block_on(log.append_at(9, 2, record(2))).unwrap(), 2);
     assert_eq!(block_on(first).unwrap(), 0);
@@ -151,8 +176,7 @@ fn an_append_made_after_another_returned_gets_a_later_offset_on_any_thread() {
     let b = std::thread::scope(|s| s.spawn(|| block_on(log.append(9, record(4)))).join());
     assert_eq!(b.unwrap().unwrap(), 4);
     assert_eq!(block_on(a).unwrap(), 3);
-    done_tx.send(()).unwrap();
-    thread.join().unwrap();
+    drop(parked);
     let got = block_on(log.read_range(9, 0, 5)).unwrap();
     for (i, r) in got.iter().enumerate() {
         assert_eq!(r.value(), format!("record {i}").as_bytes());
@@ -198,16 +222,9 @@ fn an_append_nobody_waits_on_is_written_anyway() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let stager = log.clone();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let kept = stager.append(10, record(0));
-        done_rx.recv().unwrap();
-        drop(kept);
-    });
+    let (_, parked) = append_on_parked_thread(&log, 10, 0, true);
     // The end passes offset 0: the append was written and acknowledged.
     assert!(block_on(log.wait_for(10, 0, Duration::from_secs(10))).unwrap());
-    done_tx.send(()).unwrap();
-    thread.join().unwrap();
+    drop(parked);
     engine.close().unwrap();
 }
