@@ -24,10 +24,17 @@ use std::{
 
 use corelog_shard::{Record, BATCH_HEADER_LEN};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    request::Reply,
+};
 
-/// Most records a new bundle reserves room for.
-const MAX_RESERVE: usize = 1024;
+/// Most records a new bundle reserves room for beyond its first append's:
+/// a few appends' worth, then the vector grows by doubling. Reserving a
+/// whole bundle's worth (up to 1,024 records, about 90 KB) held 66 KB for
+/// each one-record append a fan-out producer left outstanding per
+/// partition (`engine/tests/memory.rs`).
+const MAX_RESERVE: usize = 16;
 
 /// An append request on its way to a shard: the records of one or more
 /// appends to one partition, in call order, answered together.
@@ -41,6 +48,15 @@ pub(crate) struct AppendRequest {
     /// limits by the caller.
     pub bytes: usize,
     pub ticket: Ticket,
+}
+
+/// What a shard's queue of appends carries, in call order.
+pub(crate) enum Queued {
+    /// A bundle's appends.
+    Appends(AppendRequest),
+    /// A flush: answered once everything queued before it is written and
+    /// synced (what [`crate::Handle::flush`] promises).
+    Flush(Reply<()>),
 }
 
 /// Appends made to one partition while no one waited, sent and answered
@@ -60,14 +76,14 @@ pub(crate) struct Bundle {
 /// Where a bundle goes: a shard, its queue of appends, and where its
 /// panic, if one stops it, is recorded.
 pub(crate) struct Route {
-    pub queue: async_channel::Sender<AppendRequest>,
+    pub queue: async_channel::Sender<Queued>,
     pub shard: usize,
     pub panicked: Arc<OnceLock<String>>,
 }
 
 /// A bundle's appends before they are sent.
 struct Staged {
-    queue: async_channel::Sender<AppendRequest>,
+    queue: async_channel::Sender<Queued>,
     partition: u64,
     expected_end: Option<u64>,
     records: Vec<Record>,
@@ -108,8 +124,7 @@ impl Bundle {
         limit: usize,
     ) -> Arc<Bundle> {
         if expected_end.is_none() {
-            // Room for as many more appends like this one as a bundle
-            // takes, so that it grows without copying.
+            // Room for a few more appends like this one.
             records.reserve((limit / bytes).min(MAX_RESERVE) * records.len());
         }
         Arc::new(Bundle {
@@ -202,7 +217,7 @@ impl Bundle {
         // A closed queue hands the request back; dropping it answers every
         // append in it with why the shard stopped, once the lock is
         // released (the wakers it runs may poll this bundle's appends).
-        let refused = s.queue.try_send(request).err();
+        let refused = s.queue.try_send(Queued::Appends(request)).err();
         drop(staged);
         drop(refused);
     }

@@ -15,9 +15,10 @@ use futures_channel::oneshot;
 
 use crate::{
     append::Append,
-    bundle::{self, AppendRequest, Route},
+    bundle::{self, Queued, Route},
     config::Config,
     error::{Error, Result},
+    io_memory::with_io_memory,
     layout,
     local::LocalShard,
     pipeline::COALESCE_BYTES,
@@ -39,6 +40,8 @@ const LOCK_FILE: &str = "LOCK";
 pub struct Engine {
     handle: Handle,
     threads: Vec<ShardThread>,
+    /// The thread that sends appends left staged ([`Staged::linger`]).
+    linger: Option<std::thread::JoinHandle<()>>,
     _lock: File,
 }
 
@@ -47,7 +50,7 @@ pub struct Engine {
 #[derive(Clone)]
 pub struct Handle {
     /// Per shard, its queue of appends.
-    appends: Arc<[async_channel::Sender<AppendRequest>]>,
+    appends: Arc<[async_channel::Sender<Queued>]>,
     /// Per shard, its queue of other requests.
     senders: Arc<[async_channel::Sender<Request>]>,
     /// The appends staged per partition, not yet sent.
@@ -101,7 +104,7 @@ impl Engine {
         let mut threads = Vec::with_capacity(config.shards);
         for id in 0..config.shards {
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-            match runtime::start(&config, id, core, ready_tx.clone(), staged.clone()) {
+            match runtime::start(&config, id, core, ready_tx.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     stop(threads);
@@ -136,6 +139,19 @@ impl Engine {
                 other => other,
             });
         }
+        let linger = {
+            let staged = staged.clone();
+            std::thread::Builder::new()
+                .name("corelog-linger".into())
+                .spawn(move || staged.linger())
+        };
+        let linger = match linger {
+            Ok(thread) => thread,
+            Err(e) => {
+                stop(threads);
+                return Err(Error::io("start the staging thread for", &config.dir, e));
+            }
+        };
         let appends = threads.iter().map(|t| t.appends.clone()).collect();
         let senders = threads.iter().map(|t| t.sender.clone()).collect();
         let panics = threads.iter().map(|t| t.panicked.clone()).collect();
@@ -150,6 +166,7 @@ impl Engine {
                 fsync: config.shard_config(0).fsync,
             },
             threads,
+            linger: Some(linger),
             _lock: lock,
         })
     }
@@ -177,6 +194,11 @@ impl Engine {
 
     fn shutdown(&mut self) -> Result<()> {
         // Nothing staged is left behind: it goes before the queues close.
+        self.handle.staged.stop_lingering();
+        if let Some(linger) = self.linger.take() {
+            // It only sends bundles (never panics with a lock held).
+            let _ = linger.join();
+        }
         self.handle.staged.send_everything();
         let threads = std::mem::take(&mut self.threads);
         let mut first = None;
@@ -220,55 +242,6 @@ fn stop(threads: Vec<ShardThread>) -> Option<String> {
         reason.get_or_insert(text);
     }
     reason
-}
-
-/// Settles each shard's io_uring I/O memory against the memlock limit: a
-/// configured amount that does not fit is refused (glommio would silently
-/// fall back to slower, unregistered buffers); by default each shard takes
-/// its share of the limit, up to 8 MiB, and at least 1 MiB. A process with
-/// CAP_IPC_LOCK has no limit.
-fn with_io_memory(mut config: Config) -> Result<Config> {
-    const MAX_DEFAULT: u64 = 8 << 20;
-    const MIN: u64 = 1 << 20;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let limit = memlock_limit(&status, &limits);
-    let shards = config.shards as u64;
-    let per_shard = match (config.io_memory, limit) {
-        (Some(bytes), _) => bytes as u64,
-        (None, None) => MAX_DEFAULT,
-        (None, Some(limit)) => (limit / shards).min(MAX_DEFAULT),
-    };
-    if let Some(limit) = limit {
-        if per_shard * shards > limit || per_shard < MIN {
-            return Err(Error::MemlockTooLow {
-                limit,
-                needed: per_shard.max(MIN) * shards,
-            });
-        }
-    }
-    config.io_memory = Some(per_shard as usize);
-    Ok(config)
-}
-
-/// The soft memlock limit in bytes from `/proc/self/{status,limits}`, or
-/// `None` when unlimited, when the process holds CAP_IPC_LOCK, or when the
-/// files cannot be read.
-fn memlock_limit(status: &str, limits: &str) -> Option<u64> {
-    const CAP_IPC_LOCK: u32 = 14;
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
-    if cap_eff & (1 << CAP_IPC_LOCK) != 0 {
-        return None;
-    }
-    let soft = limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max locked memory"))?
-        .split_whitespace()
-        .next()?;
-    soft.parse().ok()
 }
 
 /// Takes the directory's lock file, refusing if another process holds it.
@@ -509,8 +482,22 @@ impl Handle {
     pub async fn flush(&self) -> Result<()> {
         // Appends staged on any thread are appended already: they go first.
         self.staged.send_everything();
-        for shard in 0..self.senders.len() {
-            self.call(shard, |reply| Request::Flush { reply }).await?;
+        // Each flush goes behind the shard's appends, on their queue: the
+        // shard may not have taken them all yet (it takes them as the log
+        // has room).
+        let replies: Vec<_> = self
+            .appends
+            .iter()
+            .enumerate()
+            .map(|(shard, queue)| {
+                let (tx, rx) = oneshot::channel();
+                let sent = queue.try_send(Queued::Flush(tx)).is_ok();
+                (shard, sent.then_some(rx))
+            })
+            .collect();
+        for (shard, rx) in replies {
+            let rx = rx.ok_or_else(|| self.stopped(shard))?;
+            rx.await.map_err(|_| self.stopped(shard))??;
         }
         Ok(())
     }
@@ -571,26 +558,5 @@ impl Handle {
             reply,
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::memlock_limit;
-
-    const LIMITS: &str =
-        "Max locked memory         8388608              8388608              bytes\n";
-
-    #[test]
-    fn memlock_limit_reads_proc() {
-        assert_eq!(
-            memlock_limit("CapEff:\t0000000000000000\n", LIMITS),
-            Some(8 << 20)
-        );
-        // CAP_IPC_LOCK lifts the limit.
-        assert_eq!(memlock_limit("CapEff:\t0000000000004000\n", LIMITS), None);
-        let unlimited =
-            "Max locked memory         unlimited            unlimited            bytes\n";
-        assert_eq!(memlock_limit("CapEff:\t0\n", unlimited), None);
     }
 }

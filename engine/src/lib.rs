@@ -26,6 +26,7 @@ mod bundle;
 mod config;
 mod engine;
 mod error;
+mod io_memory;
 mod layout;
 mod local;
 mod pipeline;

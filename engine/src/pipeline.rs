@@ -38,8 +38,9 @@ use corelog_shard::{Record, Shard, Submitted, BATCH_HEADER_LEN};
 use futures_lite::FutureExt;
 
 use crate::{
-    bundle::{AppendRequest, Ticket, Wakers},
+    bundle::{AppendRequest, Queued, Ticket, Wakers},
     error::Error,
+    request::Reply,
     stop::Stop,
 };
 
@@ -50,11 +51,14 @@ use crate::{
 pub(crate) const COALESCE_BYTES: usize = 64 << 10;
 
 /// Submits the appends of `queue` until it is closed and drained, then
-/// waits until every one of them is answered.
+/// waits until every one of them is answered. A flush in the queue is
+/// handed to `flush` once every append queued before it is submitted, so
+/// that the log's flush covers them.
 pub(crate) async fn serve_appends(
     shard: Shard,
-    queue: async_channel::Receiver<AppendRequest>,
+    queue: async_channel::Receiver<Queued>,
     stop: Rc<Stop>,
+    flush: impl Fn(Reply<()>),
 ) {
     let in_flight = Rc::new(InFlight::default());
     let answering = glommio::spawn_local(answer(shard.clone(), in_flight.clone(), stop.clone()));
@@ -62,7 +66,19 @@ pub(crate) async fn serve_appends(
     let mut run = Run::default();
     while let Ok(first) = queue.recv().await {
         let mut next = Some(first);
-        while let Some(request) = next.take().or_else(|| queue.try_recv().ok()) {
+        while let Some(queued) = next.take().or_else(|| queue.try_recv().ok()) {
+            let request = match queued {
+                Queued::Appends(request) => request,
+                Queued::Flush(reply) => {
+                    // Invariant: the run is empty, every earlier append
+                    // submitted. Once the shard stopped, dropped unanswered:
+                    // its caller sees the panic.
+                    if stop.error().is_none() {
+                        flush(reply);
+                    }
+                    continue;
+                }
+            };
             if stop.error().is_some() {
                 // Dropped unanswered: its caller sees the panic.
                 continue;
@@ -71,10 +87,15 @@ pub(crate) async fn serve_appends(
             // append.
             let joined = run.add(request, limit);
             debug_assert!(joined.is_none(), "an empty run refused an append");
-            // Gather the appends queued behind it to the same partition.
-            while let Ok(request) = queue.try_recv() {
+            // Gather the appends queued behind it to the same partition; a
+            // flush ends the run.
+            while let Ok(queued) = queue.try_recv() {
+                let Queued::Appends(request) = queued else {
+                    next = Some(queued);
+                    break;
+                };
                 if let Some(request) = run.add(request, limit) {
-                    next = Some(request);
+                    next = Some(Queued::Appends(request));
                     break;
                 }
             }
@@ -270,11 +291,19 @@ impl InFlight {
         mut result: impl FnMut(&Submitted) -> crate::error::Result<u64>,
     ) {
         let mut appends = self.appends.borrow_mut();
-        while appends.front().is_some_and(|(s, _)| s.group <= through) {
-            let Some((submitted, ticket)) = appends.pop_front() else {
-                break;
+        // Invariant: the result is worked out before its ticket leaves the
+        // queue. Should `result` panic (a bug), the ticket stays queued to be
+        // answered with the panic once it is recorded, instead of being
+        // dropped in the unwinding and telling its callers the engine closed.
+        while let Some(answer) = appends
+            .front()
+            .filter(|(s, _)| s.group <= through)
+            .map(|(s, _)| result(s))
+        {
+            let Some((_, ticket)) = appends.pop_front() else {
+                unreachable!("the front was just seen")
             };
-            ticket.fill(result(&submitted), wakers);
+            ticket.fill(answer, wakers);
         }
     }
 }

@@ -41,9 +41,6 @@ pub(crate) enum Request {
         from: u64,
         reply: Reply<()>,
     },
-    Flush {
-        reply: Reply<()>,
-    },
     Reset {
         partition: u64,
         start: u64,

@@ -17,20 +17,19 @@ use corelog_shard::Shard;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::{
-    bundle::AppendRequest,
+    bundle::Queued,
     config::Config,
     error::{Error, Result},
     local::LocalShard,
     pipeline::serve_appends,
     request::{Reply, Request},
-    staging::Staged,
     stop::{Queues, Stop, Unwinding},
 };
 
 /// A running shard thread and its queues.
 pub(crate) struct ShardThread {
     /// Appends, answered in call order.
-    pub appends: async_channel::Sender<AppendRequest>,
+    pub appends: async_channel::Sender<Queued>,
     /// Every other request.
     pub sender: async_channel::Sender<Request>,
     pub join: ExecutorJoinHandle<Result<()>>,
@@ -44,7 +43,6 @@ pub(crate) fn start(
     id: usize,
     core: Option<usize>,
     ready: mpsc::Sender<(usize, Result<()>)>,
-    staged: Arc<Staged>,
 ) -> Result<ShardThread> {
     // Unbounded: a call enqueues at once, so its place in the order is the
     // call's. What bounds them is the callers' own waiting (see
@@ -93,11 +91,6 @@ pub(crate) fn start(
                 queues: queues.clone(),
                 shard: shard.clone(),
             };
-            if id == 0 {
-                // Shard 0 sends what stays staged; the task ends with the
-                // executor.
-                glommio::spawn_local(async move { staged.linger().await }).detach();
-            }
             serve(shard, local, Rc::new(report), queues, stop).await
         })
         .map_err(|e| Error::Runtime {
@@ -125,10 +118,24 @@ async fn serve(
 ) -> Result<()> {
     let in_progress = Rc::new(InProgress::default());
     let stop = Rc::new(stop);
+    // A flush from the appends' queue runs as a task of its own, counted
+    // in progress: the appends behind it need not wait for its fdatasync.
+    let flush = {
+        let (shard, stop, in_progress) = (shard.clone(), stop.clone(), in_progress.clone());
+        move |reply: Reply<()>| {
+            let (shard, stop, guard) = (shard.clone(), stop.clone(), in_progress.enter());
+            glommio::spawn_local(async move {
+                answer(reply, async { Ok(shard.flush().await?) }, &stop).await;
+                drop(guard);
+            })
+            .detach();
+        }
+    };
     let appends = glommio::spawn_local(serve_appends(
         shard.clone(),
         queues.appends.clone(),
         stop.clone(),
+        flush,
     ));
     while let Ok(request) = queues.requests.recv().await {
         if stop.panicked.get().is_some() {
@@ -146,8 +153,9 @@ async fn serve(
     // Followers parked in long polls would hold the close for their
     // whole timeout.
     shard.release_waiters();
-    in_progress.idle().await;
+    // The appends' queue first: a flush in it enters `in_progress`.
     appends.await;
+    in_progress.idle().await;
     if let Some(e) = stop.error() {
         return Err(e);
     }
@@ -228,7 +236,6 @@ async fn handle(
             )
             .await
         }
-        Request::Flush { reply } => answer(reply, async { Ok(s.flush().await?) }, stop).await,
         Request::Reset {
             partition,
             start,

@@ -33,7 +33,7 @@ use std::{
 };
 
 use corelog_shard::Record;
-use event_listener::Event;
+use event_listener::{Event, Listener};
 
 use crate::bundle::{Bundle, Route};
 
@@ -47,9 +47,11 @@ const MAX_NOTED: usize = 64;
 /// The open bundles of an engine, per partition.
 pub(crate) struct Staged {
     open: Vec<Mutex<HashMap<u64, Arc<Bundle>>>>,
-    /// The task that sends what stays staged ([`Staged::linger`]) is parked
-    /// because nothing was staged; the next bundle opened wakes it.
+    /// The thread that sends what stays staged ([`Staged::linger`]) is
+    /// parked because nothing was staged; the next bundle opened wakes it.
     idle: AtomicBool,
+    /// [`Staged::linger`] is to return: the engine is closing.
+    stopping: AtomicBool,
     wake: Event,
 }
 
@@ -84,6 +86,7 @@ impl Staged {
         Staged {
             open: (0..LOCKS).map(|_| Mutex::new(HashMap::new())).collect(),
             idle: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             wake: Event::new(),
         }
     }
@@ -92,8 +95,10 @@ impl Staged {
     /// staged, and parks otherwise (an idle engine is not woken): an append
     /// whose caller neither waits on it nor drops it (a future kept, or
     /// forgotten, on a thread that goes on with other work) still reaches
-    /// its shard. Runs on one shard's executor until it ends.
-    pub(crate) async fn linger(&self) {
+    /// its shard. Blocks until [`Staged::stop_lingering`]; it runs on a
+    /// thread of its own, which no shard's end (a panic stops a shard)
+    /// takes with it.
+    pub(crate) fn linger(&self) {
         loop {
             let woken = self.wake.listen();
             // Invariant: `idle` is set before the table is checked (under
@@ -101,13 +106,28 @@ impl Staged {
             // it under the same lock after inserting, so either this sees
             // the bundle or the append sees `idle` and wakes this.
             self.idle.store(true, Ordering::SeqCst);
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             if self.is_empty() {
-                woken.await;
+                woken.wait();
             }
             self.idle.store(false, Ordering::SeqCst);
-            glommio::timer::sleep(LINGER).await;
+            // A pause of `LINGER`, cut short only by `stop_lingering`
+            // (appends wake this only while `idle` is set).
+            let pause = self.wake.listen();
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            pause.wait_timeout(LINGER);
             self.send_everything();
         }
+    }
+
+    /// Makes [`Staged::linger`] return.
+    pub(crate) fn stop_lingering(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify(usize::MAX);
     }
 
     fn is_empty(&self) -> bool {

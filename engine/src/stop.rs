@@ -11,13 +11,13 @@ use std::{
 
 use corelog_shard::Shard;
 
-use crate::{bundle::AppendRequest, error::Error, request::Request};
+use crate::{bundle::Queued, error::Error, request::Request};
 
 /// A shard's two queues, as its thread sees them.
 #[derive(Clone)]
 pub(crate) struct Queues {
     /// Appends, in call order.
-    pub appends: async_channel::Receiver<AppendRequest>,
+    pub appends: async_channel::Receiver<Queued>,
     /// Every other request.
     pub requests: async_channel::Receiver<Request>,
 }

@@ -9,7 +9,7 @@ use std::{sync::mpsc, time::Duration};
 mod common;
 
 use common::{config, test_dir};
-use corelog::{Append, Engine, Handle, Record};
+use corelog::{shard_for, Append, Engine, FsyncPolicy, Handle, Record};
 use futures::executor::block_on;
 
 fn record(i: u64) -> Vec<Record> {
@@ -226,5 +226,57 @@ fn an_append_nobody_waits_on_is_written_anyway() {
     // The end passes offset 0: the append was written and acknowledged.
     assert!(block_on(log.wait_for(10, 0, Duration::from_secs(10))).unwrap());
     drop(parked);
+    engine.close().unwrap();
+}
+
+/// The send of what stays staged goes on when a shard stops after a panic
+/// (a bug): an append to another shard that nobody waits on is still
+/// written.
+#[test]
+fn an_append_nobody_waits_on_is_written_after_another_shard_panicked() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let on_shard = |shard| (0..64u64).find(|&p| shard_for(p, 2) == shard).unwrap();
+    let (first, second) = (on_shard(0), on_shard(1));
+    let hit = block_on(log.run_on_shard(first, |_| async {
+        if true {
+            panic!("a bug in shard 0");
+        }
+    }));
+    assert!(hit.is_err());
+    let (_, parked) = append_on_parked_thread(&log, second, 0, true);
+    assert!(block_on(log.wait_for(second, 0, Duration::from_secs(10))).unwrap());
+    drop(parked);
+    assert!(engine.close().is_err(), "close names the panicked shard");
+}
+
+/// A flush makes durable every append made before it, also those still
+/// queued for their shard behind the log's backpressure (more than the 16
+/// MiB the log lets wait to be written).
+#[test]
+fn a_flush_covers_every_append_made_before_it() {
+    const APPENDS: u64 = 640;
+    let dir = test_dir();
+    let engine = Engine::open(
+        config(dir.path())
+            .fsync(FsyncPolicy::Never)
+            .segment_bytes(256 << 20)
+            .max_record_bytes(64 << 10),
+    )
+    .unwrap();
+    let log = engine.handle();
+    let appends: Vec<Append> = (0..APPENDS)
+        .map(|i| log.append(0, vec![Record::new(vec![i as u8; 60 << 10])]))
+        .collect();
+    block_on(log.flush()).unwrap();
+    let offsets = block_on(log.offsets(0)).unwrap();
+    assert_eq!(
+        offsets.durable_end, APPENDS,
+        "the flush returned before every earlier append was durable: {offsets:?}"
+    );
+    for (i, a) in appends.into_iter().enumerate() {
+        assert_eq!(block_on(a).unwrap(), i as u64);
+    }
     engine.close().unwrap();
 }
