@@ -279,6 +279,13 @@ impl Handle {
         bundle::stopped(shard, &self.panics[shard])
     }
 
+    /// The limits every append is checked against, and the engine's other
+    /// shard settings.
+    #[cfg(feature = "openraft")]
+    pub(crate) fn limits(&self) -> &ShardConfig {
+        &self.limits
+    }
+
     /// The durability policy the engine runs: what an acknowledged append
     /// promises.
     pub fn fsync_policy(&self) -> FsyncPolicy {

@@ -14,7 +14,8 @@
 //! - `truncate` is [`Handle::truncate`]; `purge` records the purged log id,
 //!   then moves the partition's start with [`Handle::delete_before`], or
 //!   with [`Handle::reset`] when the purge passes the end (a snapshot
-//!   installed past the local log);
+//!   installed past the local log; `get_log_state` finishes such a reset
+//!   that a crash interrupted);
 //! - the vote, the committed log id and the last purged log id are
 //!   partition metadata ([`Handle::put_meta`]): durable, and ordered with the
 //!   entries in the log.
@@ -26,6 +27,8 @@ use openraft::{
     AnyError, LogId, OptionalSend, RaftLogId, RaftTypeConfig, StorageError, StorageIOError, Vote,
 };
 use serde::{de::DeserializeOwned, Serialize};
+
+use corelog_shard::{check_batch, BATCH_HEADER_LEN};
 
 use crate::{engine::Handle, Error, FsyncPolicy, Record, Result};
 
@@ -66,12 +69,21 @@ impl<C> Debug for LogStore<C> {
 
 impl<C> LogStore<C> {
     /// The log of the Raft group kept in `partition`. The engine must run
-    /// [`FsyncPolicy::Always`]: openraft counts an entry as persisted when
-    /// its append is acknowledged.
+    /// [`FsyncPolicy::Always`] (openraft counts an entry as persisted when
+    /// its append is acknowledged) and no retention (it would drop entries
+    /// openraft has not purged: openraft compacts its log itself).
     pub fn new(log: Handle, partition: u64) -> Result<Self> {
         if log.fsync_policy() != FsyncPolicy::Always {
             return Err(Error::InvalidArgument(
                 "a Raft log store needs an engine with FsyncPolicy::Always".into(),
+            ));
+        }
+        let limits = log.limits();
+        if limits.retention_bytes.is_some() || limits.retention_age.is_some() {
+            return Err(Error::InvalidArgument(
+                "a Raft log store needs an engine without retention (retention_bytes, \
+                 retention_age): openraft purges its own log"
+                    .into(),
             ));
         }
         Ok(LogStore {
@@ -121,13 +133,25 @@ where
     C::Entry: Serialize + DeserializeOwned,
 {
     /// The entries with indexes in `[start, end)` that the log holds.
+    ///
+    /// The log may change between finding its bounds and reading them (a
+    /// truncate, purge or append by the store while a clone reads): a read
+    /// that finds the range gone is bounded again and retried, so a reader
+    /// gets what the log holds, not an error.
     async fn entries(&self, start: u64, end: u64) -> Result<Vec<C::Entry>> {
-        let o = self.log.offsets(self.partition).await?;
-        let (start, end) = (start.max(o.start), end.min(o.end));
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let records = self.log.read_range(self.partition, start, end).await?;
+        const ATTEMPTS: usize = 8;
+        let mut attempt = 1;
+        let records = loop {
+            let o = self.log.offsets(self.partition).await?;
+            let (start, end) = (start.max(o.start), end.min(o.end));
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            match self.log.read_range(self.partition, start, end).await {
+                Err(Error::OffsetOutOfRange { .. }) if attempt < ATTEMPTS => attempt += 1,
+                read => break read?,
+            }
+        };
         records
             .iter()
             .map(|r| {
@@ -148,13 +172,16 @@ where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
 {
-    /// Appends `entries` (contiguous) as conditional appends of at most
-    /// `CHUNK_BYTES` each, each expecting the end the one before leaves:
-    /// all queued at once, in order; returns once all are acknowledged.
+    /// Appends `entries` (contiguous) as conditional appends of batches
+    /// of at most `CHUNK_BYTES` (and the engine's largest batch) each, each
+    /// expecting the end the one before leaves: all queued at once, in
+    /// order; returns once all are acknowledged.
     async fn send(&self, entries: &[C::Entry]) -> Result<()> {
+        let limits = self.log.limits();
+        let max = CHUNK_BYTES.min(limits.max_batch_bytes);
         let mut appends = Vec::new();
         let mut chunk: Vec<Record> = Vec::new();
-        let (mut chunk_bytes, mut chunk_start) = (0, 0);
+        let (mut chunk_bytes, mut chunk_start) = (BATCH_HEADER_LEN, 0);
         for entry in entries {
             let index = entry.get_log_id().index;
             let bytes = postcard::to_allocvec(entry).map_err(|e| {
@@ -163,16 +190,21 @@ where
                     self.partition
                 ))
             })?;
+            let record = Record::new(bytes);
+            // The record's bytes in a batch (an entry over the engine's
+            // record limit is refused here).
+            let size = check_batch(limits, self.partition, std::slice::from_ref(&record))?
+                - BATCH_HEADER_LEN;
             if chunk.is_empty() {
                 chunk_start = index;
-            } else if chunk_bytes + bytes.len() > CHUNK_BYTES {
+            } else if chunk_bytes + size > max {
                 let records = std::mem::take(&mut chunk);
                 appends.push(self.log.append_at(self.partition, chunk_start, records));
                 chunk_start = index;
-                chunk_bytes = 0;
+                chunk_bytes = BATCH_HEADER_LEN;
             }
-            chunk_bytes += bytes.len();
-            chunk.push(Record::new(bytes));
+            chunk_bytes += size;
+            chunk.push(record);
         }
         if !chunk.is_empty() {
             appends.push(self.log.append_at(self.partition, chunk_start, chunk));
@@ -221,7 +253,17 @@ where
         let purged: Option<LogId<C::NodeId>> = get(&self.log, self.partition, PURGED)
             .await
             .map_err(read_err)?;
-        let o = self.log.offsets(self.partition).await.map_err(read_err)?;
+        let mut o = self.log.offsets(self.partition).await.map_err(read_err)?;
+        if let Some(purged) = purged.as_ref().filter(|p| p.index >= o.end) {
+            // A purge past the end that a crash interrupted after it wrote
+            // the purged id: the entries before it go now, as they would
+            // have, so the last log id is not older than the purged one.
+            self.log
+                .reset(self.partition, purged.index + 1)
+                .await
+                .map_err(write_err)?;
+            o = self.log.offsets(self.partition).await.map_err(read_err)?;
+        }
         let last = if o.end > o.start {
             let last = self.entries(o.end - 1, o.end).await.map_err(read_err)?;
             last.first().map(|e| e.get_log_id().clone())

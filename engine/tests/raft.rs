@@ -223,3 +223,110 @@ fn sixteen_groups_share_one_engine_and_survive_reopen() {
     });
     engine.close().unwrap();
 }
+
+/// Retention moves a partition's start by itself, which would drop entries
+/// openraft has not purged: a store refuses an engine that retains.
+#[test]
+fn a_log_store_refuses_an_engine_with_retention() {
+    let dir = common::test_dir();
+    let engine = Engine::open(engine_config(dir.path()).retention_bytes(1 << 20)).unwrap();
+    assert!(LogStore::<TypeConfig>::new(engine.handle(), 1).is_err());
+    engine.close().unwrap();
+}
+
+/// A crash inside a purge past the end (the purged id written, the reset
+/// not) leaves entries before the purged id; the store finishes the purge
+/// when asked for its state, so the state keeps openraft's invariant
+/// (the last log id is at least the purged one) and appends go on.
+#[test]
+fn an_interrupted_purge_past_the_end_is_finished() {
+    let dir = common::test_dir();
+    let engine = Engine::open(engine_config(dir.path())).unwrap();
+    let log = engine.handle();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut store = LogStore::<TypeConfig>::new(log.clone(), 7).unwrap();
+        store
+            .blocking_append((0..10).map(|i| entry(1, i)))
+            .await
+            .unwrap();
+        // What `purge(log_id(1, 1, 20))` writes first.
+        let purged = postcard::to_allocvec(&log_id(1, 1u64, 20)).unwrap();
+        log.put_meta(7, b"raft.purged", purged).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 20)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 20)));
+        store.blocking_append([entry(2, 21)]).await.unwrap();
+        let indexes: Vec<u64> = store
+            .try_get_log_entries(0..100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(indexes, [21]);
+    });
+    engine.close().unwrap();
+}
+
+/// A reader (a replication task's clone) racing truncations and appends
+/// gets what the log holds, never an error: openraft takes a read error
+/// as fatal.
+#[test]
+fn a_reader_racing_truncations_gets_entries_not_errors() {
+    let dir = common::test_dir();
+    let engine = Engine::open(engine_config(dir.path())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut store = LogStore::<TypeConfig>::new(engine.handle(), 9).unwrap();
+        store
+            .blocking_append((0..20).map(|i| entry(1, i)))
+            .await
+            .unwrap();
+        let mut reader = store.get_log_reader().await;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reading = {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !done.load(Ordering::Relaxed) {
+                    reader.try_get_log_entries(0..40).await.unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for round in 0..300u64 {
+            store.truncate(log_id(1, 1, 10)).await.unwrap();
+            let term = round + 2;
+            store
+                .blocking_append((10..20).map(|i| entry(term, i)))
+                .await
+                .unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        assert!(reading.await.unwrap() > 0);
+    });
+    engine.close().unwrap();
+}
+
+/// An append larger than the engine's largest batch goes in chunks that
+/// fit it.
+#[test]
+fn an_append_larger_than_a_batch_goes_in_chunks_that_fit() {
+    let dir = common::test_dir();
+    // 64 KiB batches: 300 entries of 1 KiB need five or more.
+    let engine = Engine::open(engine_config(dir.path())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut store = LogStore::<TypeConfig>::new(engine.handle(), 11).unwrap();
+        let entries = (0..300u64).map(|i| Entry {
+            log_id: log_id(1, 1, i),
+            payload: EntryPayload::Normal("x".repeat(1024)),
+        });
+        store.blocking_append(entries).await.unwrap();
+        let read = store.try_get_log_entries(0..300).await.unwrap();
+        assert_eq!(read.len(), 300);
+    });
+    engine.close().unwrap();
+}
