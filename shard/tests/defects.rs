@@ -440,3 +440,42 @@ fn a_roll_takes_a_spare_whose_zero_filling_is_unfinished() {
         assert!(cut > 0, "no roll found the spare still being zero-filled");
     });
 }
+
+/// A delete-before that finds another one's segment deletion under way
+/// waits for it and deletes what it freed itself, before it returns: the
+/// running deletion chose its segments before this one's change.
+#[test]
+fn a_delete_before_during_another_deletion_deletes_what_it_freed() {
+    run(|| async {
+        // The second delete-before starts after `lead` yields of the first:
+        // some land while the first deletes.
+        for (seed, lead) in (0..SEEDS).flat_map(|s| (0..40).map(move |l| (s, l))) {
+            let disk = SimDisk::new(seed, slow_disk());
+            let (shard, _) = Shard::open_with(disk.clone(), sim_config()).await.unwrap();
+            // Partition 1 in the oldest segments, then 2, then 3.
+            for p in 1..=3u64 {
+                for i in 0..60u8 {
+                    shard
+                        .append(p, &[Record::new(vec![i; 1024])])
+                        .await
+                        .unwrap();
+                }
+            }
+            let first = glommio::spawn_local({
+                let shard = shard.clone();
+                async move { shard.delete_before(1, 60).await }
+            })
+            .detach();
+            for _ in 0..lead {
+                futures_lite::future::yield_now().await;
+            }
+            shard.delete_before(2, 60).await.unwrap();
+            first.await.unwrap().unwrap();
+            let left = shard.wal().segments();
+            // A deletion with nothing new to free finds nothing left over.
+            shard.delete_before(3, 0).await.unwrap();
+            assert_eq!(shard.wal().segments(), left, "seed {seed}, lead {lead}");
+            shard.close().await.unwrap();
+        }
+    });
+}

@@ -186,3 +186,47 @@ fn partitions_lists_written_partitions_only() {
         shard.close().await.unwrap();
     });
 }
+
+/// A long poll that ends without the end passing (a timeout, or a caller
+/// that gives up) leaves no waker behind: a follower polling a quiet
+/// partition does not pile them up until the next append.
+#[test]
+fn a_long_poll_that_ends_leaves_no_waker_behind() {
+    use std::{
+        future::Future,
+        pin::pin,
+        sync::Arc,
+        task::{Context, Wake, Waker},
+    };
+    struct Task;
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {}
+    }
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(config(&path)).await.unwrap();
+        let tasks: Vec<Arc<Task>> = (0..100).map(|_| Arc::new(Task)).collect();
+        for task in &tasks {
+            let waker = Waker::from(task.clone());
+            let mut wait = pin!(shard.wait_for(7, 0, std::time::Duration::from_secs(60)));
+            assert!(wait
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending());
+        }
+        // And one that times out.
+        assert!(
+            !shard
+                .wait_for(7, 0, std::time::Duration::from_millis(1))
+                .await
+        );
+        for (i, task) in tasks.iter().enumerate() {
+            assert_eq!(Arc::strong_count(task), 1, "waiter {i} left its waker");
+        }
+        // The partition the waits named is not kept.
+        shard.append(8, &records("x", 1)).await.unwrap();
+        assert_eq!(shard.partitions().len(), 1);
+        shard.close().await.unwrap();
+    });
+}

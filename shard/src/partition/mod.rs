@@ -135,8 +135,11 @@ pub(crate) struct Partition {
     /// Truncations applied so far: a read that a truncation crossed ends
     /// with what it read before it.
     pub(crate) truncations: u64,
-    /// Tasks waiting in `Shard::wait_for` for `acked_end` to move.
-    pub(crate) tail_waiters: Vec<Waker>,
+    /// Tasks waiting in `Shard::wait_for` for `acked_end` to move, each
+    /// under its wait's id. Invariant: a wait takes its waker out when it
+    /// ends, however it ends (a timeout, a dropped future), so waits that
+    /// time out on a quiet partition do not pile up.
+    pub(crate) tail_waiters: Vec<(u64, Waker)>,
     /// Small values kept with the partition (a Raft vote, a commit index),
     /// logged in order with its appends and kept by the checkpoint.
     pub(crate) meta: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -185,7 +188,7 @@ impl Partition {
         debug_assert!(end <= self.end, "acknowledged past the end");
         if end > self.acked_end {
             self.acked_end = end;
-            for w in self.tail_waiters.drain(..) {
+            for (_, w) in self.tail_waiters.drain(..) {
                 w.wake();
             }
         }
@@ -219,7 +222,7 @@ impl Partition {
         for (_, end) in self.pending.iter_mut().chain(self.unacked.iter_mut()) {
             *end = (*end).min(offset);
         }
-        for w in self.tail_waiters.drain(..) {
+        for (_, w) in self.tail_waiters.drain(..) {
             w.wake();
         }
     }
@@ -228,6 +231,18 @@ impl Partition {
     /// metadata. One that long polls or reads only named is not.
     pub(crate) fn is_written(&self) -> bool {
         self.end > 0 || !self.meta.is_empty()
+    }
+
+    /// Whether the partition is as if never named: nothing written, read
+    /// in flight, waited for or reset. Such an entry can be forgotten.
+    pub(crate) fn is_untouched(&self) -> bool {
+        !self.is_written()
+            && self.start == 0
+            && self.truncations == 0
+            && self.tail_waiters.is_empty()
+            && self.barrier.is_none()
+            && self.pending.is_empty()
+            && self.unacked.is_empty()
     }
 
     /// Moves the start up to `offset` (never down).

@@ -21,6 +21,7 @@ use crate::{
     partition::{Control, Offsets},
     shard::{read::out_of_range, Shard, ShardState},
     storage::Storage,
+    wal::Watermark,
 };
 
 impl<S: Storage> Shard<S> {
@@ -30,7 +31,7 @@ impl<S: Storage> Shard<S> {
     pub async fn delete_before(&self, partition: u64, offset: u64) -> Result<()> {
         self.control(partition, offset, Control::DeleteBefore, &[], &[])
             .await?;
-        self.delete_unneeded_segments().await
+        self.delete_unneeded_segments(true).await
     }
 
     /// Removes the offsets of `partition` from `from` on, durably; the next
@@ -48,7 +49,7 @@ impl<S: Storage> Shard<S> {
     pub async fn reset(&self, partition: u64, start: u64) -> Result<()> {
         self.control(partition, start, Control::Reset, &[], &[])
             .await?;
-        self.delete_unneeded_segments().await
+        self.delete_unneeded_segments(true).await
     }
 
     /// Sets metadata `key` of `partition` to `value`, durably when this
@@ -253,7 +254,9 @@ impl<S: Storage> Shard<S> {
                 }
             }
         }
-        self.delete_unneeded_segments().await
+        // A deletion under way leaves what this freed to the next one:
+        // retention runs after commits, which must not wait for it.
+        self.delete_unneeded_segments(false).await
     }
 
     /// The last error of the retention that appends run when a segment is
@@ -263,20 +266,47 @@ impl<S: Storage> Shard<S> {
     }
 
     /// Deletes the oldest segments that hold no batch any partition needs,
-    /// after recording every partition's offsets in the checkpoint.
-    async fn delete_unneeded_segments(&self) -> Result<()> {
-        if std::mem::replace(&mut self.state.borrow_mut().deleting, true) {
-            return Ok(());
+    /// after recording every partition's offsets in the checkpoint. One
+    /// deletion runs at a time. With `wait`, a call that finds one under
+    /// way waits for it to end and then runs its own (the running one chose
+    /// its segments before this call's change: a review found that
+    /// returning at once left the segments it freed on disk); without, it
+    /// leaves them to the next deletion.
+    async fn delete_unneeded_segments(&self, wait: bool) -> Result<()> {
+        let run = loop {
+            let running = {
+                let mut st = self.state.borrow_mut();
+                if !st.deleting {
+                    st.deleting = true;
+                    st.deletion_runs += 1;
+                    break st.deletion_runs;
+                }
+                st.deletion_runs
+            };
+            if !wait {
+                return Ok(());
+            }
+            self.deletions_ended.wait_for(running).await;
+        };
+        /// Ends the run however the deletion ends, even if its future is
+        /// dropped half way: clears the flag, then releases the calls
+        /// waiting for their turn.
+        struct Deleting<'a> {
+            state: &'a RefCell<ShardState>,
+            ended: &'a Watermark,
+            run: u64,
         }
-        /// Clears the flag however the deletion ends, even if its future is
-        /// dropped half way.
-        struct Deleting<'a>(&'a RefCell<ShardState>);
         impl Drop for Deleting<'_> {
             fn drop(&mut self) {
-                self.0.borrow_mut().deleting = false;
+                self.state.borrow_mut().deleting = false;
+                self.ended.advance(self.run);
             }
         }
-        let _deleting = Deleting(&self.state);
+        let _deleting = Deleting {
+            state: &self.state,
+            ended: &self.deletions_ended,
+            run,
+        };
         self.delete_unneeded_segments_now().await
     }
 

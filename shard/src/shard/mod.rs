@@ -35,7 +35,7 @@ use crate::{
     recovery::RecoveryReport,
     stats::ShardStats,
     storage::{dma::DmaStorage, Storage},
-    wal::Wal,
+    wal::{Wal, Watermark},
 };
 
 /// The partition logs of one core: many partitions over one WAL.
@@ -44,6 +44,9 @@ use crate::{
 pub struct Shard<S: Storage = DmaStorage> {
     wal: Wal<S>,
     state: Rc<RefCell<ShardState>>,
+    /// The last segment deletion run that ended (`ShardState::deletion_runs`
+    /// counts those started).
+    deletions_ended: Rc<Watermark>,
 }
 
 impl<S: Storage> Clone for Shard<S> {
@@ -51,6 +54,7 @@ impl<S: Storage> Clone for Shard<S> {
         Shard {
             wal: self.wal.clone(),
             state: self.state.clone(),
+            deletions_ended: self.deletions_ended.clone(),
         }
     }
 }
@@ -74,12 +78,17 @@ struct ShardState {
     segment_max_ts: BTreeMap<u64, i64>,
     /// Active segment when retention was last enforced.
     retention_checked: u64,
-    /// Segment deletion is under way; a second one waits its turn.
+    /// Segment deletion is under way; a second one waits its turn (or,
+    /// from retention, leaves it to the next).
     deleting: bool,
+    /// Segment deletion runs started.
+    deletion_runs: u64,
     /// The last failure of retention run after an append.
     retention_error: Option<Error>,
     /// Set when the shard is about to close: tail waiters return at once.
     waiters_released: bool,
+    /// Id of the last tail waiter registered (see [`Shard::wait_for`]).
+    last_waiter: u64,
 }
 
 impl Shard<DmaStorage> {
@@ -120,9 +129,12 @@ impl<S: Storage> Shard<S> {
                 segment_max_ts: replayed.segment_max_ts,
                 retention_checked: 0,
                 deleting: false,
+                deletion_runs: 0,
                 retention_error: None,
                 waiters_released: false,
+                last_waiter: 0,
             })),
+            deletions_ended: Rc::default(),
         };
         // The reserve before the spare: on a nearly full disk the reserve
         // is what lets the shard free space.
@@ -381,7 +393,7 @@ impl<S: Storage> Shard<S> {
         let mut st = self.state.borrow_mut();
         st.waiters_released = true;
         for part in st.partitions.values_mut() {
-            for w in part.tail_waiters.drain(..) {
+            for (_, w) in part.tail_waiters.drain(..) {
                 w.wake();
             }
         }

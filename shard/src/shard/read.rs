@@ -22,6 +22,32 @@ const READ_AHEAD_BATCHES: usize = 256;
 /// another read on this kind of disk.
 const MERGE_GAP: u64 = 32 << 10;
 
+/// A wait in [`Shard::wait_for`]: when it ends, however it ends (the end
+/// passed, the timeout, the caller dropped it), its waker leaves the
+/// partition, and a partition that only the wait named is forgotten.
+struct TailWaiter<'a, S: Storage> {
+    shard: &'a Shard<S>,
+    partition: u64,
+    id: u64,
+}
+
+impl<S: Storage> Drop for TailWaiter<'_, S> {
+    fn drop(&mut self) {
+        // Not borrowed elsewhere unless a panic unwinds through a borrow;
+        // then the shard stops anyway.
+        let Ok(mut st) = self.shard.state.try_borrow_mut() else {
+            return;
+        };
+        let Some(part) = st.partitions.get_mut(&self.partition) else {
+            return;
+        };
+        part.tail_waiters.retain(|(id, _)| *id != self.id);
+        if part.is_untouched() {
+            st.partitions.remove(&self.partition);
+        }
+    }
+}
+
 impl<S: Storage> Shard<S> {
     /// Waits until an acknowledged append takes the end of `partition` past
     /// `offset`, or until `timeout` passes. Returns whether the end passed
@@ -30,6 +56,15 @@ impl<S: Storage> Shard<S> {
     /// [`Shard::release_waiters`]) it returns at once: false then means
     /// closing, not a timeout.
     pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> bool {
+        let waiter = {
+            let mut st = self.state.borrow_mut();
+            st.last_waiter += 1;
+            TailWaiter {
+                shard: self,
+                partition,
+                id: st.last_waiter,
+            }
+        };
         let passed = poll_fn(|cx| {
             let mut st = self.state.borrow_mut();
             let released = st.waiters_released;
@@ -39,10 +74,15 @@ impl<S: Storage> Shard<S> {
             } else if released {
                 Poll::Ready(false)
             } else {
-                // A waiter that timed out leaves its waker behind until the
-                // next append; do not let a polling loop pile them up.
-                if !part.tail_waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    part.tail_waiters.push(cx.waker().clone());
+                let waker = cx.waker();
+                match part
+                    .tail_waiters
+                    .iter_mut()
+                    .find(|(id, _)| *id == waiter.id)
+                {
+                    Some((_, w)) if w.will_wake(waker) => {}
+                    Some((_, w)) => w.clone_from(waker),
+                    None => part.tail_waiters.push((waiter.id, waker.clone())),
                 }
                 Poll::Pending
             }

@@ -13,6 +13,8 @@ mod roll;
 mod state;
 mod watermark;
 
+pub(crate) use watermark::Watermark;
+
 use std::{
     path::PathBuf,
     rc::Rc,
