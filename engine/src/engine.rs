@@ -114,15 +114,18 @@ impl Engine {
         }
         drop(ready_tx);
         let mut failure = None;
+        let mut ready = vec![false; config.shards];
         for _ in 0..config.shards {
             match ready_rx.recv() {
-                Ok((_, Ok(()))) => {}
-                Ok((_, Err(e))) => {
+                Ok((id, Ok(()))) => ready[id] = true,
+                Ok((id, Err(e))) => {
+                    ready[id] = true;
                     failure.get_or_insert(e);
                 }
                 Err(_) => {
+                    // Names the first shard that never reported.
                     failure.get_or_insert(Error::Runtime {
-                        shard: threads.len(),
+                        shard: ready.iter().position(|&r| !r).unwrap_or(0),
                         reason: "a shard thread exited before it was ready".into(),
                     });
                     break;
@@ -207,9 +210,17 @@ impl Engine {
             t.sender.close();
         }
         for (shard, t) in threads.into_iter().enumerate() {
-            let result = t.join.join().map_err(|e| Error::Runtime {
-                shard,
-                reason: e.to_string(),
+            // A thread that ended by a panic recorded it: that is the error
+            // (not the executor's, whose text is about starting one).
+            let result = t.join.join().map_err(|e| match t.panicked.get() {
+                Some(message) => Error::ShardPanicked {
+                    shard,
+                    message: message.clone(),
+                },
+                None => Error::Runtime {
+                    shard,
+                    reason: e.to_string(),
+                },
             });
             if let Err(e) = result.and_then(|r| r) {
                 first.get_or_insert(e);

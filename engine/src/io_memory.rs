@@ -14,6 +14,14 @@ use crate::{
 pub(crate) fn with_io_memory(mut config: Config) -> Result<Config> {
     const MAX_DEFAULT: u64 = 8 << 20;
     const MIN: u64 = 1 << 20;
+    /// More than any shard's writes in flight use, by far; anything above
+    /// is a mistake (and would overflow the sums below).
+    const MAX: u64 = 1 << 32;
+    if let Some(bytes) = config.io_memory.filter(|&b| b as u64 > MAX) {
+        return Err(Error::InvalidArgument(format!(
+            "io_memory of {bytes} bytes per shard is over the {MAX} bytes a shard can use"
+        )));
+    }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let limit = memlock_limit(&status, &limits);
@@ -24,11 +32,9 @@ pub(crate) fn with_io_memory(mut config: Config) -> Result<Config> {
         (None, Some(limit)) => (limit / shards).min(MAX_DEFAULT),
     };
     if let Some(limit) = limit {
-        if per_shard * shards > limit || per_shard < MIN {
-            return Err(Error::MemlockTooLow {
-                limit,
-                needed: per_shard.max(MIN) * shards,
-            });
+        let needed = per_shard.max(MIN).saturating_mul(shards);
+        if per_shard.saturating_mul(shards) > limit || per_shard < MIN {
+            return Err(Error::MemlockTooLow { limit, needed });
         }
     }
     config.io_memory = Some(per_shard as usize);

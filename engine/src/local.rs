@@ -144,10 +144,18 @@ impl LocalShard {
     }
 
     /// Waits until the end of `partition` passes `offset` or `timeout`
-    /// expires; returns whether it passed.
+    /// expires; returns whether it passed. Once the engine is closing it
+    /// returns [`Error::Closed`] (a follower's loop on this shard then ends,
+    /// and the close does not wait on it).
     pub async fn wait_for(&self, partition: u64, offset: u64, timeout: Duration) -> Result<bool> {
         self.owns(partition)?;
-        Ok(self.shard.wait_for(partition, offset, timeout).await)
+        if self.shard.wait_for(partition, offset, timeout).await {
+            return Ok(true);
+        }
+        if self.shard.is_closing() {
+            return Err(Error::Closed);
+        }
+        Ok(false)
     }
 
     /// The long poll of a consumer at the tail (see

@@ -67,31 +67,20 @@ pub(crate) fn start(
         // Renames and unlinks run on this pool: off the shard's core, so
         // freeing a segment's extents does not compete with its reactor.
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-        .spawn(move || async move {
-            let _unwinding = Unwinding {
+        .spawn(move || {
+            // On the shard's thread, for its whole life.
+            Unwinding {
                 panicked: shard_panicked.clone(),
                 queues: queues.clone(),
-            };
-            let (shard, report) = match Shard::open(shard_config).await {
-                Ok(opened) => opened,
-                Err(e) => {
-                    let e = Error::from(e);
-                    let _ = ready.send((id, Err(e.clone())));
-                    return Err(e);
-                }
-            };
-            let _ = ready.send((id, Ok(())));
-            // Engine::open waits for every shard's word: a shard that dies
-            // later must not hold the channel open.
-            drop(ready);
-            let local = LocalShard::new(shard.clone(), id, shards);
-            let stop = Stop {
-                id,
-                panicked: shard_panicked,
-                queues: queues.clone(),
-                shard: shard.clone(),
-            };
-            serve(shard, local, Rc::new(report), queues, stop).await
+                armed: true,
+            }
+            .arm();
+            async move {
+                let ended =
+                    run_shard(id, shards, shard_config, ready, queues, shard_panicked).await;
+                Unwinding::disarm();
+                ended
+            }
         })
         .map_err(|e| Error::Runtime {
             shard: id,
@@ -103,6 +92,38 @@ pub(crate) fn start(
         join,
         panicked,
     })
+}
+
+/// Opens shard `id`, reports on `ready`, then serves its queues until the
+/// engine closes them.
+async fn run_shard(
+    id: usize,
+    shards: usize,
+    shard_config: corelog_shard::ShardConfig,
+    ready: mpsc::Sender<(usize, Result<()>)>,
+    queues: Queues,
+    shard_panicked: Arc<OnceLock<String>>,
+) -> Result<()> {
+    let (shard, report) = match Shard::open(shard_config).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            let e = Error::from(e);
+            let _ = ready.send((id, Err(e.clone())));
+            return Err(e);
+        }
+    };
+    let _ = ready.send((id, Ok(())));
+    // Engine::open waits for every shard's word: a shard that dies
+    // later must not hold the channel open.
+    drop(ready);
+    let local = LocalShard::new(shard.clone(), id, shards);
+    let stop = Stop {
+        id,
+        panicked: shard_panicked,
+        queues: queues.clone(),
+        shard: shard.clone(),
+    };
+    serve(shard, local, Rc::new(report), queues, stop).await
 }
 
 /// Serves both queues until they are closed and drained, waits for the

@@ -4,6 +4,7 @@
 //! and the shard is abandoned, since its state in memory can no longer be
 //! trusted; the next open recovers it as after a crash.
 
+use std::cell::RefCell;
 use std::{
     any::Any,
     sync::{Arc, OnceLock},
@@ -38,18 +39,49 @@ impl Queues {
     }
 }
 
-/// Held by a shard's thread for its whole life. When the thread unwinds
-/// from a panic that no request caught (in the open, the commit task, the
-/// spare's preparation), it records the panic and drops every request still
-/// queued, so that no caller waits for a reply that will never come.
+/// Armed on a shard's thread for its whole life ([`Unwinding::arm`]). When
+/// the thread ends by a panic that no request caught (in the open, the
+/// commit task, the spare's preparation, any task on the shard), it records
+/// the panic and drops every request still queued, so that no caller waits
+/// for a reply that will never come.
+///
+/// A thread-local, not a value held by the shard's main future: when a
+/// detached task panics, glommio unwinds the thread without dropping a main
+/// future parked on its queue, so a guard held there never ran (a review
+/// found callers then hung for good; `engine/tests/engine.rs`).
 pub(crate) struct Unwinding {
     pub panicked: Arc<OnceLock<String>>,
     pub queues: Queues,
+    /// Cleared by [`Unwinding::disarm`].
+    pub armed: bool,
+}
+
+thread_local! {
+    /// The shard thread's guard, until the shard ends normally.
+    static ARMED: RefCell<Option<Unwinding>> = const { RefCell::new(None) };
+}
+
+impl Unwinding {
+    /// Arms the guard for the rest of the calling thread's life.
+    pub(crate) fn arm(self) {
+        let _ = ARMED.try_with(|armed| *armed.borrow_mut() = Some(self));
+    }
+
+    /// Disarms the calling thread's guard: its shard ended normally.
+    pub(crate) fn disarm() {
+        let _ = ARMED.try_with(|armed| {
+            if let Some(mut guard) = armed.borrow_mut().take() {
+                guard.armed = false;
+            }
+        });
+    }
 }
 
 impl Drop for Unwinding {
+    /// Runs only while armed: when the thread ends (its thread-locals are
+    /// dropped) without [`Unwinding::disarm`], a panic ended it.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !self.armed {
             return;
         }
         let _ = self.panicked.set(

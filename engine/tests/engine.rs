@@ -378,3 +378,95 @@ fn a_panic_on_a_shard_fails_its_callers_and_close_with_the_shard_named() {
     let closed = engine.close();
     assert!(named(&closed), "{closed:?}");
 }
+
+/// A panic in a task a shard runs apart from any request (here a task a
+/// `run_on_shard` closure leaves behind; the commit task is another) stops
+/// the shard with its callers told so, not left waiting forever, and the
+/// close names it.
+#[test]
+fn a_panic_in_a_detached_task_of_a_shard_fails_its_callers() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    block_on(log.run_on_shard(1, |_| async {
+        glommio::spawn_local(async {
+            // After the request that spawned it has been answered.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            if true {
+                panic!("a bug in a task of the shard");
+            }
+        })
+        .detach();
+    }))
+    .unwrap();
+    let (answer, answered) = std::sync::mpsc::channel();
+    let caller = log.clone();
+    std::thread::spawn(move || loop {
+        match block_on(caller.offsets(1)) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => break answer.send(e).unwrap(),
+        }
+    });
+    let e = answered
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a call to the stopped shard hung");
+    assert!(matches!(e, Error::ShardPanicked { .. }), "{e:?}");
+    let closed = engine.close();
+    assert!(
+        matches!(closed, Err(Error::ShardPanicked { .. })),
+        "{closed:?}"
+    );
+}
+
+/// A long poll with a timeout the clock cannot represent waits without
+/// one, instead of overflowing the shard's timer (which stopped the shard).
+#[test]
+fn a_long_poll_with_duration_max_waits_for_the_append() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let appender = log.clone();
+    let append = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        block_on(appender.append(1, vec![Record::new(b"x".to_vec())])).unwrap();
+    });
+    assert!(block_on(log.wait_for(1, 0, Duration::MAX)).unwrap());
+    let fetched = block_on(log.fetch(1, 1, 1024, Duration::from_millis(1))).unwrap();
+    assert!(fetched.is_empty());
+    append.join().unwrap();
+    block_on(log.append(1, vec![Record::new(b"y".to_vec())])).unwrap();
+    engine.close().unwrap();
+}
+
+/// A follower's loop on the shard (`run_on_shard`) learns that the engine
+/// is closing from `wait_for`, so the close does not wait on it forever.
+#[test]
+fn a_follower_loop_on_the_shard_ends_when_the_engine_closes() {
+    let dir = test_dir();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let (started, running) = std::sync::mpsc::channel();
+    let follower = std::thread::spawn(move || {
+        block_on(log.run_on_shard(1, move |shard| async move {
+            started.send(()).unwrap();
+            loop {
+                match shard.wait_for(1, 0, Duration::from_millis(5)).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }))
+    });
+    running.recv().unwrap();
+    let (closed, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || closed.send(engine.close()).unwrap());
+    done.recv_timeout(Duration::from_secs(20))
+        .expect("close waited on the follower's loop")
+        .unwrap();
+    let ended = follower.join().unwrap();
+    assert!(
+        matches!(ended, Ok(Err(Error::Closed)) | Err(_)),
+        "{ended:?}"
+    );
+}

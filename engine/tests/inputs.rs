@@ -31,6 +31,10 @@ fn bad_configuration_is_refused_before_anything_is_created() {
             "zero interval",
             config(&data).fsync(FsyncPolicy::Interval(Duration::ZERO)),
         ),
+        (
+            "io memory past any use",
+            config(&data).io_memory(usize::MAX),
+        ),
     ];
     for (what, c) in bad {
         match Engine::open(c) {

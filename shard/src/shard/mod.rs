@@ -385,6 +385,11 @@ impl<S: Storage> Shard<S> {
         self.wal.close().await
     }
 
+    /// Whether [`Shard::release_waiters`] ran: the shard is about to close.
+    pub fn is_closing(&self) -> bool {
+        self.state.borrow().waiters_released
+    }
+
     /// Releases every task parked in [`Shard::wait_for`] or
     /// [`Shard::fetch`], and makes later ones return at once (`wait_for`
     /// with false, `fetch` with `Closed`), so that closing the shard does

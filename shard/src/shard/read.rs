@@ -17,6 +17,10 @@ use crate::{
 /// many batches, with every device read in flight at once.
 const READ_AHEAD_BYTES: u64 = 1 << 20;
 const READ_AHEAD_BATCHES: usize = 256;
+
+/// Slack on a long poll's timeout check: the timer adds the timeout to a
+/// later `now` than the check's.
+const FOREVER_MARGIN: Duration = Duration::from_secs(24 * 3600);
 /// Batches of one cold read at most this far apart in their segment share
 /// a device read (the bytes between are read and dropped): cheaper than
 /// another read on this kind of disk.
@@ -88,7 +92,16 @@ impl<S: Storage> Shard<S> {
             }
         });
         let expired = async {
-            glommio::timer::sleep(timeout).await;
+            // A timeout the clock cannot add to now (`Duration::MAX`, or
+            // centuries) means no timeout: the timer would overflow.
+            if std::time::Instant::now()
+                .checked_add(timeout.saturating_add(FOREVER_MARGIN))
+                .is_some()
+            {
+                glommio::timer::sleep(timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
             false
         };
         futures_lite::future::or(passed, expired).await
@@ -124,7 +137,7 @@ impl<S: Storage> Shard<S> {
         if !self.wait_for(partition, offset, timeout).await {
             // The shard may have failed, or begun to close, meanwhile.
             self.wal.usable()?;
-            if self.state.borrow().waiters_released {
+            if self.is_closing() {
                 return Err(Error::Closed);
             }
             return Ok(Vec::new());
