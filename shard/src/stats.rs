@@ -32,6 +32,9 @@ pub struct ShardStats {
     /// Rolls that took the spare before its zero-filling finished (the
     /// rest of that segment syncs more slowly; no roll waits for zeros).
     pub zeroing_cut: u64,
+    /// Bytes of zeros written ahead into spare segments: the device
+    /// bandwidth segment preparation takes.
+    pub zeroed_bytes: u64,
     /// Batches read back from segment files (memtable misses).
     pub batch_reads: u64,
     /// Of those, batches the read cache served without a device read.
@@ -82,6 +85,7 @@ pub(crate) struct Counters {
     pub rolls: Cell<u64>,
     pub roll_waits: Cell<u64>,
     pub zeroing_cut: Cell<u64>,
+    pub zeroed_bytes: Cell<u64>,
     pub batch_reads: Cell<u64>,
     pub cache_hits: Cell<u64>,
     pub sidecar_failures: Cell<u64>,

@@ -479,3 +479,49 @@ fn a_delete_before_during_another_deletion_deletes_what_it_freed() {
         }
     });
 }
+
+/// A roll that comes before the spare's header is synced (the first append
+/// after an open, with the active segment full) waits for the header only,
+/// not for the spare's whole zero-fill.
+#[test]
+fn a_roll_before_the_spare_is_usable_does_not_wait_for_its_zero_fill() {
+    use corelog_shard::FsyncPolicy;
+    run(|| async {
+        let mut config = sim_config();
+        config.fsync = FsyncPolicy::Always;
+        config.segment_bytes = 32 << 20;
+        let batch: Vec<Record> = (0..15u8).map(|i| Record::new(vec![i; 1000])).collect();
+        let mut waited_for_header = 0;
+        for seed in 0..6 {
+            let disk = SimDisk::new(seed, slow_disk());
+            let (shard, _) = Shard::open_with(disk.clone(), config.clone())
+                .await
+                .unwrap();
+            // Fill the first segment until the next batch no longer fits.
+            while shard.stats().written_position + (24 << 10) < config.segment_bytes {
+                shard.append(1, &batch).await.unwrap();
+            }
+            assert_eq!(shard.stats().active_segment, 1);
+            shard.close().await.unwrap();
+            let (shard, _) = Shard::open_with(disk.clone(), config.clone())
+                .await
+                .unwrap();
+            shard.append(1, &batch).await.unwrap();
+            let stats = shard.stats();
+            assert_eq!(stats.rolls, 1);
+            waited_for_header += stats.roll_waits;
+            // A roll that came before the spare's header takes it with no
+            // zeros written (it is 32 MiB); the next spare has only begun.
+            assert!(
+                stats.roll_waits == 0 || stats.zeroed_bytes < config.segment_bytes / 2,
+                "seed {seed}: the roll waited for {} bytes of zeros: {stats:?}",
+                stats.zeroed_bytes
+            );
+            shard.close().await.unwrap();
+        }
+        assert!(
+            waited_for_header > 0,
+            "no roll came before the spare's header"
+        );
+    });
+}

@@ -343,6 +343,7 @@ impl<S: Storage> Wal<S> {
             rolls: c.rolls.get(),
             roll_waits: c.roll_waits.get(),
             zeroing_cut: c.zeroing_cut.get(),
+            zeroed_bytes: c.zeroed_bytes.get(),
             batch_reads: c.batch_reads.get(),
             cache_hits: c.cache_hits.get(),
             sidecar_failures: c.sidecar_failures.get(),

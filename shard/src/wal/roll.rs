@@ -102,6 +102,7 @@ async fn zero_fill<S: Storage>(inner: &Rc<Inner<S>>, file: &S::File) -> Result<(
         let mut buf = storage.alloc(len);
         buf.as_mut_slice().fill(0);
         write_all(file, buf, len, pos).await?;
+        bump(&inner.counters.zeroed_bytes, len as u64);
         pos += len as u64;
     }
     file.fdatasync().await
@@ -213,11 +214,13 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
         Some(mut spare) => match future::poll_once(&mut spare).await {
             Some(ready) => ready,
             None => {
-                // The segment is needed before it was ready: if only its
-                // zero-filling is left, cut it short; else wait.
+                // The segment is needed before it was ready: its
+                // zero-filling is cut short, now if it runs, else as soon as
+                // the header is synced (a review found that a roll that came
+                // before the header waited for the whole zero-fill).
                 let usable = {
                     let mut st = inner.state.borrow_mut();
-                    st.spare_stop = st.spare_usable;
+                    st.spare_stop = true;
                     st.spare_usable
                 };
                 let counter = if usable {
@@ -230,12 +233,20 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
             }
         },
         // None was started (a WAL used before its open finished).
-        None => Some(make_spare(inner.clone(), sequence).await),
+        None => {
+            // Made now, while appends wait: no zero-filling.
+            inner.state.borrow_mut().spare_stop = true;
+            Some(make_spare(inner.clone(), sequence).await)
+        }
     };
     let prepared = match ready.unwrap_or(Err(Error::Closed)) {
         // The disk was full when the spare was prepared; space may have been
-        // freed since (a delete-before): try once more, now.
-        Err(Error::NoSpace { .. }) => make_spare(inner.clone(), sequence).await?,
+        // freed since (a delete-before): try once more, now, without the
+        // zero-filling.
+        Err(Error::NoSpace { .. }) => {
+            inner.state.borrow_mut().spare_stop = true;
+            make_spare(inner.clone(), sequence).await?
+        }
         other => other?,
     };
     // Invariant: the spare was made for the segment that follows the active one.
