@@ -9,7 +9,7 @@ use crate::{
     config::ShardConfig,
     error::{Error, Result},
     format::{
-        batch::decode_batch,
+        batch::{decode_batch, peek_header},
         clean_marker,
         segment::{align_up, crc_seed, spare_path, BLOCK_SIZE},
         sidecar,
@@ -61,12 +61,17 @@ impl<S: Storage> Wal<S> {
                 valid_end: t.valid_end,
                 dirty_end: t.dirty_end,
                 writable: t.writable,
-                last_batch: recovered
+                tail_batches: recovered
                     .batches
                     .iter()
-                    .rev()
-                    .find(|b| b.segment == t.sequence)
-                    .map(|b| b.position),
+                    .filter(|b| {
+                        let end = b.position + u64::from(b.header.length);
+                        b.segment == t.sequence
+                            && end > t.valid_end - t.valid_end % BLOCK_SIZE
+                            && end <= t.valid_end
+                    })
+                    .map(|b| b.position)
+                    .collect(),
             });
         }
         let (segment, start) = match &recovered.tail {
@@ -188,26 +193,50 @@ impl<S: Storage> Wal<S> {
         }
         let file = self.inner.state.borrow().segments[&t.sequence].clone();
         let kept = if t.dirty_end > t.valid_end && !t.valid_end.is_multiple_of(BLOCK_SIZE) {
-            // Invariant: a valid end inside a block is the end of a batch.
-            let position = t
-                .last_batch
+            // Invariant: a valid end inside a block is the end of a batch,
+            // and the batches reaching into that block lie back to back up
+            // to it (groups start on a block boundary).
+            let first = *t
+                .tail_batches
+                .first()
                 .expect("a valid end inside a block ends a batch");
-            let start = position - position % BLOCK_SIZE;
+            let start = first - first % BLOCK_SIZE;
             let bytes = file
                 .read_at(start, (align_up(t.valid_end) - start) as usize)
                 .await?;
-            let batch = bytes
-                .get((position - start) as usize..(t.valid_end - start) as usize)
-                .ok_or_else(|| {
-                    Error::corrupted(file.path(), position, "segment ends inside the last batch")
-                })?;
-            decode_batch(batch, crc_seed(config.shard_id, t.sequence)).map_err(|e| {
-                Error::corrupted(
+            // Every byte written back is verified: each batch in the block,
+            // not only the last (the others share it when a group held
+            // several small batches).
+            let mut at = first;
+            for &position in &t.tail_batches {
+                let intact = (position == at)
+                    .then(|| bytes.get((position - start) as usize..))
+                    .flatten()
+                    .and_then(|rest| peek_header(rest).map(|h| (rest, h.length as usize)))
+                    .and_then(|(rest, len)| rest.get(..len))
+                    .map(|batch| decode_batch(batch, crc_seed(config.shard_id, t.sequence)));
+                match intact {
+                    Some(Ok(header)) => at = position + u64::from(header.length),
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "it is not where recovery found it".into(),
+                        };
+                        return Err(Error::corrupted(
+                            file.path(),
+                            position,
+                            format!("a batch before a torn tail did not read back intact ({why}); nothing was erased"),
+                        ));
+                    }
+                }
+            }
+            if at != t.valid_end {
+                return Err(Error::corrupted(
                     file.path(),
-                    position,
-                    format!("the last batch before a torn tail did not read back intact ({e}); nothing was erased"),
-                )
-            })?;
+                    at,
+                    format!("the batches before a torn tail end at {at}, not at the valid end {}; nothing was erased", t.valid_end),
+                ));
+            }
             let block = t.valid_end - t.valid_end % BLOCK_SIZE;
             Some(bytes[(block - start) as usize..(t.valid_end - start) as usize].to_vec())
         } else {
@@ -215,5 +244,84 @@ impl<S: Storage> Wal<S> {
         };
         roll::zero_range(storage, &*file, t.valid_end, t.dirty_end, kept.as_deref()).await?;
         file.fdatasync().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::FsyncPolicy,
+        format::{batch::BatchInfo, record::Record, segment::segment_path},
+        storage::sim::{Faults, SimDisk},
+    };
+
+    /// Erasing a torn tail writes back the start of the tail's block: it
+    /// verifies every batch there first, not only the last, so bytes of an
+    /// earlier batch that read back damaged are never written back (a bit
+    /// flipped on every read while the open finishes either fails the open,
+    /// leaving the segment as found, or changes nothing the batches hold).
+    #[test]
+    fn a_torn_tail_is_erased_only_from_bytes_that_read_back_intact() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(|| async {
+                let mut config = ShardConfig::new("/sim/shard-000");
+                config.fsync = FsyncPolicy::Always;
+                config.segment_bytes = 1 << 20;
+                config.max_batch_bytes = 16 << 10;
+                config.max_record_bytes = 8 << 10;
+                config.max_write_bytes = 32 << 10;
+                let mut refused = 0;
+                for seed in 0..64 {
+                    let disk = SimDisk::new(seed, Faults::default());
+                    let (wal, _) = Wal::recover_with(disk.clone(), config.clone())
+                        .await
+                        .unwrap();
+                    wal.finish_open().await.unwrap();
+                    // Two small batches in one commit group, one block.
+                    let records = [Record::new(vec![7u8; 300])];
+                    let size = wal.check_batch(1, &records).unwrap();
+                    let info = |base_offset| BatchInfo {
+                        partition: 1,
+                        base_offset,
+                        ..BatchInfo::default()
+                    };
+                    let first = wal.encode(info(0), &records, size, |_| {}).unwrap();
+                    let second = wal.encode(info(1), &records, size, |_| {}).unwrap();
+                    wal.wait_committed(second.group).await.unwrap();
+                    let path = segment_path(&config.dir, second.segment);
+                    drop(wal);
+                    // A torn later write: garbage after the valid end, in
+                    // the same block.
+                    let valid_end = (second.position + u64::from(second.length)) as usize;
+                    let mut bytes = disk.contents(&path).unwrap();
+                    bytes[valid_end..valid_end + 64].fill(0xAB);
+                    disk.set_contents(&path, &bytes);
+                    let (wal, _) = Wal::recover_with(disk.clone(), config.clone())
+                        .await
+                        .unwrap();
+                    disk.set_faults(Faults {
+                        read_flip: 1.0,
+                        ..Faults::default()
+                    });
+                    let finished = wal.finish_open().await;
+                    disk.set_faults(Faults::default());
+                    let after = disk.contents(&path).unwrap();
+                    let start = first.position as usize;
+                    let end = start + first.length as usize;
+                    let intact = decode_batch(&after[start..end], crc_seed(0, first.segment));
+                    if finished.is_ok() {
+                        assert!(intact.is_ok(), "seed {seed}: the first batch was damaged");
+                    } else {
+                        refused += 1;
+                        assert_eq!(&after[..valid_end], &bytes[..valid_end], "seed {seed}");
+                    }
+                }
+                assert!(refused > 0, "no read flip landed in a batch");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -153,8 +153,10 @@ pub(super) struct TailFinish {
     pub(super) dirty_end: u64,
     /// Appends go on in it; else it is left as found.
     pub(super) writable: bool,
-    /// Position of the last valid batch of the segment, if any.
-    pub(super) last_batch: Option<u64>,
+    /// Positions of the segment's valid batches that reach into the block
+    /// holding `valid_end`, in order: the bytes of that block a torn tail's
+    /// erasure writes back, all of which it verifies first.
+    pub(super) tail_batches: Vec<u64>,
 }
 
 /// Bytes at the end of every segment that only control batches may use:
