@@ -117,11 +117,11 @@ pub enum Error {
     #[error("the shard stopped after an earlier failure: {0}")]
     Failed(Arc<Error>),
 
-    /// A shard's thread panicked: a bug in corelog. The shard stopped
-    /// without a clean shutdown; its partitions are unavailable until the
-    /// engine is reopened, which recovers them as after a crash. Please
-    /// report the message.
-    #[error("shard {shard} stopped after a panic (a bug in corelog; reopen to recover, and please report it): {message}")]
+    /// A shard's thread panicked: a bug in corelog, or in code the caller
+    /// ran on the shard with [`crate::Handle::run_on_shard`]. The shard
+    /// stopped without a clean shutdown; its partitions are unavailable
+    /// until the engine is reopened, which recovers them as after a crash.
+    #[error("shard {shard} stopped after a panic on its thread (a bug in corelog, or in code run there with run_on_shard; reopen to recover): {message}")]
     ShardPanicked {
         /// The shard.
         shard: usize,
