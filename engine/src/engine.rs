@@ -42,7 +42,8 @@ pub struct Engine {
     threads: Vec<ShardThread>,
     /// The thread that sends appends left staged ([`Staged::linger`]).
     linger: Option<std::thread::JoinHandle<()>>,
-    _lock: File,
+    /// The data directory's lock, held until the shards are closed.
+    lock: Option<File>,
 }
 
 /// A cheap, cloneable way to reach the engine from any thread or async
@@ -107,7 +108,7 @@ impl Engine {
             match runtime::start(&config, id, core, ready_tx.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    stop(threads);
+                    runtime::stop(threads);
                     return Err(e);
                 }
             }
@@ -133,7 +134,7 @@ impl Engine {
             }
         }
         if let Some(e) = failure {
-            let reasons = stop(threads);
+            let reasons = runtime::stop(threads);
             return Err(match e {
                 Error::Runtime { shard, .. } => Error::Runtime {
                     shard,
@@ -151,7 +152,7 @@ impl Engine {
         let linger = match linger {
             Ok(thread) => thread,
             Err(e) => {
-                stop(threads);
+                runtime::stop(threads);
                 return Err(Error::io("start the staging thread for", &config.dir, e));
             }
         };
@@ -170,7 +171,7 @@ impl Engine {
             },
             threads,
             linger: Some(linger),
-            _lock: lock,
+            lock: Some(lock),
         })
     }
 
@@ -179,8 +180,17 @@ impl Engine {
         self.handle.clone()
     }
 
-    /// Counters of every shard (blocking).
+    /// Counters of every shard (blocking). Refused on a shard's own thread
+    /// (in [`Handle::run_on_shard`]), which it would block for good; use
+    /// [`LocalShard::stats`] there.
     pub fn stats(&self) -> Result<EngineStats> {
+        if runtime::on_shard_thread() {
+            return Err(Error::InvalidArgument(
+                "Engine::stats blocks until every shard answers: it cannot run on a shard's own \
+                 thread (use LocalShard::stats there)"
+                    .into(),
+            ));
+        }
         let h = &self.handle;
         let shards = (0..h.senders.len())
             .map(|s| futures_lite::future::block_on(h.call(s, |reply| Request::Stats { reply })))
@@ -196,37 +206,26 @@ impl Engine {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        // Nothing staged is left behind: it goes before the queues close.
-        self.handle.staged.stop_lingering();
-        if let Some(linger) = self.linger.take() {
-            // It only sends bundles (never panics with a lock held).
-            let _ = linger.join();
-        }
-        self.handle.staged.send_everything();
+        let handle = self.handle.clone();
         let threads = std::mem::take(&mut self.threads);
-        let mut first = None;
-        for t in &threads {
-            t.appends.close();
-            t.sender.close();
-        }
-        for (shard, t) in threads.into_iter().enumerate() {
-            // A thread that ended by a panic recorded it: that is the error
-            // (not the executor's, whose text is about starting one).
-            let result = t.join.join().map_err(|e| match t.panicked.get() {
-                Some(message) => Error::ShardPanicked {
-                    shard,
-                    message: message.clone(),
-                },
-                None => Error::Runtime {
-                    shard,
-                    reason: e.to_string(),
-                },
+        let linger = self.linger.take();
+        let lock = self.lock.take();
+        if runtime::on_shard_thread() && !threads.is_empty() {
+            // Joining the shards here would join this very thread: the close
+            // goes on in the background once the task calling it returns.
+            std::thread::spawn(move || {
+                let _ = runtime::shut_down(&handle.staged, threads, linger);
+                drop(lock);
             });
-            if let Err(e) = result.and_then(|r| r) {
-                first.get_or_insert(e);
-            }
+            return Err(Error::InvalidArgument(
+                "the engine was closed on a shard's own thread: it closes in the background \
+                 once the calling task returns"
+                    .into(),
+            ));
         }
-        first.map_or(Ok(()), Err)
+        let closed = runtime::shut_down(&handle.staged, threads, linger);
+        drop(lock);
+        closed
     }
 }
 
@@ -234,25 +233,6 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
-}
-
-/// Closes the queues of `threads` and joins them; returns the first
-/// thread's error text, if any.
-fn stop(threads: Vec<ShardThread>) -> Option<String> {
-    for t in &threads {
-        t.appends.close();
-        t.sender.close();
-    }
-    let mut reason = None;
-    for t in threads {
-        let text = match t.join.join() {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        reason.get_or_insert(text);
-    }
-    reason
 }
 
 /// Takes the directory's lock file, refusing if another process holds it.

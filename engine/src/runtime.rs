@@ -23,8 +23,20 @@ use crate::{
     local::LocalShard,
     pipeline::serve_appends,
     request::{Reply, Request},
+    staging::Staged,
     stop::{Queues, Stop, Unwinding},
 };
+
+thread_local! {
+    /// Set on a shard's own thread.
+    static ON_SHARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is one of the engine's shard threads, where
+/// nothing may block waiting for a shard (its own would never answer).
+pub(crate) fn on_shard_thread() -> bool {
+    ON_SHARD.try_with(|s| s.get()).unwrap_or(false)
+}
 
 /// A running shard thread and its queues.
 pub(crate) struct ShardThread {
@@ -69,6 +81,7 @@ pub(crate) fn start(
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .spawn(move || {
             // On the shard's thread, for its whole life.
+            ON_SHARD.with(|s| s.set(true));
             Unwinding {
                 panicked: shard_panicked.clone(),
                 queues: queues.clone(),
@@ -343,4 +356,62 @@ impl Drop for Entered {
             }
         }
     }
+}
+
+/// Sends what is staged, closes every shard's queues and joins the shard
+/// threads; returns the first shard's error.
+pub(crate) fn shut_down(
+    staged: &Staged,
+    threads: Vec<ShardThread>,
+    linger: Option<std::thread::JoinHandle<()>>,
+) -> Result<()> {
+    // Nothing staged is left behind: it goes before the queues close.
+    staged.stop_lingering();
+    if let Some(linger) = linger {
+        // It only sends bundles (never panics with a lock held).
+        let _ = linger.join();
+    }
+    staged.send_everything();
+    let mut first = None;
+    for t in &threads {
+        t.appends.close();
+        t.sender.close();
+    }
+    for (shard, t) in threads.into_iter().enumerate() {
+        // A thread that ended by a panic recorded it: that is the error
+        // (not the executor's, whose text is about starting one).
+        let result = t.join.join().map_err(|e| match t.panicked.get() {
+            Some(message) => Error::ShardPanicked {
+                shard,
+                message: message.clone(),
+            },
+            None => Error::Runtime {
+                shard,
+                reason: e.to_string(),
+            },
+        });
+        if let Err(e) = result.and_then(|r| r) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Closes the queues of `threads` and joins them; returns the first
+/// thread's error text, if any.
+pub(crate) fn stop(threads: Vec<ShardThread>) -> Option<String> {
+    for t in &threads {
+        t.appends.close();
+        t.sender.close();
+    }
+    let mut reason = None;
+    for t in threads {
+        let text = match t.join.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        reason.get_or_insert(text);
+    }
+    reason
 }

@@ -470,3 +470,48 @@ fn a_follower_loop_on_the_shard_ends_when_the_engine_closes() {
         "{ended:?}"
     );
 }
+
+/// The engine's blocking methods on a shard's own thread (in a
+/// `run_on_shard` task) do not deadlock it: `stats` is refused, and a close
+/// there goes on in the background once the task returns.
+#[test]
+fn blocking_engine_calls_on_a_shard_thread_neither_deadlock_nor_join_it() {
+    let dir = test_dir();
+    let engine = std::sync::Arc::new(std::sync::Mutex::new(Some(
+        Engine::open(config(dir.path())).unwrap(),
+    )));
+    let log = engine.lock().unwrap().as_ref().unwrap().handle();
+    let on_shard = engine.clone();
+    let stats = block_on(log.run_on_shard(1, move |_| async move {
+        on_shard
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .stats()
+            .map(|_| ())
+    }))
+    .unwrap();
+    assert!(matches!(stats, Err(Error::InvalidArgument(_))), "{stats:?}");
+    let on_shard = engine.clone();
+    let closed = block_on(log.run_on_shard(1, move |_| async move {
+        let engine = on_shard.lock().unwrap().take().unwrap();
+        engine.close()
+    }))
+    .unwrap();
+    assert!(
+        matches!(closed, Err(Error::InvalidArgument(_))),
+        "{closed:?}"
+    );
+    // The background close ends and releases the directory.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let reopened = loop {
+        match Engine::open(config(dir.path())) {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => break other,
+        }
+    };
+    reopened.unwrap().close().unwrap();
+}
