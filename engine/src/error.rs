@@ -67,12 +67,14 @@ pub enum Error {
     Closed,
 
     /// A file system operation failed.
-    #[error("{op} failed on {}: {source}", path.display())]
+    #[error("{op} failed on {}{}: {source}", path.display(), at_position(position))]
     Io {
         /// The operation that failed, such as `"write"` or `"fdatasync"`.
         op: &'static str,
         /// The file or directory it was applied to.
         path: PathBuf,
+        /// Where in the file, for a read or a write.
+        position: Option<u64>,
         /// The error reported by the operating system.
         #[source]
         source: Arc<io::Error>,
@@ -206,7 +208,17 @@ impl From<ShardError> for Error {
                 end,
             },
             ShardError::Closed => Error::Closed,
-            ShardError::Io { op, path, source } => Error::Io { op, path, source },
+            ShardError::Io {
+                op,
+                path,
+                position,
+                source,
+            } => Error::Io {
+                op,
+                path,
+                position,
+                source,
+            },
             ShardError::NoSpace { op, path } => Error::NoSpace { op, path },
             ShardError::ShortWrite {
                 path,
@@ -233,6 +245,11 @@ impl From<ShardError> for Error {
             // crate: a variant added there fails this match at compile time.
         }
     }
+}
+
+/// " at position N" for an error that has one.
+fn at_position(position: &Option<u64>) -> String {
+    position.map_or_else(String::new, |p| format!(" at position {p}"))
 }
 
 #[cfg(test)]

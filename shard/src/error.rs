@@ -64,12 +64,14 @@ pub enum Error {
     Closed,
 
     /// A file system operation failed.
-    #[error("{op} failed on {}: {source}", path.display())]
+    #[error("{op} failed on {}{}: {source}", path.display(), at_position(position))]
     Io {
         /// The operation that failed, such as `"write"` or `"fdatasync"`.
         op: &'static str,
         /// The file or directory it was applied to.
         path: PathBuf,
+        /// Where in the file, for a read or a write.
+        position: Option<u64>,
         /// The error reported by the operating system.
         #[source]
         source: Arc<io::Error>,
@@ -118,13 +120,27 @@ pub enum Error {
 impl Error {
     /// Wraps an operating-system error, mapping ENOSPC to [`Error::NoSpace`].
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        let path = path.into();
+        Self::io_with(op, path.into(), None, source)
+    }
+
+    /// [`Error::io`] for a read or a write at `position` in the file.
+    pub fn io_at(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        position: u64,
+        source: io::Error,
+    ) -> Self {
+        Self::io_with(op, path.into(), Some(position), source)
+    }
+
+    fn io_with(op: &'static str, path: PathBuf, position: Option<u64>, source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::StorageFull {
             Error::NoSpace { op, path }
         } else {
             Error::Io {
                 op,
                 path,
+                position,
                 source: Arc::new(source),
             }
         }
@@ -138,4 +154,9 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// " at position N" for an error that has one.
+fn at_position(position: &Option<u64>) -> String {
+    position.map_or_else(String::new, |p| format!(" at position {p}"))
 }

@@ -525,3 +525,34 @@ fn a_roll_before_the_spare_is_usable_does_not_wait_for_its_zero_fill() {
         );
     });
 }
+
+/// A write that fails names the file and the position it was written at.
+#[test]
+fn a_failed_write_names_its_file_and_position() {
+    use corelog_shard::{Error, FsyncPolicy};
+    run(|| async {
+        for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
+            let mut config = sim_config();
+            config.fsync = fsync;
+            let disk = SimDisk::new(3, Faults::default());
+            let (shard, _) = Shard::open_with(disk.clone(), config).await.unwrap();
+            disk.set_faults(Faults {
+                write_eio: 1.0,
+                ..Faults::default()
+            });
+            let e = shard
+                .append(1, &[Record::new(vec![1; 10])])
+                .await
+                .unwrap_err();
+            let Error::Failed(inner) = &e else {
+                panic!("{e}")
+            };
+            assert!(
+                matches!(&**inner, Error::Io { position: Some(p), path, .. }
+                    if *p >= 4096 && path.to_string_lossy().ends_with(".wal")),
+                "{inner:?}"
+            );
+            assert!(e.to_string().contains(" at position "), "{e}");
+        }
+    });
+}

@@ -54,6 +54,15 @@ fn io_err<'a>(
     move |e| Error::io(op, path, io::Error::from(e))
 }
 
+/// [`io_err`] for a read or a write at `position`.
+fn io_err_at<'a>(
+    op: &'static str,
+    path: &'a Path,
+    position: u64,
+) -> impl FnOnce(glommio::GlommioError<()>) -> Error + 'a {
+    move |e| Error::io_at(op, path, position, io::Error::from(e))
+}
+
 impl Storage for DmaStorage {
     type File = DmaStorageFile;
 
@@ -168,14 +177,14 @@ impl StorageFile for DmaStorageFile {
         self.file
             .write_at(buf, pos)
             .await
-            .map_err(io_err("write", &self.path))
+            .map_err(io_err_at("write", &self.path, pos))
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> Result<ReadResult> {
         self.file
             .read_at_aligned(pos, len)
             .await
-            .map_err(io_err("read", &self.path))
+            .map_err(io_err_at("read", &self.path, pos))
     }
 
     async fn fdatasync(&self) -> Result<()> {
@@ -205,7 +214,7 @@ impl StorageFile for DmaStorageFile {
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(Error::io("pwritev2(RWF_DSYNC)", &self.path, e));
+                return Err(Error::io_at("pwritev2(RWF_DSYNC)", &self.path, pos, e));
             }
         }
     }

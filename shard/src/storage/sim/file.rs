@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::{
-    error::Result,
+    error::{Error, Result},
     storage::{
         sim::{assert_aligned, os_error, Pending, SimBuffer, SimDisk, SimFile, EIO, ENOSPC},
         StorageFile,
@@ -46,7 +46,12 @@ impl StorageFile for SimFile {
         disk.begin("write", &self.path, pos, buf.0.len() as u64)?;
         if disk.chance(|f| f.write_eio) {
             disk.0.borrow_mut().counts.write_eio += 1;
-            return Err(os_error("write", &self.path, EIO));
+            return Err(Error::io_at(
+                "write",
+                &self.path,
+                pos,
+                std::io::Error::from_raw_os_error(EIO),
+            ));
         }
         let full = {
             let d = disk.0.borrow();
