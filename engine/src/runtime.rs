@@ -1,6 +1,7 @@
 //! A shard's thread: a glommio executor that opens the shard (recovering
 //! it), then serves its two queues: appends through [`crate::pipeline`],
-//! every other request in its own task.
+//! every other request in its own task; and the engine's side of ending
+//! the shard threads (close, or an open that failed).
 
 use std::{
     cell::Cell,
