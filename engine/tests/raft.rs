@@ -234,18 +234,28 @@ fn a_log_store_refuses_an_engine_with_retention() {
     engine.close().unwrap();
 }
 
+/// Runs `test` on a tokio runtime with the store of `partition` on a fresh
+/// engine, and the engine's handle, then closes the engine.
+fn with_store<Fut: std::future::Future<Output = ()>>(
+    partition: u64,
+    test: impl FnOnce(LogStore<TypeConfig>, corelog::Handle) -> Fut,
+) {
+    let dir = common::test_dir();
+    let engine = Engine::open(engine_config(dir.path())).unwrap();
+    let store = LogStore::new(engine.handle(), partition).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(test(store, engine.handle()));
+    engine.close().unwrap();
+}
+
 /// A crash inside a purge past the end (the purged id written, the reset
 /// not) leaves entries before the purged id; the store finishes the purge
 /// when asked for its state, so the state keeps openraft's invariant
 /// (the last log id is at least the purged one) and appends go on.
 #[test]
 fn an_interrupted_purge_past_the_end_is_finished() {
-    let dir = common::test_dir();
-    let engine = Engine::open(engine_config(dir.path())).unwrap();
-    let log = engine.handle();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut store = LogStore::<TypeConfig>::new(log.clone(), 7).unwrap();
+    with_store(7, |mut store, log| async move {
         store
             .blocking_append((0..10).map(|i| entry(1, i)))
             .await
@@ -266,7 +276,6 @@ fn an_interrupted_purge_past_the_end_is_finished() {
             .collect();
         assert_eq!(indexes, [21]);
     });
-    engine.close().unwrap();
 }
 
 /// A reader (a replication task's clone) racing truncations and appends
@@ -274,11 +283,7 @@ fn an_interrupted_purge_past_the_end_is_finished() {
 /// as fatal.
 #[test]
 fn a_reader_racing_truncations_gets_entries_not_errors() {
-    let dir = common::test_dir();
-    let engine = Engine::open(engine_config(dir.path())).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut store = LogStore::<TypeConfig>::new(engine.handle(), 9).unwrap();
+    with_store(9, |mut store, _| async move {
         store
             .blocking_append((0..20).map(|i| entry(1, i)))
             .await
@@ -307,19 +312,14 @@ fn a_reader_racing_truncations_gets_entries_not_errors() {
         done.store(true, Ordering::Relaxed);
         assert!(reading.await.unwrap() > 0);
     });
-    engine.close().unwrap();
 }
 
 /// An append larger than the engine's largest batch goes in chunks that
 /// fit it.
 #[test]
 fn an_append_larger_than_a_batch_goes_in_chunks_that_fit() {
-    let dir = common::test_dir();
     // 64 KiB batches: 300 entries of 1 KiB need five or more.
-    let engine = Engine::open(engine_config(dir.path())).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut store = LogStore::<TypeConfig>::new(engine.handle(), 11).unwrap();
+    with_store(11, |mut store, _| async move {
         let entries = (0..300u64).map(|i| Entry {
             log_id: log_id(1, 1, i),
             payload: EntryPayload::Normal("x".repeat(1024)),
@@ -328,5 +328,4 @@ fn an_append_larger_than_a_batch_goes_in_chunks_that_fit() {
         let read = store.try_get_log_entries(0..300).await.unwrap();
         assert_eq!(read.len(), 300);
     });
-    engine.close().unwrap();
 }
