@@ -12,7 +12,7 @@ use std::{
 use corelog_bench::OpenShard;
 use corelog_shard::{
     internals::{
-        encode_batch, encoded_batch_len, Batch, BatchInfo, IndexEntry, Memtable, OffsetIndex,
+        encode_batch, encoded_batch_len, Batch, BatchInfo, Body, IndexEntry, Memtable, OffsetIndex,
     },
     FsyncPolicy, Record, Shard, Submitted,
 };
@@ -142,7 +142,10 @@ fn wal_appends(shard: &OpenShard, pipelined: bool, recs: &Rc<Vec<Record>>, iters
                     base_offset: i * recs.len() as u64,
                     ..BatchInfo::default()
                 };
-                last = wal.encode(info, &recs, size, |_| {}).expect("encode").group;
+                last = wal
+                    .encode(info, Body::Records(&recs), size, |_| {})
+                    .expect("encode")
+                    .group;
             } else {
                 wal.append(1000, i * recs.len() as u64, 0, &recs)
                     .await

@@ -22,15 +22,15 @@ use std::{
     task::Waker,
 };
 
-use corelog_shard::{Record, BATCH_HEADER_LEN};
+use corelog_shard::{EncodedRecords, Record, BATCH_HEADER_LEN};
 
 use crate::{
     error::{Error, Result},
     request::Reply,
 };
 
-/// Most records a new bundle reserves room for beyond its first append's:
-/// a few appends' worth, then the vector grows by doubling. Reserving a
+/// Most appends like its first that a new bundle reserves room for: a
+/// few appends' worth, then the buffer grows by doubling. Reserving a
 /// whole bundle's worth (up to 1,024 records, about 90 KB) held 66 KB for
 /// each one-record append a fan-out producer left outstanding per
 /// partition (`engine/tests/memory.rs`).
@@ -43,7 +43,8 @@ pub(crate) struct AppendRequest {
     /// For a conditional append (always alone in its bundle): the end the
     /// partition must have.
     pub expected_end: Option<u64>,
-    pub records: Vec<Record>,
+    /// The appends' records, encoded by the appending threads.
+    pub records: EncodedRecords,
     /// Encoded size of the one batch `records` make, checked against the
     /// limits by the caller.
     pub bytes: usize,
@@ -86,7 +87,7 @@ struct Staged {
     queue: async_channel::Sender<Queued>,
     partition: u64,
     expected_end: Option<u64>,
-    records: Vec<Record>,
+    records: EncodedRecords,
     /// Encoded size of the one batch the records make.
     bytes: usize,
     /// The bundle of the same partition before this one, if it
@@ -114,19 +115,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Bundle {
     /// A new bundle of one append: `records`, whose batch is `bytes` long,
     /// for `partition`, to go by `route`; unconditional appends may join it
-    /// up to a batch of `limit` bytes.
+    /// up to a batch of `limit` bytes. The records are encoded here, on
+    /// the appending thread.
     pub(crate) fn new(
         route: Route,
         partition: u64,
         expected_end: Option<u64>,
-        mut records: Vec<Record>,
+        records: &[Record],
         bytes: usize,
         limit: usize,
     ) -> Arc<Bundle> {
-        if expected_end.is_none() {
+        let body = bytes - BATCH_HEADER_LEN;
+        let room = match expected_end {
             // Room for a few more appends like this one.
-            records.reserve((limit / bytes).min(MAX_RESERVE) * records.len());
-        }
+            None => (limit / bytes).clamp(1, MAX_RESERVE) * body,
+            Some(_) => body,
+        };
+        let mut encoded = EncodedRecords::with_capacity(room);
+        encoded.push(records);
+        let records = encoded;
         Arc::new(Bundle {
             staged: Mutex::new(Some(Staged {
                 queue: route.queue,
@@ -144,25 +151,20 @@ impl Bundle {
         })
     }
 
-    /// Moves an unconditional append, `records` with a batch of `bytes`,
+    /// Encodes an unconditional append, `records` with a batch of `bytes`,
     /// into the bundle if it is still staged and takes no conditional
     /// append, and their one batch stays within `limit`. Returns the place
-    /// of the append's first record in the bundle; `None` leaves `records`
-    /// as they were.
-    pub(crate) fn join(
-        &self,
-        records: &mut Vec<Record>,
-        bytes: usize,
-        limit: usize,
-    ) -> Option<u64> {
+    /// of the append's first record in the bundle; `None` if it did not
+    /// join.
+    pub(crate) fn join(&self, records: &[Record], bytes: usize, limit: usize) -> Option<u64> {
         let mut staged = lock(&self.staged);
         let s = staged.as_mut()?;
         let joined = s.bytes + bytes - BATCH_HEADER_LEN;
         if s.expected_end.is_some() || joined > limit {
             return None;
         }
-        let place = s.records.len() as u64;
-        s.records.append(records);
+        let place = u64::from(s.records.count());
+        s.records.push(records);
         s.bytes = joined;
         Some(place)
     }

@@ -343,7 +343,8 @@ impl Handle {
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => 0,
         };
         let sizes = (self.bundle_bytes, keep);
-        let (bundle, place) = self.staged.append(at, route, records, bytes, sizes);
+        // Encoded on this thread, which also frees the records.
+        let (bundle, place) = self.staged.append(at, route, &records, bytes, sizes);
         Append::waiting(bundle, place)
     }
 

@@ -34,7 +34,7 @@ use std::{
     task::{Poll, Waker},
 };
 
-use corelog_shard::{Record, Shard, Submitted, BATCH_HEADER_LEN};
+use corelog_shard::{EncodedRecords, Shard, Submitted, BATCH_HEADER_LEN};
 use futures_lite::FutureExt;
 
 use crate::{
@@ -109,13 +109,14 @@ pub(crate) async fn serve_appends(
 }
 
 /// Appends to one partition gathered into one batch: their records, in
-/// queue order, and each one's ticket and record count. A conditional
-/// append goes alone.
+/// queue order (each bundle's as its thread encoded them, written one
+/// after another into the batch), and each one's ticket and record count.
+/// A conditional append goes alone.
 #[derive(Default)]
 struct Run {
     partition: u64,
     expected_end: Option<u64>,
-    records: Vec<Record>,
+    records: Vec<EncodedRecords>,
     tickets: Vec<(Ticket, usize)>,
     /// Encoded bytes of the one batch the appends gathered make.
     bytes: usize,
@@ -153,13 +154,8 @@ impl Run {
         self.partition = partition;
         self.expected_end = expected_end;
         self.bytes = bytes;
-        self.tickets.push((ticket, records.len()));
-        if self.records.is_empty() {
-            // The first append's records are the run's: no copy.
-            self.records = records;
-        } else {
-            self.records.extend(records);
-        }
+        self.tickets.push((ticket, records.count() as usize));
+        self.records.push(records);
         None
     }
 }
@@ -177,7 +173,7 @@ async fn submit(shard: &Shard, run: &mut Run, in_flight: &InFlight, stop: &Stop)
         return;
     }
     let submitted =
-        AssertUnwindSafe(shard.submit_at(run.partition, run.expected_end, &run.records))
+        AssertUnwindSafe(shard.submit_encoded_at(run.partition, run.expected_end, &run.records))
             .catch_unwind()
             .await;
     run.records.clear();

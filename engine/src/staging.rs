@@ -150,11 +150,11 @@ impl Staged {
         &self,
         (partition, expected_end): (u64, Option<u64>),
         route: impl FnOnce() -> Route,
-        mut records: Vec<Record>,
+        records: &[Record],
         bytes: usize,
         (limit, keep): (usize, usize),
     ) -> (Arc<Bundle>, u64) {
-        let open = |records| Bundle::new(route(), partition, expected_end, records, bytes, limit);
+        let open = || Bundle::new(route(), partition, expected_end, records, bytes, limit);
         let mut slot = self.slot(partition);
         if expected_end.is_some() || bytes > limit {
             // Sent under the lock: after what is staged, before any later
@@ -162,19 +162,19 @@ impl Staged {
             if let Some(staged) = slot.remove(&partition) {
                 staged.send();
             }
-            let bundle = open(records);
+            let bundle = open();
             bundle.send();
             return (bundle, 0);
         }
         if let Some(b) = slot.get(&partition) {
-            if let Some(place) = b.join(&mut records, bytes, limit) {
+            if let Some(place) = b.join(records, bytes, limit) {
                 let b = b.clone();
                 drop(slot);
                 note(&b);
                 return (b, place);
             }
         }
-        let bundle = open(records);
+        let bundle = open();
         if let Some(previous) = slot.insert(partition, bundle.clone()) {
             // Under the lock, before anyone can reach the new bundle.
             if let Some(previous) = bundle.follow(previous, keep) {

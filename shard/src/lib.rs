@@ -35,7 +35,7 @@ pub use config::{FsyncPolicy, RecoveryMode, ShardConfig};
 pub use error::{Error, Result};
 pub use format::{
     batch::{check_batch, BATCH_HEADER_LEN},
-    record::Record,
+    record::{EncodedRecords, Record},
     stored_record::StoredRecord,
 };
 pub use partition::Offsets;
@@ -55,7 +55,8 @@ pub mod internals {
     pub use crate::format::{
         batch::{
             decode_batch, encode_batch, encoded_batch_len, peek_header, Batch, BatchHeader,
-            BatchInfo, DecodeError, RecoveredBatch, BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION,
+            BatchInfo, Body, DecodeError, RecoveredBatch, BATCH_HEADER_LEN, BATCH_MAGIC,
+            BATCH_VERSION,
         },
         record::RecordView,
         segment::{crc_seed, segment_path},

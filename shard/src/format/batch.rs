@@ -11,7 +11,8 @@ use bytes::Bytes;
 use bytemuck::{Pod, Zeroable};
 
 use crate::format::record::{
-    encode_record, parse_record, read_checked_record, Record, RecordView, RECORD_OVERHEAD,
+    encode_record, parse_record, read_checked_record, EncodedRecords, Record, RecordView,
+    RECORD_OVERHEAD,
 };
 use crate::{
     config::ShardConfig,
@@ -152,12 +153,17 @@ pub fn encoded_batch_len(records: &[Record]) -> Option<(usize, usize)> {
 /// limits; returns the encoded size of their batch. A shard checks every
 /// append with this; a caller may check first to refuse early.
 pub fn check_batch(config: &ShardConfig, partition: u64, records: &[Record]) -> Result<usize> {
-    if records.is_empty() {
+    check_body(config, partition, Body::Records(records))
+}
+
+/// [`check_batch`] for either kind of [`Body`].
+pub(crate) fn check_body(config: &ShardConfig, partition: u64, body: Body<'_>) -> Result<usize> {
+    if body.count() == 0 {
         return Err(Error::InvalidArgument(format!(
             "empty batch for partition {partition}"
         )));
     }
-    let Some((size, largest)) = encoded_batch_len(records) else {
+    let Some((size, largest)) = body.sizes() else {
         return Err(Error::RecordTooLarge {
             what: "record",
             size: usize::MAX,
@@ -181,6 +187,69 @@ pub fn check_batch(config: &ShardConfig, partition: u64, records: &[Record]) -> 
     Ok(size)
 }
 
+/// The records of one batch, as the shard gets them: records to encode
+/// (appends made on the shard's thread), or records a caller's thread
+/// encoded already, in one or more runs written one after another.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    /// Records to encode here.
+    Records(&'a [Record]),
+    /// Runs of encoded records, in order.
+    Encoded(&'a [EncodedRecords]),
+}
+
+impl Body<'_> {
+    /// Number of records.
+    pub fn count(&self) -> usize {
+        match self {
+            Body::Records(records) => records.len(),
+            Body::Encoded(runs) => runs.iter().map(|r| r.count() as usize).sum(),
+        }
+    }
+
+    /// Size of the batch holding the records and the size of its largest
+    /// record; `None` when a record cannot be encoded at all.
+    fn sizes(&self) -> Option<(usize, usize)> {
+        match self {
+            Body::Records(records) => encoded_batch_len(records),
+            Body::Encoded(runs) => runs.iter().try_fold((BATCH_HEADER_LEN, 0), |(t, l), r| {
+                Some((t.checked_add(r.len())?, l.max(r.largest())))
+            }),
+        }
+    }
+
+    /// Writes the records into `out` (exactly their length), timestamping
+    /// records without one at `now_ms`; returns the timestamps of the
+    /// first record and of the largest.
+    fn write(&self, out: &mut [u8], now_ms: i64) -> (i64, i64) {
+        let mut at = 0;
+        let mut first = None;
+        let mut max = i64::MIN;
+        match self {
+            Body::Records(records) => {
+                for r in *records {
+                    let ts = r.timestamp.unwrap_or(now_ms);
+                    first.get_or_insert(ts);
+                    max = max.max(ts);
+                    at += encode_record(r, ts, &mut out[at..]);
+                }
+            }
+            Body::Encoded(runs) => {
+                for run in runs.iter().filter(|r| !r.is_empty()) {
+                    let (run_first, run_max) = run.timestamps();
+                    first.get_or_insert(run_first);
+                    max = max.max(run_max);
+                    out[at..at + run.len()].copy_from_slice(run.as_bytes());
+                    at += run.len();
+                }
+            }
+        }
+        // Invariant: the caller sized `out` with `sizes`.
+        assert_eq!(at, out.len(), "batch buffer sized wrongly");
+        (first.expect("a batch holds at least one record"), max)
+    }
+}
+
 /// The header fields of a batch that its records do not determine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BatchInfo {
@@ -201,6 +270,7 @@ pub struct BatchInfo {
 ///
 /// The caller has checked sizes with [`encoded_batch_len`]; `records` is not
 /// empty. Records without a timestamp take `now_ms`.
+#[cfg(any(test, feature = "internals"))]
 pub fn encode_batch(
     out: &mut [u8],
     seed: u32,
@@ -208,26 +278,27 @@ pub fn encode_batch(
     records: &[Record],
     now_ms: i64,
 ) -> BatchHeader {
-    assert!(!records.is_empty(), "a batch holds at least one record");
-    let mut at = BATCH_HEADER_LEN;
-    let mut max_timestamp = i64::MIN;
-    let first_timestamp = records[0].timestamp.unwrap_or(now_ms);
-    for r in records {
-        let ts = r.timestamp.unwrap_or(now_ms);
-        max_timestamp = max_timestamp.max(ts);
-        at += encode_record(r, ts, &mut out[at..]);
-    }
-    // Invariant: the caller sized `out` with encoded_batch_len.
-    assert_eq!(at, out.len(), "batch buffer sized wrongly");
+    encode_body(out, seed, info, Body::Records(records), now_ms)
+}
+
+/// [`encode_batch`] for either kind of [`Body`], sized by [`check_body`].
+pub(crate) fn encode_body(
+    out: &mut [u8],
+    seed: u32,
+    info: BatchInfo,
+    body: Body<'_>,
+    now_ms: i64,
+) -> BatchHeader {
+    let (first_timestamp, max_timestamp) = body.write(&mut out[BATCH_HEADER_LEN..], now_ms);
     let mut header = BatchHeader {
         magic: BATCH_MAGIC,
-        length: u32::try_from(at).expect("batch size checked by the caller"),
+        length: u32::try_from(out.len()).expect("batch size checked by the caller"),
         crc: 0,
         version: BATCH_VERSION,
         flags: info.flags,
         partition: info.partition,
         base_offset: info.base_offset,
-        record_count: records.len() as u32,
+        record_count: u32::try_from(body.count()).expect("batch size checked by the caller"),
         floor_block: info.floor_block,
         first_timestamp,
         max_timestamp,
@@ -439,6 +510,33 @@ mod tests {
             }
             // Another segment's seed never validates the same bytes.
             prop_assert!(decode_batch(&out, seed ^ 1).is_err());
+        }
+
+        /// Records encoded ahead on the caller's thread, in any split into
+        /// runs, make the same batch as the records encoded by the shard.
+        #[test]
+        fn encoded_runs_make_the_same_batch(records in proptest::collection::vec(
+                                                arb_record().prop_map(|r| { let ts = r.timestamp.unwrap_or(5); r.with_timestamp(ts) }), 1..12),
+                                            splits in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+                                            seed: u32) {
+            let mut cuts: Vec<usize> = splits.iter().map(|i| i.index(records.len() + 1)).collect();
+            cuts.extend([0, records.len()]);
+            cuts.sort_unstable();
+            let runs: Vec<EncodedRecords> = cuts.windows(2).map(|w| {
+                let mut run = EncodedRecords::with_capacity(0);
+                run.push(&records[w[0]..w[1]]);
+                run
+            }).collect();
+            let info = BatchInfo { partition: 3, base_offset: 9, floor_block: 1, position: 8192, flags: 0 };
+            let config = ShardConfig::new("unused");
+            let size = check_body(&config, 3, Body::Encoded(&runs)).unwrap();
+            prop_assert_eq!(size, check_batch(&config, 3, &records).unwrap());
+            let mut expected = vec![0; size];
+            let mut actual = vec![0; size];
+            let a = encode_batch(&mut expected, seed, info, &records, 0);
+            let b = encode_body(&mut actual, seed, info, Body::Encoded(&runs), 0);
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(expected, actual);
         }
 
         #[test]

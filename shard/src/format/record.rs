@@ -165,12 +165,20 @@ impl<'a> RecordView<'a> {
 /// Writes `r` at the start of `out`, timestamped `timestamp`, and returns
 /// its encoded length. The caller sized `out` with [`Record::encoded_len`].
 pub(crate) fn encode_record(r: &Record, timestamp: i64, out: &mut [u8]) -> usize {
-    let len = r.encoded_len().expect("record size checked by the caller");
     let mut pos = 0;
-    let mut put = |bytes: &[u8]| {
+    let len = write_record(r, timestamp, |bytes| {
         out[pos..pos + bytes.len()].copy_from_slice(bytes);
         pos += bytes.len();
-    };
+    });
+    // Invariant: encoded_len and this encoder agree on the layout.
+    debug_assert_eq!(pos, len, "record encoder and encoded_len disagree");
+    len
+}
+
+/// Hands `r`'s encoding, timestamped `timestamp`, to `put` piece by piece
+/// (the one place the layout is written) and returns its encoded length.
+fn write_record(r: &Record, timestamp: i64, mut put: impl FnMut(&[u8])) -> usize {
+    let len = r.encoded_len().expect("record size checked by the caller");
     put(&((len - 4) as u32).to_le_bytes());
     put(&timestamp.to_le_bytes());
     put(&r
@@ -190,9 +198,93 @@ pub(crate) fn encode_record(r: &Record, timestamp: i64, out: &mut [u8]) -> usize
         put(&(value.len() as u32).to_le_bytes());
         put(value);
     }
-    // Invariant: encoded_len and this encoder agree on the layout.
-    debug_assert_eq!(pos, len, "record encoder and encoded_len disagree");
     len
+}
+
+/// Records encoded ahead of their batch, on the appending thread: the
+/// bytes that follow a batch header, and what the header needs to know of
+/// them. A shard writes them into a batch with one copy
+/// ([`crate::format::batch::Body::Encoded`]), so the per-record work of an
+/// append (encoding, and freeing the caller's buffers) stays on the
+/// caller's thread instead of the shard's.
+#[derive(Debug, Default)]
+pub struct EncodedRecords {
+    bytes: Vec<u8>,
+    count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    /// Encoded length of the largest record, to check against the limit.
+    largest: usize,
+}
+
+impl EncodedRecords {
+    /// Empty, with room for `bytes` of encoded records.
+    pub fn with_capacity(bytes: usize) -> Self {
+        EncodedRecords {
+            bytes: Vec::with_capacity(bytes),
+            max_timestamp: i64::MIN,
+            ..EncodedRecords::default()
+        }
+    }
+
+    /// Encodes `records` after those already here; records without a
+    /// timestamp take the current time (the coarse clock of
+    /// [`crate::wal::now_ms`]). The caller checked them with
+    /// [`crate::format::batch::check_batch`], and keeps the total within a
+    /// batch's limits (so the count fits the header's `u32`).
+    pub fn push(&mut self, records: &[Record]) {
+        let now = if records.iter().any(|r| r.timestamp.is_none()) {
+            crate::wal::now_ms()
+        } else {
+            0
+        };
+        for r in records {
+            let ts = r.timestamp.unwrap_or(now);
+            if self.count == 0 {
+                self.first_timestamp = ts;
+            }
+            self.max_timestamp = self.max_timestamp.max(ts);
+            let at = self.bytes.len();
+            let len = write_record(r, ts, |bytes| self.bytes.extend_from_slice(bytes));
+            // Invariant: encoded_len and this encoder agree on the layout.
+            debug_assert_eq!(self.bytes.len() - at, len);
+            self.largest = self.largest.max(len);
+            self.count = self
+                .count
+                .checked_add(1)
+                .expect("batch limits checked by the caller");
+        }
+    }
+
+    /// Number of records.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Encoded bytes of the records.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether no record is here.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded records.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Timestamps of the first record and the largest one.
+    pub(crate) fn timestamps(&self) -> (i64, i64) {
+        (self.first_timestamp, self.max_timestamp)
+    }
+
+    /// Encoded length of the largest record.
+    pub(crate) fn largest(&self) -> usize {
+        self.largest
+    }
 }
 
 /// The fixed fields at the start of an encoded record.

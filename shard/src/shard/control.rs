@@ -14,7 +14,7 @@ pub const MAX_META_VALUE_BYTES: usize = 64 << 10;
 use crate::{
     error::{Error, Result},
     format::{
-        batch::{BatchInfo, FLAG_CONTROL},
+        batch::{BatchInfo, Body, FLAG_CONTROL},
         checkpoint::{self, Checkpoint},
         record::Record,
     },
@@ -196,7 +196,9 @@ impl<S: Storage> Shard<S> {
             flags: FLAG_CONTROL,
             ..BatchInfo::default()
         };
-        let appended = self.wal.encode(info, records, size, |_| {})?;
+        let appended = self
+            .wal
+            .encode(info, Body::Records(records), size, |_| {})?;
         // A cached batch holding `offset` stays (it may not be written
         // yet); reads stop where its index entry ends.
         match op {

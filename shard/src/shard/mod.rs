@@ -22,9 +22,9 @@ use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
-        batch::{BatchInfo, RecoveredBatch, FLAG_CONTROL},
+        batch::{BatchInfo, Body, RecoveredBatch, FLAG_CONTROL},
         checkpoint,
-        record::Record,
+        record::{EncodedRecords, Record},
     },
     partition::{
         index::IndexEntry,
@@ -219,7 +219,31 @@ impl<S: Storage> Shard<S> {
         expected_end: Option<u64>,
         records: &[Record],
     ) -> Result<Submitted> {
-        let size = self.wal.check_batch(partition, records)?;
+        self.submit_body(partition, expected_end, Body::Records(records))
+            .await
+    }
+
+    /// [`Shard::submit_at`] for records the caller's thread encoded
+    /// already: `runs`, one after another, make one batch. The appending
+    /// threads of the engine encode their appends this way, so that the
+    /// shard's work per batch is one copy, not a pass per record.
+    pub async fn submit_encoded_at(
+        &self,
+        partition: u64,
+        expected_end: Option<u64>,
+        runs: &[EncodedRecords],
+    ) -> Result<Submitted> {
+        self.submit_body(partition, expected_end, Body::Encoded(runs))
+            .await
+    }
+
+    async fn submit_body(
+        &self,
+        partition: u64,
+        expected_end: Option<u64>,
+        body: Body<'_>,
+    ) -> Result<Submitted> {
+        let size = self.wal.check_body(partition, body)?;
         // Both must hold at once, with no await between the check and the
         // encode: a reset or metadata batch may be logged while this waits
         // for room, and room may fill while it waits for the barrier.
@@ -249,9 +273,9 @@ impl<S: Storage> Shard<S> {
         };
         let mut kept = None;
         let memtable = &mut st.memtable;
-        let a = self.wal.encode(info, records, size, |bytes| {
-            kept = Some(memtable.keep(bytes))
-        })?;
+        let a = self
+            .wal
+            .encode(info, body, size, |bytes| kept = Some(memtable.keep(bytes)))?;
         part.end = a.base_offset + u64::from(a.record_count);
         part.pending.push_back((a.group, part.end));
         part.unacked.push_back((a.group, part.end));

@@ -25,7 +25,7 @@ use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
-        batch::{check_batch, encode_batch, BatchInfo, RecoveredBatch, FLAG_CONTROL},
+        batch::{check_body, encode_body, BatchInfo, Body, RecoveredBatch, FLAG_CONTROL},
         record::Record,
         segment::{align_up, crc_seed, BLOCK_SIZE},
         sidecar,
@@ -163,7 +163,7 @@ impl<S: Storage> Wal<S> {
             flags,
             ..BatchInfo::default()
         };
-        let appended = self.encode(info, records, size, |_| {})?;
+        let appended = self.encode(info, Body::Records(records), size, |_| {})?;
         self.wait_committed(appended.group).await?;
         Ok(appended)
     }
@@ -172,7 +172,12 @@ impl<S: Storage> Wal<S> {
     /// The first step of an append, with [`Wal::wait_for_room`],
     /// [`Wal::encode`] and [`Wal::wait_committed`].
     pub fn check_batch(&self, partition: u64, records: &[Record]) -> Result<usize> {
-        check_batch(&self.inner.config, partition, records)
+        self.check_body(partition, Body::Records(records))
+    }
+
+    /// [`Wal::check_batch`] for either kind of [`Body`].
+    pub fn check_body(&self, partition: u64, body: Body<'_>) -> Result<usize> {
+        check_body(&self.inner.config, partition, body)
     }
 
     /// Backpressure: waits while too many bytes are queued for writing.
@@ -201,7 +206,7 @@ impl<S: Storage> Wal<S> {
     pub fn encode(
         &self,
         mut info: BatchInfo,
-        records: &[Record],
+        body: Body<'_>,
         size: usize,
         keep: impl FnOnce(&[u8]),
     ) -> Result<Appended> {
@@ -212,7 +217,7 @@ impl<S: Storage> Wal<S> {
                 info.flags
             )));
         }
-        if info.base_offset.checked_add(records.len() as u64).is_none() {
+        if info.base_offset.checked_add(body.count() as u64).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "partition {} would pass the last offset",
                 info.partition
@@ -243,7 +248,7 @@ impl<S: Storage> Wal<S> {
             let at = st.open.len;
             let buf = st.open.buf.as_mut().expect("allocated above");
             let bytes = &mut buf.as_mut_slice()[at..at + size];
-            let header = encode_batch(bytes, seed, info, records, now_ms());
+            let header = encode_body(bytes, seed, info, body, now_ms());
             keep(bytes);
             let segment = st.open.segment;
             st.unsealed.push(RecoveredBatch {
@@ -266,7 +271,7 @@ impl<S: Storage> Wal<S> {
         };
         let c = &self.inner.counters;
         bump(&c.appends, 1);
-        bump(&c.records, records.len() as u64);
+        bump(&c.records, body.count() as u64);
         bump(&c.bytes, size as u64);
         self.inner.work.notify();
         Ok(appended)

@@ -252,7 +252,11 @@ mod tests {
     use super::*;
     use crate::{
         config::FsyncPolicy,
-        format::{batch::BatchInfo, record::Record, segment::segment_path},
+        format::{
+            batch::{BatchInfo, Body},
+            record::Record,
+            segment::segment_path,
+        },
         storage::sim::{Faults, SimDisk},
     };
 
@@ -287,8 +291,12 @@ mod tests {
                         base_offset,
                         ..BatchInfo::default()
                     };
-                    let first = wal.encode(info(0), &records, size, |_| {}).unwrap();
-                    let second = wal.encode(info(1), &records, size, |_| {}).unwrap();
+                    let first = wal
+                        .encode(info(0), Body::Records(&records), size, |_| {})
+                        .unwrap();
+                    let second = wal
+                        .encode(info(1), Body::Records(&records), size, |_| {})
+                        .unwrap();
                     wal.wait_committed(second.group).await.unwrap();
                     let path = segment_path(&config.dir, second.segment);
                     drop(wal);
