@@ -15,7 +15,7 @@ use futures_channel::oneshot;
 
 use crate::{
     append::Append,
-    bundle::{self, Queued, Route},
+    bundle::{self, Buffers, Queued, Route},
     config::Config,
     error::{Error, Result},
     io_memory::with_io_memory,
@@ -63,6 +63,8 @@ pub struct Handle {
     bundle_bytes: usize,
     /// Per shard, the message of a panic that stopped it.
     panics: Arc<[Arc<OnceLock<String>>]>,
+    /// Per shard, its spent bundle buffers.
+    buffers: Arc<[Arc<Buffers>]>,
     /// The engine's durability policy.
     fsync: FsyncPolicy,
 }
@@ -159,6 +161,7 @@ impl Engine {
         let appends = threads.iter().map(|t| t.appends.clone()).collect();
         let senders = threads.iter().map(|t| t.sender.clone()).collect();
         let panics = threads.iter().map(|t| t.panicked.clone()).collect();
+        let buffers = threads.iter().map(|t| t.buffers.clone()).collect();
         Ok(Engine {
             handle: Handle {
                 appends,
@@ -167,6 +170,7 @@ impl Engine {
                 limits: Arc::new(config.shard_config(0)),
                 bundle_bytes: COALESCE_BYTES.min(config.shard_config(0).max_batch_bytes),
                 panics,
+                buffers,
                 fsync: config.shard_config(0).fsync,
             },
             threads,
@@ -332,6 +336,7 @@ impl Handle {
             queue: self.appends[shard].clone(),
             shard,
             panicked: self.panics[shard].clone(),
+            buffers: self.buffers[shard].clone(),
         };
         let at = (partition, expected_end);
         // Under `Always` a thread's full bundles wait for the rest of its

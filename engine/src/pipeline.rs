@@ -31,6 +31,7 @@ use std::{
     future::poll_fn,
     panic::AssertUnwindSafe,
     rc::Rc,
+    sync::Arc,
     task::{Poll, Waker},
 };
 
@@ -38,7 +39,7 @@ use corelog_shard::{EncodedRecords, Shard, Submitted, BATCH_HEADER_LEN};
 use futures_lite::FutureExt;
 
 use crate::{
-    bundle::{AppendRequest, Queued, Ticket, Wakers},
+    bundle::{AppendRequest, Buffers, Queued, Ticket, Wakers},
     error::Error,
     request::Reply,
     stop::Stop,
@@ -56,7 +57,7 @@ pub(crate) const COALESCE_BYTES: usize = 64 << 10;
 /// that the log's flush covers them.
 pub(crate) async fn serve_appends(
     shard: Shard,
-    queue: async_channel::Receiver<Queued>,
+    (queue, buffers): (async_channel::Receiver<Queued>, Arc<Buffers>),
     stop: Rc<Stop>,
     flush: impl Fn(Reply<()>),
 ) {
@@ -100,6 +101,9 @@ pub(crate) async fn serve_appends(
                 }
             }
             submit(&shard, &mut run, &in_flight, &stop).await;
+            for spent in run.records.drain(..) {
+                buffers.give(spent.into_buffer());
+            }
             // A long queue must not keep the commit task from running.
             glommio::yield_if_needed().await;
         }
@@ -160,7 +164,8 @@ impl Run {
     }
 }
 
-/// Submits the run as one batch and empties it; each append in it is
+/// Submits the run as one batch and empties it but for its records
+/// (the caller hands their buffers back); each append in it is
 /// answered with its own offsets once the batch is committed, or at once
 /// with why the batch could not be submitted.
 async fn submit(shard: &Shard, run: &mut Run, in_flight: &InFlight, stop: &Stop) {
@@ -176,7 +181,7 @@ async fn submit(shard: &Shard, run: &mut Run, in_flight: &InFlight, stop: &Stop)
         AssertUnwindSafe(shard.submit_encoded_at(run.partition, run.expected_end, &run.records))
             .catch_unwind()
             .await;
-    run.records.clear();
+    // The records stay for the caller to hand their buffers back.
     run.bytes = 0;
     let refused = match submitted {
         Ok(Ok(batch)) => {

@@ -18,7 +18,7 @@ use corelog_shard::Shard;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::{
-    bundle::Queued,
+    bundle::{Buffers, Queued},
     config::Config,
     error::{Error, Result},
     local::LocalShard,
@@ -48,6 +48,8 @@ pub(crate) struct ShardThread {
     pub join: ExecutorJoinHandle<Result<()>>,
     /// Set, once, to the message of a panic that stopped the shard.
     pub panicked: Arc<OnceLock<String>>,
+    /// The spent buffers of the shard's bundles.
+    pub buffers: Arc<Buffers>,
 }
 
 /// Starts shard `id` on its thread; it reports on `ready` once recovered.
@@ -73,6 +75,8 @@ pub(crate) fn start(
     let shard_config = config.shard_config(id);
     let panicked = Arc::new(OnceLock::new());
     let shard_panicked = panicked.clone();
+    let buffers = Arc::new(Buffers::default());
+    let shard_buffers = buffers.clone();
     let shards = config.shards;
     let join = LocalExecutorBuilder::new(placement)
         .name(&format!("corelog-shard-{id}"))
@@ -90,8 +94,15 @@ pub(crate) fn start(
             }
             .arm();
             async move {
-                let ended =
-                    run_shard(id, shards, shard_config, ready, queues, shard_panicked).await;
+                let ended = run_shard(
+                    id,
+                    shards,
+                    shard_config,
+                    ready,
+                    (queues, shard_buffers),
+                    shard_panicked,
+                )
+                .await;
                 Unwinding::disarm();
                 ended
             }
@@ -105,6 +116,7 @@ pub(crate) fn start(
         sender,
         join,
         panicked,
+        buffers,
     })
 }
 
@@ -115,7 +127,7 @@ async fn run_shard(
     shards: usize,
     shard_config: corelog_shard::ShardConfig,
     ready: mpsc::Sender<(usize, Result<()>)>,
-    queues: Queues,
+    (queues, buffers): (Queues, Arc<Buffers>),
     shard_panicked: Arc<OnceLock<String>>,
 ) -> Result<()> {
     let (shard, report) = match Shard::open(shard_config).await {
@@ -137,7 +149,7 @@ async fn run_shard(
         queues: queues.clone(),
         shard: shard.clone(),
     };
-    serve(shard, local, Rc::new(report), queues, stop).await
+    serve(shard, local, Rc::new(report), (queues, buffers), stop).await
 }
 
 /// Serves both queues until they are closed and drained, waits for the
@@ -148,7 +160,7 @@ async fn serve(
     shard: Shard,
     local: LocalShard,
     report: Rc<corelog_shard::RecoveryReport>,
-    queues: Queues,
+    (queues, buffers): (Queues, Arc<Buffers>),
     stop: Stop,
 ) -> Result<()> {
     let in_progress = Rc::new(InProgress::default());
@@ -168,7 +180,7 @@ async fn serve(
     };
     let appends = glommio::spawn_local(serve_appends(
         shard.clone(),
-        queues.appends.clone(),
+        (queues.appends.clone(), buffers),
         stop.clone(),
         flush,
     ));

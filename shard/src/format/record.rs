@@ -220,11 +220,22 @@ pub struct EncodedRecords {
 impl EncodedRecords {
     /// Empty, with room for `bytes` of encoded records.
     pub fn with_capacity(bytes: usize) -> Self {
+        Self::from_buffer(Vec::with_capacity(bytes))
+    }
+
+    /// Empty, in `buffer`'s memory (its contents are dropped).
+    pub fn from_buffer(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
         EncodedRecords {
-            bytes: Vec::with_capacity(bytes),
+            bytes: buffer,
             max_timestamp: i64::MIN,
             ..EncodedRecords::default()
         }
+    }
+
+    /// The memory of the encoded records, to reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.bytes
     }
 
     /// Encodes `records` after those already here; records without a
