@@ -115,7 +115,7 @@ fn main() {
         (100, Syncs::Every(64), 64_000, 1),
         (100, Syncs::Every(1), 2_000, 1),
         (4096, Syncs::AtEnd, 50_000, 1),
-        (4096, Syncs::Every(64), 16_000, 1),
+        (4096, Syncs::Every(64), 160_000, 1),
         (4096, Syncs::Every(1), 2_000, 1),
         (100, Syncs::AtEnd, 100_000, 4),
         (100, Syncs::Every(64), 32_000, 4),

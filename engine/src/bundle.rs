@@ -177,7 +177,11 @@ impl Bundle {
             Some(_) => body,
         };
         let mut encoded = EncodedRecords::from_buffer(route.buffers.take(room));
-        encoded.push(records);
+        // Invariant: the records passed `check_batch`, which refuses what
+        // the format cannot hold.
+        encoded
+            .push(records)
+            .expect("records checked by the caller");
         let records = encoded;
         Arc::new(Bundle {
             staged: Mutex::new(Some(Staged {
@@ -209,7 +213,10 @@ impl Bundle {
             return None;
         }
         let place = u64::from(s.records.count());
-        s.records.push(records);
+        // Invariant: as in `Bundle::new`.
+        s.records
+            .push(records)
+            .expect("records checked by the caller");
         s.bytes = joined;
         Some(place)
     }

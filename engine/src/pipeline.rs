@@ -19,7 +19,7 @@
 //! checks made first (offsets past `u64::MAX`) fails the run.
 //!
 //! Order: appends are submitted one after another in queue order, and
-//! [`Shard::submit`] assigns offsets in the order its calls complete, so
+//! [`Shard::submit_encoded_at`] assigns offsets in the order its calls complete, so
 //! the appends one thread makes to a partition get increasing offsets
 //! whatever their sizes. Backpressure is the log's: a submit waits while
 //! the commit buffer is full, which holds up the queue behind it in order
@@ -131,7 +131,7 @@ impl Run {
     /// append; a run takes more unconditional appends to its partition
     /// while their bytes together stay within `limit` (so their one batch
     /// is within the limits too). The caller checked each request against
-    /// the limits; [`Shard::submit_at`] checks the run's batch again.
+    /// the limits; [`Shard::submit_encoded_at`] checks the run's batch again.
     /// Hands back an append that belongs to the next run.
     fn add(&mut self, request: AppendRequest, limit: usize) -> Option<AppendRequest> {
         let bytes = if self.tickets.is_empty() {

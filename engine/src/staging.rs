@@ -155,17 +155,20 @@ impl Staged {
         (limit, keep): (usize, usize),
     ) -> (Arc<Bundle>, u64) {
         let open = || Bundle::new(route(), partition, expected_end, records, bytes, limit);
-        let mut slot = self.slot(partition);
         if expected_end.is_some() || bytes > limit {
+            // Encoded before the lock, which other partitions share: this
+            // append may be up to a batch's limit.
+            let bundle = open();
+            let mut slot = self.slot(partition);
             // Sent under the lock: after what is staged, before any later
             // append to the partition.
             if let Some(staged) = slot.remove(&partition) {
                 staged.send();
             }
-            let bundle = open();
             bundle.send();
             return (bundle, 0);
         }
+        let mut slot = self.slot(partition);
         if let Some(b) = slot.get(&partition) {
             if let Some(place) = b.join(records, bytes, limit) {
                 let b = b.clone();

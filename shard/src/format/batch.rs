@@ -523,8 +523,8 @@ mod tests {
             cuts.extend([0, records.len()]);
             cuts.sort_unstable();
             let runs: Vec<EncodedRecords> = cuts.windows(2).map(|w| {
-                let mut run = EncodedRecords::with_capacity(0);
-                run.push(&records[w[0]..w[1]]);
+                let mut run = EncodedRecords::default();
+                run.push(&records[w[0]..w[1]]).unwrap();
                 run
             }).collect();
             let info = BatchInfo { partition: 3, base_offset: 9, floor_block: 1, position: 8192, flags: 0 };
@@ -537,6 +537,19 @@ mod tests {
             let b = encode_body(&mut actual, seed, info, Body::Encoded(&runs), 0);
             prop_assert_eq!(a, b);
             prop_assert_eq!(expected, actual);
+        }
+
+        /// A record the format cannot hold is refused with a typed error
+        /// and leaves what was encoded before untouched.
+        #[test]
+        fn unencodable_records_are_refused_whole(records in proptest::collection::vec(arb_record(), 1..4)) {
+            let mut run = EncodedRecords::default();
+            run.push(&records).unwrap();
+            let (count, len) = (run.count(), run.len());
+            let too_long = Record::new(vec![1]).with_header("h".repeat(70_000), vec![]);
+            let refused = run.push(&[Record::new(vec![2]), too_long]);
+            prop_assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+            prop_assert_eq!((run.count(), run.len()), (count, len));
         }
 
         #[test]

@@ -13,7 +13,10 @@
 //!          u16 name length, name (UTF-8), u32 value length, value
 //! ```
 
-use crate::format::le::{i64_at, u16_at, u32_at};
+use crate::{
+    error::{Error, Result},
+    format::le::{i64_at, u16_at, u32_at},
+};
 
 /// Fixed bytes of an encoded record before its key.
 pub const RECORD_OVERHEAD: usize = 22;
@@ -207,7 +210,7 @@ fn write_record(r: &Record, timestamp: i64, mut put: impl FnMut(&[u8])) -> usize
 /// ([`crate::format::batch::Body::Encoded`]), so the per-record work of an
 /// append (encoding, and freeing the caller's buffers) stays on the
 /// caller's thread instead of the shard's.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EncodedRecords {
     bytes: Vec<u8>,
     count: u32,
@@ -215,6 +218,12 @@ pub struct EncodedRecords {
     max_timestamp: i64,
     /// Encoded length of the largest record, to check against the limit.
     largest: usize,
+}
+
+impl Default for EncodedRecords {
+    fn default() -> Self {
+        Self::from_buffer(Vec::new())
+    }
 }
 
 impl EncodedRecords {
@@ -228,8 +237,10 @@ impl EncodedRecords {
         buffer.clear();
         EncodedRecords {
             bytes: buffer,
+            count: 0,
+            first_timestamp: 0,
             max_timestamp: i64::MIN,
-            ..EncodedRecords::default()
+            largest: 0,
         }
     }
 
@@ -240,31 +251,40 @@ impl EncodedRecords {
 
     /// Encodes `records` after those already here; records without a
     /// timestamp take the current time (the coarse clock of
-    /// [`crate::wal::now_ms`]). The caller checked them with
-    /// [`crate::format::batch::check_batch`], and keeps the total within a
-    /// batch's limits (so the count fits the header's `u32`).
-    pub fn push(&mut self, records: &[Record]) {
+    /// [`crate::wal::now_ms`]). A record the format cannot hold (a key,
+    /// value or header past its length fields), or more records than a
+    /// batch counts, is refused with nothing added. Batch limits are the
+    /// caller's to check ([`crate::format::batch::check_batch`]); a shard
+    /// checks them again when it writes the records.
+    pub fn push(&mut self, records: &[Record]) -> Result<()> {
+        let fits = records.iter().all(|r| r.encoded_len().is_some());
+        let count = u32::try_from(records.len())
+            .ok()
+            .and_then(|n| self.count.checked_add(n));
+        let Some(count) = count.filter(|_| fits) else {
+            return Err(Error::InvalidArgument(
+                "a record or the batch is larger than the format can hold".into(),
+            ));
+        };
         let now = if records.iter().any(|r| r.timestamp.is_none()) {
             crate::wal::now_ms()
         } else {
             0
         };
+        if let Some(first) = records.first().filter(|_| self.is_empty()) {
+            self.first_timestamp = first.timestamp.unwrap_or(now);
+        }
         for r in records {
             let ts = r.timestamp.unwrap_or(now);
-            if self.count == 0 {
-                self.first_timestamp = ts;
-            }
             self.max_timestamp = self.max_timestamp.max(ts);
             let at = self.bytes.len();
             let len = write_record(r, ts, |bytes| self.bytes.extend_from_slice(bytes));
             // Invariant: encoded_len and this encoder agree on the layout.
             debug_assert_eq!(self.bytes.len() - at, len);
             self.largest = self.largest.max(len);
-            self.count = self
-                .count
-                .checked_add(1)
-                .expect("batch limits checked by the caller");
         }
+        self.count = count;
+        Ok(())
     }
 
     /// Number of records.
