@@ -42,6 +42,9 @@ pub(crate) struct Tail {
     /// kept it despite a damaged header: it is left as found, and the next
     /// append starts a new segment.
     pub writable: bool,
+    /// The length the segment was created with (its header's), which a
+    /// cut file is restored to before appends go on in it.
+    pub length: u64,
 }
 
 /// Everything recovery hands to the shard.
@@ -115,6 +118,7 @@ pub(crate) async fn recover<S: Storage>(
                             valid_end: end,
                             dirty_end: end,
                             writable: true,
+                            length: config.segment_bytes,
                         });
                     }
                     out.report.sidecars_loaded += 1;
@@ -137,6 +141,7 @@ pub(crate) async fn recover<S: Storage>(
         };
         let kept = scan.segment(seq, clean).await?;
         let header_damaged = scan.header_damaged;
+        let length = scan.expected_len;
         drop(scan);
         match kept {
             Some((valid_end, dirty_end)) => {
@@ -146,6 +151,7 @@ pub(crate) async fn recover<S: Storage>(
                         valid_end,
                         dirty_end,
                         writable: !header_damaged,
+                        length,
                     });
                 } else {
                     // The sidecar was missing or damaged: rebuild it. It is
@@ -186,6 +192,7 @@ pub(crate) async fn recover<S: Storage>(
                 valid_end: end,
                 dirty_end: end,
                 writable: true,
+                length: config.segment_bytes,
             });
         }
     }

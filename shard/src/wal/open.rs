@@ -6,7 +6,7 @@
 use std::{cell::RefCell, collections::VecDeque, rc::Rc};
 
 use crate::{
-    config::ShardConfig,
+    config::{RecoveryMode, ShardConfig},
     error::{Error, Result},
     format::{
         batch::{decode_batch, peek_header},
@@ -26,6 +26,10 @@ use crate::{
         Owner, Recovery, Wal,
     },
 };
+
+/// Largest sequence number the last segment may have at open: 2^62
+/// segments of even one block each are more than any disk holds.
+const MAX_SEQUENCE: u64 = 1 << 62;
 
 impl<S: Storage> Wal<S> {
     /// Recovers the shard on the given storage without changing what
@@ -61,6 +65,7 @@ impl<S: Storage> Wal<S> {
                 valid_end: t.valid_end,
                 dirty_end: t.dirty_end,
                 writable: t.writable,
+                length: t.length,
                 tail_batches: recovered
                     .batches
                     .iter()
@@ -139,7 +144,18 @@ impl<S: Storage> Wal<S> {
     /// shard's space reserve). A shard with no segment yet makes its first
     /// one now, zero-filled, so that the first append does not wait for it.
     pub(crate) async fn start_spare(&self) -> Result<()> {
-        let next = self.inner.state.borrow().open.segment + 1;
+        let last = self.inner.state.borrow().open.segment;
+        // Invariant: sequences stay far below `u64::MAX`, so that rolls
+        // (one every segment) never overflow; only a foreign or damaged
+        // file name gets near it.
+        if last >= MAX_SEQUENCE {
+            return Err(Error::corrupted(
+                self.segment_path(last),
+                0,
+                format!("the last segment's sequence number is past {MAX_SEQUENCE}: no log gets there, so the file is not one of this log's"),
+            ));
+        }
+        let next = last + 1;
         if next > 1 {
             roll::prepare_spare(&self.inner, next);
             return Ok(());
@@ -207,9 +223,12 @@ impl<S: Storage> Wal<S> {
             // Every byte written back is verified: each batch in the block,
             // not only the last (the others share it when a group held
             // several small batches).
+            // Salvage (tolerate-any) kept the batches around damage it
+            // skipped; the skipped bytes are written back as they are.
+            let gaps = config.recovery == RecoveryMode::TolerateAnyCorruption;
             let mut at = first;
             for &position in &t.tail_batches {
-                let intact = (position == at)
+                let intact = (position == at || (gaps && position > at))
                     .then(|| bytes.get((position - start) as usize..))
                     .flatten()
                     .and_then(|rest| peek_header(rest).map(|h| (rest, h.length as usize)))
@@ -243,6 +262,13 @@ impl<S: Storage> Wal<S> {
             None
         };
         roll::zero_range(storage, &*file, t.valid_end, t.dirty_end, kept.as_deref()).await?;
+        // A file cut short (tolerate-torn-tail keeps what precedes the
+        // cut) gets its length back: left short, every later scan would
+        // find the same cut, and one after a clean shutdown would take it
+        // for damage, which no mode opens.
+        if file.size().await? < t.length {
+            file.allocate(t.length).await?;
+        }
         file.fdatasync().await
     }
 }
