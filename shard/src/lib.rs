@@ -34,7 +34,8 @@ mod wal;
 pub use config::{FsyncPolicy, RecoveryMode, ShardConfig};
 pub use error::{Error, Result};
 pub use format::{
-    batch::{check_batch, BATCH_HEADER_LEN},
+    batch::BATCH_HEADER_LEN,
+    limits::check_batch,
     record::{EncodedRecords, Record},
     stored_record::StoredRecord,
 };
@@ -53,10 +54,10 @@ pub use storage::{IoBuffer, Storage, StorageFile};
 #[cfg(feature = "internals")]
 pub mod internals {
     pub use crate::format::{
+        batch::Body,
         batch::{
             decode_batch, encode_batch, encoded_batch_len, peek_header, Batch, BatchHeader,
-            BatchInfo, Body, DecodeError, RecoveredBatch, BATCH_HEADER_LEN, BATCH_MAGIC,
-            BATCH_VERSION,
+            BatchInfo, DecodeError, RecoveredBatch, BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION,
         },
         record::RecordView,
         segment::{crc_seed, segment_path},

@@ -10,13 +10,10 @@ use bytes::Bytes;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::error::Result;
 use crate::format::record::{
     encode_record, parse_record, read_checked_record, EncodedRecords, Record, RecordView,
     RECORD_OVERHEAD,
-};
-use crate::{
-    config::ShardConfig,
-    error::{Error, Result},
 };
 
 /// First four bytes of every batch: `"CLB1"`. Never zero, so zeroed space
@@ -149,44 +146,6 @@ pub fn encoded_batch_len(records: &[Record]) -> Option<(usize, usize)> {
     Some((total, largest))
 }
 
-/// Checks `records`, one append to `partition`, against `config`'s
-/// limits; returns the encoded size of their batch. A shard checks every
-/// append with this; a caller may check first to refuse early.
-pub fn check_batch(config: &ShardConfig, partition: u64, records: &[Record]) -> Result<usize> {
-    check_body(config, partition, Body::Records(records))
-}
-
-/// [`check_batch`] for either kind of [`Body`].
-pub(crate) fn check_body(config: &ShardConfig, partition: u64, body: Body<'_>) -> Result<usize> {
-    if body.count() == 0 {
-        return Err(Error::InvalidArgument(format!(
-            "empty batch for partition {partition}"
-        )));
-    }
-    let Some((size, largest)) = body.sizes() else {
-        return Err(Error::RecordTooLarge {
-            what: "record",
-            size: usize::MAX,
-            max: config.max_record_bytes,
-        });
-    };
-    if largest > config.max_record_bytes {
-        return Err(Error::RecordTooLarge {
-            what: "record",
-            size: largest,
-            max: config.max_record_bytes,
-        });
-    }
-    if size > config.max_batch_bytes {
-        return Err(Error::RecordTooLarge {
-            what: "batch",
-            size,
-            max: config.max_batch_bytes,
-        });
-    }
-    Ok(size)
-}
-
 /// The records of one batch, as the shard gets them: records to encode
 /// (appends made on the shard's thread), or records a caller's thread
 /// encoded already, in one or more runs written one after another.
@@ -209,7 +168,7 @@ impl Body<'_> {
 
     /// Size of the batch holding the records and the size of its largest
     /// record; `None` when a record cannot be encoded at all.
-    fn sizes(&self) -> Option<(usize, usize)> {
+    pub(crate) fn sizes(&self) -> Option<(usize, usize)> {
         match self {
             Body::Records(records) => encoded_batch_len(records),
             Body::Encoded(runs) => runs.iter().try_fold((BATCH_HEADER_LEN, 0), |(t, l), r| {
@@ -221,7 +180,7 @@ impl Body<'_> {
     /// Writes the records into `out` (exactly their length), timestamping
     /// records without one at `now_ms`; returns the timestamps of the
     /// first record and of the largest.
-    fn write(&self, out: &mut [u8], now_ms: i64) -> (i64, i64) {
+    pub(crate) fn write(&self, out: &mut [u8], now_ms: i64) -> (i64, i64) {
         let mut at = 0;
         let mut first = None;
         let mut max = i64::MIN;
@@ -528,9 +487,9 @@ mod tests {
                 run
             }).collect();
             let info = BatchInfo { partition: 3, base_offset: 9, floor_block: 1, position: 8192, flags: 0 };
-            let config = ShardConfig::new("unused");
-            let size = check_body(&config, 3, Body::Encoded(&runs)).unwrap();
-            prop_assert_eq!(size, check_batch(&config, 3, &records).unwrap());
+            let sizes = Body::Encoded(&runs).sizes().unwrap();
+            prop_assert_eq!(sizes, encoded_batch_len(&records).unwrap());
+            let size = sizes.0;
             let mut expected = vec![0; size];
             let mut actual = vec![0; size];
             let a = encode_batch(&mut expected, seed, info, &records, 0);
@@ -548,7 +507,7 @@ mod tests {
             let (count, len) = (run.count(), run.len());
             let too_long = Record::new(vec![1]).with_header("h".repeat(70_000), vec![]);
             let refused = run.push(&[Record::new(vec![2]), too_long]);
-            prop_assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+            prop_assert!(matches!(refused, Err(crate::error::Error::InvalidArgument(_))));
             prop_assert_eq!((run.count(), run.len()), (count, len));
         }
 

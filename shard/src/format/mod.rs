@@ -9,6 +9,7 @@ pub(crate) mod batch;
 pub(crate) mod checkpoint;
 pub(crate) mod clean_marker;
 pub(crate) mod le;
+pub(crate) mod limits;
 pub(crate) mod record;
 pub(crate) mod segment;
 pub(crate) mod sidecar;

@@ -13,6 +13,8 @@
 //!          u16 name length, name (UTF-8), u32 value length, value
 //! ```
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::{
     error::{Error, Result},
     format::le::{i64_at, u16_at, u32_at},
@@ -251,7 +253,7 @@ impl EncodedRecords {
 
     /// Encodes `records` after those already here; records without a
     /// timestamp take the current time (the coarse clock of
-    /// [`crate::wal::now_ms`]). A record the format cannot hold (a key,
+    /// [`now_ms`]). A record the format cannot hold (a key,
     /// value or header past its length fields), or more records than a
     /// batch counts, is refused with nothing added. Batch limits are the
     /// caller's to check ([`crate::format::batch::check_batch`]); a shard
@@ -267,7 +269,7 @@ impl EncodedRecords {
             ));
         };
         let now = if records.iter().any(|r| r.timestamp.is_none()) {
-            crate::wal::now_ms()
+            now_ms()
         } else {
             0
         };
@@ -419,4 +421,24 @@ pub(crate) fn read_checked_record(b: &[u8], offset: u64) -> (RecordView<'_>, usi
         fixed.view(offset, &b[RECORD_OVERHEAD..fixed.total]),
         fixed.total,
     )
+}
+
+/// Milliseconds since the Unix epoch: the default timestamp of a record.
+///
+/// Read from the kernel's coarse clock, which moves once a tick (1 to 4
+/// ms): it costs a few nanoseconds where the precise clock costs tens, on
+/// every append.
+pub(crate) fn now_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc != 0 {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+    }
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }

@@ -12,7 +12,7 @@ mod rules;
 mod scan;
 mod window;
 
-use std::{rc::Rc, time::Instant};
+use std::{path::PathBuf, rc::Rc, time::Instant};
 
 pub use report::{Damage, Orphan, RecoveryReport};
 pub(crate) use rules::{decide, Action, Finding};
@@ -53,6 +53,13 @@ pub(crate) struct Recovered<F> {
     pub batches: Vec<RecoveredBatch>,
     pub report: RecoveryReport,
     pub tail: Option<Tail>,
+    /// Sealed segments scanned for want of a sidecar, with their batches:
+    /// their sidecars are written once the open is accepted (recovery
+    /// decides before it writes).
+    pub sidecars: Vec<(u64, Vec<RecoveredBatch>)>,
+    /// Segment files that hold nothing usable, removed once the open is
+    /// accepted.
+    pub unusable: Vec<PathBuf>,
 }
 
 /// Scans the segments in `config.dir`. `clean_end` is the end position of
@@ -79,6 +86,8 @@ pub(crate) async fn recover<S: Storage>(
             ..RecoveryReport::default()
         },
         tail: None,
+        sidecars: Vec::new(),
+        unusable: Vec::new(),
     };
     let names = storage.list(&config.dir).await?;
     for (i, &seq) in seqs.iter().enumerate() {
@@ -154,15 +163,12 @@ pub(crate) async fn recover<S: Storage>(
                         length,
                     });
                 } else {
-                    // The sidecar was missing or damaged: rebuild it. It is
-                    // a cache: one that cannot be written (a full disk)
-                    // costs the next open this scan again, not this open.
-                    if sidecar::write(storage, config, seq, &out.batches[first_batch..])
-                        .await
-                        .is_ok()
-                    {
-                        out.report.sidecars_rebuilt += 1;
-                    }
+                    // The sidecar was missing or damaged: rebuilt once the
+                    // open is accepted (under salvage, from what it kept:
+                    // its decision stands for later opens in any mode).
+                    out.sidecars
+                        .push((seq, out.batches[first_batch..].to_vec()));
+                    out.report.sidecars_rebuilt += 1;
                 }
                 out.segments.push((seq, Rc::new(file)));
             }
@@ -170,8 +176,7 @@ pub(crate) async fn recover<S: Storage>(
                 // The segment holds nothing usable (a header torn while the
                 // segment was created, or skipped under TolerateAny).
                 file.close().await?;
-                storage.remove(&path).await?;
-                storage.sync_dir(&config.dir).await?;
+                out.unusable.push(path);
             }
         }
     }

@@ -14,7 +14,8 @@ pub const MAX_META_VALUE_BYTES: usize = 64 << 10;
 use crate::{
     error::{Error, Result},
     format::{
-        batch::{BatchInfo, Body, FLAG_CONTROL},
+        batch::Body,
+        batch::{BatchInfo, FLAG_CONTROL},
         checkpoint::{self, Checkpoint},
         record::Record,
     },
@@ -234,7 +235,7 @@ impl<S: Storage> Shard<S> {
         let active = self.wal.active_segment();
         let oldest_kept_ms = config
             .retention_age
-            .map(|age| crate::wal::now_ms().saturating_sub(age.as_millis() as i64));
+            .map(|age| crate::format::record::now_ms().saturating_sub(age.as_millis() as i64));
         let mut total = segments.len() as u64 * config.segment_bytes;
         {
             let mut st = self.state.borrow_mut();

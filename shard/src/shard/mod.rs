@@ -22,7 +22,8 @@ use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
-        batch::{BatchInfo, Body, RecoveredBatch, FLAG_CONTROL},
+        batch::Body,
+        batch::{BatchInfo, RecoveredBatch, FLAG_CONTROL},
         checkpoint,
         record::{EncodedRecords, Record},
     },

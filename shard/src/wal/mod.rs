@@ -15,18 +15,15 @@ mod watermark;
 
 pub(crate) use watermark::Watermark;
 
-use std::{
-    path::PathBuf,
-    rc::Rc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{path::PathBuf, rc::Rc};
 
 use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
-        batch::{check_body, encode_body, BatchInfo, Body, RecoveredBatch, FLAG_CONTROL},
-        record::Record,
+        batch::{encode_body, BatchInfo, Body, RecoveredBatch, FLAG_CONTROL},
+        limits::check_body,
+        record::{now_ms, Record},
         segment::{align_up, crc_seed, BLOCK_SIZE},
         sidecar,
     },
@@ -483,24 +480,4 @@ impl<S: Storage> Wal<S> {
             None => Error::Closed,
         }
     }
-}
-
-/// Milliseconds since the Unix epoch: the default timestamp of a record.
-///
-/// Read from the kernel's coarse clock, which moves once a tick (1 to 4
-/// ms): it costs a few nanoseconds where the precise clock costs tens, on
-/// every append.
-pub(crate) fn now_ms() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    if rc != 0 {
-        return SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-    }
-    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }

@@ -15,7 +15,7 @@ use crate::{
         sidecar,
     },
     recovery::recover,
-    stats::Counters,
+    stats::{bump, Counters},
     storage::{Storage, StorageFile},
     wal::{
         committer,
@@ -54,10 +54,12 @@ impl<S: Storage> Wal<S> {
         {
             storage.remove(&spare).await?;
         }
-        let recovered = recover(&storage, &config, marker.flatten()).await?;
+        let mut recovered = recover(&storage, &config, marker.flatten()).await?;
         let mut finish = OpenFinish {
             clean_marker: marker.is_some(),
             tail: None,
+            sidecars: std::mem::take(&mut recovered.sidecars),
+            unusable: std::mem::take(&mut recovered.unusable),
         };
         if let Some(t) = &recovered.tail {
             finish.tail = Some(TailFinish {
@@ -185,6 +187,22 @@ impl<S: Storage> Wal<S> {
             return Ok(());
         };
         let (storage, config) = (&self.inner.storage, &self.inner.config);
+        if !finish.unusable.is_empty() {
+            for path in &finish.unusable {
+                storage.remove(path).await?;
+            }
+            storage.sync_dir(&config.dir).await?;
+        }
+        for (segment, batches) in &finish.sidecars {
+            // A cache: one that cannot be written (a full disk) costs the
+            // next open this scan again, not this open.
+            if sidecar::write(storage, config, *segment, batches)
+                .await
+                .is_err()
+            {
+                bump(&self.inner.counters.sidecar_failures, 1);
+            }
+        }
         if let Some(t) = finish.tail {
             self.finish_tail(t).await?;
         }
@@ -278,11 +296,7 @@ mod tests {
     use super::*;
     use crate::{
         config::FsyncPolicy,
-        format::{
-            batch::{BatchInfo, Body},
-            record::Record,
-            segment::segment_path,
-        },
+        format::{batch::BatchInfo, batch::Body, record::Record, segment::segment_path},
         storage::sim::{Faults, SimDisk},
     };
 

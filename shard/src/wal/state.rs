@@ -6,6 +6,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, VecDeque},
+    path::PathBuf,
     rc::Rc,
     sync::Arc,
 };
@@ -141,6 +142,10 @@ pub(super) struct OpenFinish {
     pub(super) clean_marker: bool,
     /// The last segment, appended to again.
     pub(super) tail: Option<TailFinish>,
+    /// Sidecars recovery rebuilt, to write (see `Recovered::sidecars`).
+    pub(super) sidecars: Vec<(u64, Vec<RecoveredBatch>)>,
+    /// Segment files holding nothing usable, to remove.
+    pub(super) unusable: Vec<PathBuf>,
 }
 
 /// The last segment as recovery left it.
