@@ -42,9 +42,9 @@ pub(crate) struct Tail {
     /// kept it despite a damaged header: it is left as found, and the next
     /// append starts a new segment.
     pub writable: bool,
-    /// The length the segment was created with (its header's), which a
-    /// cut file is restored to before appends go on in it.
-    pub length: u64,
+    /// For a file cut short, the length it was created with (its
+    /// header's), restored before appends go on in it.
+    pub cut_from: Option<u64>,
 }
 
 /// Everything recovery hands to the shard.
@@ -127,7 +127,7 @@ pub(crate) async fn recover<S: Storage>(
                             valid_end: end,
                             dirty_end: end,
                             writable: true,
-                            length: config.segment_bytes,
+                            cut_from: None,
                         });
                     }
                     out.report.sidecars_loaded += 1;
@@ -150,7 +150,7 @@ pub(crate) async fn recover<S: Storage>(
         };
         let kept = scan.segment(seq, clean).await?;
         let header_damaged = scan.header_damaged;
-        let length = scan.expected_len;
+        let cut_from = (scan.window.file_len < scan.expected_len).then_some(scan.expected_len);
         drop(scan);
         match kept {
             Some((valid_end, dirty_end)) => {
@@ -160,7 +160,7 @@ pub(crate) async fn recover<S: Storage>(
                         valid_end,
                         dirty_end,
                         writable: !header_damaged,
-                        length,
+                        cut_from,
                     });
                 } else {
                     // The sidecar was missing or damaged: rebuilt once the
@@ -197,7 +197,7 @@ pub(crate) async fn recover<S: Storage>(
                 valid_end: end,
                 dirty_end: end,
                 writable: true,
-                length: config.segment_bytes,
+                cut_from: None,
             });
         }
     }

@@ -67,7 +67,7 @@ impl<S: Storage> Wal<S> {
                 valid_end: t.valid_end,
                 dirty_end: t.dirty_end,
                 writable: t.writable,
-                length: t.length,
+                cut_from: t.cut_from,
                 tail_batches: recovered
                     .batches
                     .iter()
@@ -284,8 +284,8 @@ impl<S: Storage> Wal<S> {
         // cut) gets its length back: left short, every later scan would
         // find the same cut, and one after a clean shutdown would take it
         // for damage, which no mode opens.
-        if file.size().await? < t.length {
-            file.allocate(t.length).await?;
+        if let Some(length) = t.cut_from {
+            file.allocate(length).await?;
         }
         file.fdatasync().await
     }

@@ -158,8 +158,8 @@ pub(super) struct TailFinish {
     pub(super) dirty_end: u64,
     /// Appends go on in it; else it is left as found.
     pub(super) writable: bool,
-    /// The length it was created with.
-    pub(super) length: u64,
+    /// Cut short: the length it was created with, to restore.
+    pub(super) cut_from: Option<u64>,
     /// Positions of the segment's valid batches that reach into the block
     /// holding `valid_end`, in order: the bytes of that block a torn tail's
     /// erasure writes back, all of which it verifies first.
