@@ -178,3 +178,60 @@ fn a_refused_open_writes_no_rebuilt_sidecar() {
     assert_eq!(report.sidecars_rebuilt, 1, "{report:?}");
     assert!(sidecar.exists());
 }
+
+/// A partition checkpoint that does not decode is refused by the strict
+/// modes, naming it; salvage opens the log without it, reports it, and
+/// writes a fresh one from what it replayed, which the default mode then
+/// opens. Before, no mode opened the shard.
+#[test]
+fn a_damaged_checkpoint_is_skipped_by_salvage_only() {
+    let dir = test_dir();
+    setup(dir.path(), 0);
+    let path = dir.path().to_path_buf();
+    let ends = run(move || async move {
+        let (shard, _) = Shard::open(config(&path, RecoveryMode::TolerateTornTail))
+            .await
+            .unwrap();
+        // Deleting up to near each end frees the oldest segments, which
+        // writes the checkpoint.
+        for p in 0..4 {
+            let end = shard.offsets(p).end;
+            shard.delete_before(p, end - 1).await.unwrap();
+        }
+        let ends: Vec<u64> = (0..4).map(|p| shard.offsets(p).end).collect();
+        shard.close().await.unwrap();
+        ends
+    });
+    let checkpoint = dir.path().join("partitions.ckpt");
+    let mut bytes = std::fs::read(&checkpoint).expect("a checkpoint was written");
+    bytes[30] ^= 0xFF;
+    std::fs::write(&checkpoint, &bytes).unwrap();
+    for mode in [
+        RecoveryMode::TolerateTornTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        match open_and_close(dir.path(), mode) {
+            Err(Error::Corrupted { path, .. }) => assert_eq!(path, checkpoint, "{mode:?}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+    }
+    let report = open_and_close(dir.path(), RecoveryMode::TolerateAnyCorruption).unwrap();
+    assert!(
+        report.skipped.iter().any(|d| d.path == checkpoint),
+        "{report:?}"
+    );
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, report) = Shard::open(config(&path, RecoveryMode::TolerateTornTail))
+            .await
+            .unwrap();
+        assert!(report.skipped.is_empty(), "{report:?}");
+        for (p, &end) in ends.iter().enumerate() {
+            let p = p as u64;
+            assert_eq!(shard.offsets(p).end, end);
+            let last = shard.read(p, end - 1, 1).await.unwrap();
+            assert_eq!(last[0].offset(), end - 1);
+        }
+        shard.close().await.unwrap();
+    });
+}

@@ -16,6 +16,7 @@
 //! | `Orphan`                     | drop             | refuse              | keep                  |
 //! | `OffsetGap`                  | refuse           | refuse              | keep                  |
 //! | `DamagedControl`             | refuse           | refuse              | skip                  |
+//! | `DamagedCheckpoint`          | refuse           | refuse              | skip                  |
 
 use crate::config::RecoveryMode;
 
@@ -56,12 +57,16 @@ pub(crate) enum Finding {
     /// A control batch to replay that cannot be read back or names no
     /// known operation.
     DamagedControl,
+    /// The partition checkpoint does not decode. Skipped, the partitions
+    /// are replayed from the log alone: starts, truncations and metadata
+    /// only the checkpoint held are lost (and reported).
+    DamagedCheckpoint,
 }
 
 impl Finding {
     /// Every finding, for tests that walk the table.
     #[cfg(test)]
-    pub(crate) const ALL: [Finding; 11] = [
+    pub(crate) const ALL: [Finding; 12] = [
         Finding::MissingSegments,
         Finding::TornSegmentCreation,
         Finding::BadSegmentHeader,
@@ -73,6 +78,7 @@ impl Finding {
         Finding::Orphan,
         Finding::OffsetGap,
         Finding::DamagedControl,
+        Finding::DamagedCheckpoint,
     ];
 }
 
@@ -126,7 +132,8 @@ fn every_finding_is_in_all(f: Finding) {
         | CheckpointAhead
         | Orphan
         | OffsetGap
-        | DamagedControl => {}
+        | DamagedControl
+        | DamagedCheckpoint => {}
     }
 }
 
@@ -139,7 +146,7 @@ mod tests {
 
     /// The table in the module documentation, row by row: (finding,
     /// [TolerateTornTail, AbsoluteConsistency, TolerateAnyCorruption]).
-    const TABLE: [(Finding, [Action; 3]); 11] = [
+    const TABLE: [(Finding, [Action; 3]); 12] = [
         (MissingSegments, [Refuse, Refuse, Skip]),
         (TornSegmentCreation, [Drop, Refuse, Drop]),
         (BadSegmentHeader, [Refuse, Refuse, Skip]),
@@ -151,6 +158,7 @@ mod tests {
         (Orphan, [Drop, Refuse, Keep]),
         (OffsetGap, [Refuse, Refuse, Keep]),
         (DamagedControl, [Refuse, Refuse, Skip]),
+        (DamagedCheckpoint, [Refuse, Refuse, Skip]),
     ];
 
     #[test]

@@ -33,7 +33,7 @@ use crate::{
         replay::{replay, ReplayInput},
         ControlRecord, Offsets, Partition, PartitionMap,
     },
-    recovery::RecoveryReport,
+    recovery::{decide, Action, Damage, Finding, RecoveryReport},
     stats::ShardStats,
     storage::{dma::DmaStorage, Storage},
     wal::{Wal, Watermark},
@@ -108,7 +108,29 @@ impl<S: Storage> Shard<S> {
         let mode = config.recovery;
         // Nothing on disk changes until replay accepted what recovery found.
         let (wal, mut recovery) = Wal::recover_with(storage, config).await?;
-        let checkpoint = checkpoint::load(wal.storage(), wal.config()).await?;
+        // A checkpoint that does not decode is refused, or under salvage
+        // skipped: the partitions are replayed from the log alone, and a
+        // fresh checkpoint is written once they are (below).
+        let mut checkpoint_damaged = false;
+        let checkpoint = match checkpoint::load(wal.storage(), wal.config()).await {
+            Err(Error::Corrupted {
+                path,
+                position,
+                reason,
+            }) if decide(Finding::DamagedCheckpoint, mode) == Action::Skip => {
+                recovery.report.skipped.push(Damage {
+                    path,
+                    position,
+                    bytes: 0,
+                    reason: format!(
+                        "{reason}; opened without it: partition starts, truncations and metadata only it held are lost"
+                    ),
+                });
+                checkpoint_damaged = true;
+                checkpoint::Checkpoint::default()
+            }
+            loaded => loaded?,
+        };
         let controls = read_controls(&wal, &recovery.batches, checkpoint.log_end).await;
         let replayed = replay(ReplayInput {
             dir: &wal.config().dir,
@@ -141,10 +163,12 @@ impl<S: Storage> Shard<S> {
         // is what lets the shard free space.
         shard.ensure_reserve().await;
         shard.wal.start_spare().await?;
-        if !recovery.report.orphaned.is_empty() {
+        if !recovery.report.orphaned.is_empty() || checkpoint_damaged {
             // Orphans stay in the log. A checkpoint past them accounts for
             // them, so later opens, when their segment is no longer the
-            // active one, do not take them for damage.
+            // active one, do not take them for damage. A damaged checkpoint
+            // is replaced by what salvage replayed, which later opens, in
+            // any mode, then start from.
             shard.write_checkpoint().await?;
         }
         Ok((shard, recovery.report))
