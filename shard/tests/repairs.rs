@@ -1,7 +1,8 @@
 //! What an open repairs in a damaged log, and when: a cut last segment
 //! gets its length back; salvage writes back a tail block around a batch
 //! it skipped; rebuilt sidecars are written only once the open is
-//! accepted, so a refused open changes nothing.
+//! accepted, so a refused open changes nothing; a damaged checkpoint is
+//! salvage's to skip; a sidecar that cannot be read is scanned around.
 
 mod common;
 // Shared with `corruption.rs`, which uses all of them.
@@ -234,4 +235,26 @@ fn a_damaged_checkpoint_is_skipped_by_salvage_only() {
         }
         shard.close().await.unwrap();
     });
+}
+
+/// A sidecar that cannot be read (here a directory stands where the file
+/// should be, so opening it fails) is a cache missed, not a failed open:
+/// the segment is scanned and everything is served. Before, the open
+/// failed with the sidecar's I/O error.
+#[test]
+fn a_sidecar_that_cannot_be_read_is_scanned_around() {
+    let dir = test_dir();
+    let expected = setup(dir.path(), 0);
+    let segs = segments(dir.path());
+    let sidecar = segs[0].with_extension("idx");
+    std::fs::remove_file(&sidecar).unwrap();
+    std::fs::create_dir(&sidecar).unwrap();
+    let written = layout::all_batches(dir.path());
+    let (report, seen) = reopen::reopen(dir.path(), RecoveryMode::TolerateTornTail, &expected)
+        .unwrap_or_else(|e| panic!("the open failed on the sidecar: {e}"));
+    assert!(
+        report.skipped.is_empty() && report.torn_tail.is_none(),
+        "{report:?}"
+    );
+    reopen::assert_served_exactly(&seen, &written);
 }

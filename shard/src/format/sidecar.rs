@@ -268,9 +268,12 @@ pub(crate) async fn load<S: Storage>(
     if !names.iter().any(|n| n == name) {
         return Ok(None);
     }
-    let file = storage.open(&path, false).await?;
-    let size = file.size().await?;
-    let bytes = file.read_at(0, align_up(size) as usize).await?;
+    // A sidecar is a cache: one that cannot be read is as good as missing
+    // (the segment is scanned instead, and anything wrong with the disk
+    // shows there, named by the segment).
+    let Ok(bytes) = read_whole(storage, &path).await else {
+        return Ok(None);
+    };
     let valid = bytes.len() >= HEAD + 4
         && &bytes[..8] == MAGIC
         && u32_at(&bytes, 8) == config.shard_id
@@ -292,9 +295,20 @@ pub(crate) async fn load<S: Storage>(
         }
         _ => None,
     };
-    drop(bytes);
-    file.close().await?;
     Ok(batches)
+}
+
+/// The whole file at `path`, read from its start to the end of its last
+/// block.
+async fn read_whole<S: Storage>(
+    storage: &S,
+    path: &Path,
+) -> Result<<S::File as StorageFile>::ReadBuf> {
+    let file = storage.open(path, false).await?;
+    let size = file.size().await?;
+    let bytes = file.read_at(0, align_up(size) as usize).await?;
+    file.close().await?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
