@@ -14,11 +14,9 @@ mod layout;
 #[path = "corruption/reopen.rs"]
 mod reopen;
 
-use std::fs::OpenOptions;
-
 use common::{records_for, run, test_dir};
 use corelog_shard::{Error, RecoveryMode, Shard};
-use layout::{all_batches, batches_in, overwrite, segments, segments_before, Located};
+use layout::{all_batches, batches_in, cut, overwrite, segments, segments_before, Located};
 use reopen::{
     assert_lost_exactly, assert_refused, assert_served_exactly, config, reopen, setup, tail_damage,
 };
@@ -137,9 +135,7 @@ fn a_segment_truncated_inside_a_batch() {
         let last = segments(dir.path()).pop().unwrap();
         let in_last = batches_in(&last);
         let hit = in_last[in_last.len() / 2];
-        let f = OpenOptions::new().write(true).open(&last).unwrap();
-        f.set_len(hit.position + hit.length / 2).unwrap();
-        f.sync_all().unwrap();
+        cut(&last, hit.position + hit.length / 2);
         let result = reopen(dir.path(), mode, &expected);
         match mode {
             RecoveryMode::AbsoluteConsistency => assert_refused(result, &last, hit.position),
@@ -171,9 +167,7 @@ fn a_sealed_segment_truncated_is_scanned_despite_its_sidecar() {
         let victim = segs[1].clone();
         let in_victim = batches_in(&victim);
         let hit = in_victim[in_victim.len() / 2];
-        let f = OpenOptions::new().write(true).open(&victim).unwrap();
-        f.set_len(hit.position + hit.length / 2).unwrap();
-        f.sync_all().unwrap();
+        cut(&victim, hit.position + hit.length / 2);
         let result = reopen(dir.path(), mode, &expected);
         match mode {
             RecoveryMode::TolerateAnyCorruption => {
@@ -317,9 +311,7 @@ fn segments_cut_at_a_block_boundary_are_reported_not_silently_shortened() {
                     .filter(|b| b.position < cut.position),
             )
             .collect();
-        let f = OpenOptions::new().write(true).open(&last).unwrap();
-        f.set_len(cut.position).unwrap();
-        f.sync_all().unwrap();
+        layout::cut(&last, cut.position);
         let result = reopen(dir.path(), mode, &expected);
         match mode {
             RecoveryMode::AbsoluteConsistency => assert_refused(result, &last, cut.position),
@@ -341,9 +333,7 @@ fn segments_cut_at_a_block_boundary_are_reported_not_silently_shortened() {
             .filter(|b| b.position % 4096 == 0 && b.position > 4096)
             .nth(1)
             .expect("a group start");
-        let f = OpenOptions::new().write(true).open(&victim).unwrap();
-        f.set_len(cut.position).unwrap();
-        f.sync_all().unwrap();
+        layout::cut(&victim, cut.position);
         let result = reopen(dir.path(), mode, &expected);
         match mode {
             RecoveryMode::TolerateAnyCorruption => {

@@ -13,11 +13,9 @@ mod layout;
 #[path = "corruption/reopen.rs"]
 mod reopen;
 
-use std::fs::OpenOptions;
-
 use common::{run, test_dir};
 use corelog_shard::{Error, RecoveryMode, Shard};
-use layout::{batches_in, overwrite, segments};
+use layout::{batches_in, cut, overwrite, segments};
 use reopen::{config, setup};
 
 const MODES: [RecoveryMode; 3] = [
@@ -51,9 +49,7 @@ fn a_cut_last_segment_gets_its_length_back() {
     let last = segments(dir.path()).pop().unwrap();
     let in_last = batches_in(&last);
     let hit = in_last[in_last.len() / 2];
-    let f = OpenOptions::new().write(true).open(&last).unwrap();
-    f.set_len(hit.position + hit.length / 2).unwrap();
-    f.sync_all().unwrap();
+    cut(&last, hit.position + hit.length / 2);
     let first = open_and_close(dir.path(), RecoveryMode::TolerateTornTail).unwrap();
     assert_eq!(first.torn_tail.unwrap().position, hit.position);
     let length = config(dir.path(), RecoveryMode::TolerateTornTail).segment_bytes;

@@ -14,8 +14,7 @@ pub const MAX_META_VALUE_BYTES: usize = 64 << 10;
 use crate::{
     error::{Error, Result},
     format::{
-        batch::Body,
-        batch::{BatchInfo, FLAG_CONTROL},
+        batch::{BatchInfo, Body, FLAG_CONTROL},
         checkpoint::{self, Checkpoint},
         record::Record,
     },

@@ -22,8 +22,7 @@ use crate::{
     config::{FsyncPolicy, ShardConfig},
     error::{Error, Result},
     format::{
-        batch::Body,
-        batch::{BatchInfo, RecoveredBatch, FLAG_CONTROL},
+        batch::{BatchInfo, Body, RecoveredBatch, FLAG_CONTROL},
         checkpoint,
         record::{EncodedRecords, Record},
     },

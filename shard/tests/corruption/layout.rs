@@ -1,6 +1,6 @@
 //! The shard's files as the tests see them, independent of the recovery
 //! code under test: its segments, the batches found in each by walking
-//! headers, and bytes overwritten in place.
+//! headers, bytes overwritten in place, and files cut short.
 
 use std::{
     fs::OpenOptions,
@@ -72,5 +72,12 @@ pub(crate) fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
     let mut f = OpenOptions::new().write(true).open(path).unwrap();
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Cuts the file at `path` to `len` bytes, durably.
+pub(crate) fn cut(path: &Path, len: u64) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(len).unwrap();
     f.sync_all().unwrap();
 }
