@@ -15,12 +15,10 @@ pub struct ShardStats {
     pub bytes_written: u64,
     /// Write system calls issued by commits.
     pub writes: u64,
-    /// fdatasync calls on segments, counting each lone commit's
-    /// `RWF_DSYNC` write as one.
+    /// Syncs of segment data: fdatasync calls, and under `Always` each
+    /// commit's durable write (through an `O_DSYNC` descriptor: the kernel
+    /// flushes the device's cache when it completes).
     pub fdatasyncs: u64,
-    /// Commit groups written and synced in one blocking call (a lone small
-    /// commit under `Always`), also counted in `writes` and `fdatasyncs`.
-    pub lone_commits: u64,
     /// Commit groups written.
     pub commits: u64,
     /// Largest number of appends in one commit group.
@@ -79,7 +77,6 @@ pub(crate) struct Counters {
     pub bytes_written: Cell<u64>,
     pub writes: Cell<u64>,
     pub fdatasyncs: Cell<u64>,
-    pub lone_commits: Cell<u64>,
     pub commits: Cell<u64>,
     pub max_commit_appends: Cell<u64>,
     pub rolls: Cell<u64>,

@@ -357,18 +357,17 @@ fn a_torn_tail_is_erased_only_after_the_last_batch_read_back_intact() {
     });
 }
 
-/// Under `Always` a group's write runs while the previous group's
-/// fdatasync is in flight; when that write fails, neither append is
-/// acknowledged unless it is durable: the failure is sticky, the durable
-/// position does not move, and whatever was acknowledged survives a
-/// reopen.
+/// Under `Always` a group's durable write runs while the previous group's
+/// is in flight (this wrapper makes a durable write a write, then a held
+/// fdatasync); when the later write fails, neither append is acknowledged
+/// unless it is durable: the failure is sticky, the durable position does
+/// not move, and whatever was acknowledged survives a reopen.
 #[test]
-fn a_write_failing_while_an_earlier_fdatasync_runs_loses_nothing_acknowledged() {
+fn a_write_failing_while_an_earlier_durable_write_runs_loses_nothing_acknowledged() {
     let dir = test_dir();
     let path = dir.path().to_path_buf();
     let mut config = small_config(&path, FsyncPolicy::Always);
-    // A group past the lone-commit size goes through io_uring, with its
-    // fdatasync in flight on its own.
+    // A large first group, alone in its commit.
     config.segment_bytes = 8 << 20;
     config.max_record_bytes = 2 << 20;
     config.max_batch_bytes = 2 << 20;
@@ -389,7 +388,7 @@ fn a_write_failing_while_an_earlier_fdatasync_runs_loses_nothing_acknowledged() 
             let wal = wal.clone();
             glommio::spawn_local(async move { wal.append(1, 0, 0, &big).await }).detach()
         };
-        // Until the big group's write completed and its fdatasync is held.
+        // Until the big group's write completed and its sync is held.
         while plan.syncs_running.get() == 0 {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
@@ -397,7 +396,7 @@ fn a_write_failing_while_an_earlier_fdatasync_runs_loses_nothing_acknowledged() 
         let second = wal.append(1, 1, 0, &records_for(1)).await;
         assert!(
             plan.wrote_during_sync.get(),
-            "the second group's write waited for the first group's fdatasync"
+            "the second group's write waited for the first group's durable write"
         );
         let first = first.await.unwrap();
         let after = wal.stats();

@@ -1,7 +1,8 @@
 //! [`Storage`] over glommio's `DmaFile`: O_DIRECT files driven by io_uring.
 //!
-//! Invariant: nothing here blocks the shard's thread. Reads, writes,
-//! fdatasyncs and directory syncs go through io_uring; renames and
+//! Invariant: nothing here blocks the shard's thread on the device. Reads,
+//! writes, fdatasyncs and directory syncs go through io_uring (a file's
+//! size is an `fstat` of its descriptor, answered from memory); renames and
 //! removals run on glommio's blocking pool (an unlink of a 64 MiB segment
 //! frees its extents, which can take milliseconds); directory listing and
 //! creation go there too.
@@ -31,6 +32,11 @@ pub struct DmaStorage;
 pub struct DmaStorageFile {
     file: DmaFile,
     path: PathBuf,
+    /// The same file opened again with `O_DSYNC`, on the first
+    /// [`StorageFile::write_durable_at`]: its writes are durable when they
+    /// complete. Invariant: a file is never renamed once written through
+    /// it (only the spare is renamed, before it is opened as a segment).
+    dsync: std::cell::OnceCell<DmaFile>,
 }
 
 impl IoBuffer for DmaBuffer {
@@ -83,6 +89,7 @@ impl Storage for DmaStorage {
         Ok(DmaStorageFile {
             file,
             path: path.to_path_buf(),
+            dsync: std::cell::OnceCell::new(),
         })
     }
 
@@ -194,29 +201,28 @@ impl StorageFile for DmaStorageFile {
             .map_err(io_err("fdatasync", &self.path))
     }
 
+    /// One io_uring write through the file's `O_DSYNC` descriptor: the
+    /// kernel flushes the device's cache when the write completes (or
+    /// writes through with FUA), so the shard's thread never blocks and no
+    /// fdatasync runs on an io-wq worker.
     async fn write_durable_at(&self, buf: DmaBuffer, pos: u64) -> Result<usize> {
-        use std::os::fd::AsRawFd;
-        let bytes = buf.as_bytes();
-        let iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
+        let file = match self.dsync.get() {
+            Some(file) => file,
+            None => {
+                let opened = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DSYNC)
+                    .dma_open(&self.path)
+                    .await
+                    .map_err(io_err("open O_DSYNC", &self.path))?;
+                // Another write may have opened it meanwhile; the spare
+                // descriptor is closed when dropped.
+                self.dsync.get_or_init(|| opened)
+            }
         };
-        let offset = libc::off_t::try_from(pos)
-            .map_err(|_| Error::io("pwritev2", &self.path, io::ErrorKind::InvalidInput.into()))?;
-        loop {
-            // SAFETY: `iov` points at `buf`'s bytes, which live and are not
-            // touched elsewhere until the call returns; the fd is open for
-            // the life of `self.file`.
-            let n =
-                unsafe { libc::pwritev2(self.file.as_raw_fd(), &iov, 1, offset, libc::RWF_DSYNC) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(Error::io_at("pwritev2(RWF_DSYNC)", &self.path, pos, e));
-            }
-        }
+        file.write_at(buf, pos)
+            .await
+            .map_err(io_err_at("write (O_DSYNC)", &self.path, pos))
     }
 
     async fn allocate(&self, len: u64) -> Result<()> {
@@ -226,14 +232,33 @@ impl StorageFile for DmaStorageFile {
             .map_err(io_err("fallocate", &self.path))
     }
 
+    /// `fstat` of the open descriptor, on the shard's thread: the inode is
+    /// in memory, so it does not block on the device. glommio's
+    /// `file_size` is an `IORING_OP_STATX` of the file's path (so a file
+    /// renamed since it was opened reports whatever now has its old name),
+    /// which the kernel runs on an io-wq worker; its completion was seen
+    /// lost, leaving an open waiting for ever (docs/ARCHITECTURE.md,
+    /// "glommio notes").
     async fn size(&self) -> Result<u64> {
-        self.file
-            .file_size()
-            .await
-            .map_err(io_err("stat", &self.path))
+        use std::os::fd::AsRawFd;
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `stat` is a writable buffer of the right type, which
+        // fstat fills completely when it returns 0; the descriptor is open
+        // for the life of `self.file`.
+        let rc = unsafe { libc::fstat(self.file.as_raw_fd(), stat.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(Error::io("fstat", &self.path, io::Error::last_os_error()));
+        }
+        // SAFETY: fstat returned 0, so it initialized `stat`.
+        let stat = unsafe { stat.assume_init() };
+        u64::try_from(stat.st_size)
+            .map_err(|_| Error::io("fstat", &self.path, io::ErrorKind::InvalidData.into()))
     }
 
     async fn close(self) -> Result<()> {
+        if let Some(dsync) = self.dsync.into_inner() {
+            dsync.close().await.map_err(io_err("close", &self.path))?;
+        }
         self.file.close().await.map_err(io_err("close", &self.path))
     }
 }

@@ -3,11 +3,8 @@
 //! ([`dma::DmaStorage`]) or on a simulated, faulty one ([`sim`], behind the
 //! `sim` feature).
 //!
-//! Invariant: no method blocks the shard's thread, but one:
-//! [`StorageFile::write_durable_at`], which the commit task calls for a lone
-//! small commit, where a blocking write costs less than the reactor's round
-//! trips. What the kernel cannot do asynchronously runs on the executor's
-//! blocking pool.
+//! Invariant: no method blocks the shard's thread on the device. What the
+//! kernel cannot do asynchronously runs on the executor's blocking pool.
 //!
 //! Methods return the shard's [`Error`](crate::Error) with the operation and
 //! path already attached. Futures are not `Send`: a shard lives on one core.
@@ -92,8 +89,8 @@ pub trait StorageFile: 'static {
     /// Writes the whole buffer at `pos` (block aligned) and makes it and
     /// everything written before it durable, as [`StorageFile::write_at`]
     /// then [`StorageFile::fdatasync`] would; returns the bytes written.
-    /// The real disk does it in one blocking `pwritev2(RWF_DSYNC)` on the
-    /// calling thread, skipping the reactor.
+    /// The real disk does it in one io_uring write through an `O_DSYNC`
+    /// descriptor of the file, so several can be in flight at once.
     async fn write_durable_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize> {
         let written = self.write_at(buf, pos).await?;
         self.fdatasync().await?;

@@ -7,25 +7,13 @@
 //! that arrive while a write or an fdatasync is in flight gather in the next
 //! group: that is group commit.
 //!
-//! Under `Always` commits overlap: once group N's write completed, its
-//! fdatasync is issued and runs while group N+1 is written (one write in
-//! flight) and N+2 gathers. An fdatasync covers only writes that completed
-//! before it was issued; the next one, issued when it completes, covers the
-//! rest. A failure of either stops the shard: nothing not yet covered is
-//! acknowledged.
-//!
-//! Invariant: a group starts on a block boundary and the commit after it
-//! starts on the next one, so no write ever touches a block that holds
-//! acknowledged data.
-//!
-//! Under `Always`, a lone group (no write in flight, nothing written and
-//! not yet synced, at most [`LONE_COMMIT_BYTES`]) skips the reactor: it is
-//! written and synced in one blocking call on the shard's thread
-//! ([`StorageFile::write_durable_at`]), which costs one syscall where the
-//! io_uring path costs a write, an fsync on an io-wq worker and several
-//! reactor round trips. Appends that arrive meanwhile wait in the shard's
-//! queue and form the next group. A group behind a larger batch goes
-//! through io_uring, and the groups after it overlap with its fdatasync.
+//! Under `Always` every group is written with one durable write
+//! ([`StorageFile::write_durable_at`]: on the real disk an io_uring write
+//! through an `O_DSYNC` descriptor), so a group is durable when its write
+//! completes, and commits overlap like writes do: group N+1's write is in
+//! flight while N's completes, and N+2 gathers. No separate fdatasync runs
+//! on the commit path but at a roll, which seals the segment. A failure
+//! stops the shard: nothing not yet durable is acknowledged.
 //!
 //! Invariant: writes are issued in log order, at most
 //! [`MAX_WRITES_IN_FLIGHT`] at once, and a group is acknowledged only when
@@ -46,7 +34,7 @@ use crate::{
     stats::bump,
     storage::{IoBuffer, Storage, StorageFile},
     wal::{
-        roll::{mark_durable, roll, sync, write_all},
+        roll::{mark_durable, roll, sync, write_all, write_durable_all},
         state::{fail, take_group, Group, Inner},
     },
 };
@@ -63,35 +51,16 @@ pub(super) fn start<S: Storage>(inner: &Rc<Inner<S>>) {
 /// from damage to completed data by each batch's `floor_block`.
 const MAX_WRITES_IN_FLIGHT: usize = 4;
 
-/// The largest group a lone commit writes in one blocking call: the
-/// default `max_write_bytes`, so only a group holding a single larger batch
-/// goes through io_uring. Measured against 128 KiB (docs/BENCHMARKS.md,
-/// "Lone commits up to 1 MiB"): the closed loop of the main job has nothing
-/// to overlap with the commit (its appends all wait on it), and blocking
-/// saves the io-wq hop of the fdatasync and the reactor's round trips.
-const LONE_COMMIT_BYTES: usize = 1 << 20;
-
 /// A group's write, handed to the kernel and not yet reaped.
 struct InFlight {
     task: JoinHandle<Result<()>>,
     group: Written,
 }
 
-/// An fdatasync handed to the kernel and not yet reaped, under `Always`.
-struct Syncing {
-    task: JoinHandle<Result<()>>,
-    /// What it covers: the written position and the last group written
-    /// when it was issued.
-    at: (u64, u64),
-    group: u64,
-}
-
 /// What the commit loop waited for.
 enum Event {
     /// The oldest write in flight completed.
     Written(Option<Result<()>>),
-    /// The fdatasync in flight completed.
-    Synced(Option<Result<()>>),
     /// Appends arrived.
     Work,
 }
@@ -118,9 +87,6 @@ struct Committer<S: Storage> {
     waiting: Option<Group<<S::File as StorageFile>::Buffer>>,
     /// Id of the last group handed to the kernel.
     issued: u64,
-    /// Under `Always`: the fdatasync in flight, at most one. Writes go on
-    /// while it runs, and the next one covers them.
-    syncing: Option<Syncing>,
 }
 
 /// The commit loop. Ends when the shard closes or fails.
@@ -131,7 +97,6 @@ async fn run<S: Storage>(inner: Rc<Inner<S>>) {
         in_flight: VecDeque::new(),
         waiting: None,
         issued: 0,
-        syncing: None,
     };
     loop {
         match c.step().await {
@@ -161,28 +126,13 @@ impl<S: Storage> Committer<S> {
             return Ok(true);
         }
         self.issue().await?;
-        let window_open = self.in_flight.len() < self.window() && !self.flush_waiting();
-        if !self.in_flight.is_empty() || self.syncing.is_some() {
-            // New appends are written while earlier writes, or under
-            // `Always` an fdatasync, are in flight, up to the window: a
-            // lone append does not wait for a write it is not part of, and
-            // under `Always` group N+1's write runs during group N's
-            // fdatasync (the next fdatasync covers it).
-            let Committer {
-                in_flight, syncing, ..
-            } = self;
-            let written = async {
-                match in_flight.front_mut() {
-                    Some(front) => Event::Written((&mut front.task).await),
-                    None => future::pending().await,
-                }
-            };
-            let synced = async {
-                match syncing {
-                    Some(s) => Event::Synced((&mut s.task).await),
-                    None => future::pending().await,
-                }
-            };
+        let window_open = self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting();
+        if !self.in_flight.is_empty() {
+            // New appends are written while earlier writes are in flight, up
+            // to the window: a lone append does not wait for a write it is
+            // not part of, and group N+1's write runs during group N's.
+            let front = self.in_flight.front_mut().expect("checked above");
+            let written = async { Event::Written((&mut front.task).await) };
             let work = async {
                 if !window_open {
                     future::pending::<()>().await;
@@ -190,22 +140,10 @@ impl<S: Storage> Committer<S> {
                 inner.work.wait().await;
                 Event::Work
             };
-            match future::or(written, future::or(synced, work)).await {
-                Event::Written(done) => {
-                    let front = self.in_flight.pop_front().expect("awaited above");
-                    done.unwrap_or(Err(Error::Closed))?;
-                    self.complete(front.group);
-                }
-                Event::Synced(done) => {
-                    let s = self.syncing.take().expect("awaited above");
-                    done.unwrap_or(Err(Error::Closed))?;
-                    bump(&inner.counters.fdatasyncs, 1);
-                    mark_durable(&inner, s.at, s.group);
-                    if inner.durable.get() < inner.written.get() {
-                        self.start_sync();
-                    }
-                }
-                Event::Work => {}
+            if let Event::Written(done) = future::or(written, work).await {
+                let front = self.in_flight.pop_front().expect("awaited above");
+                done.unwrap_or(Err(Error::Closed))?;
+                self.complete(front.group);
             }
             return Ok(true);
         }
@@ -236,7 +174,7 @@ impl<S: Storage> Committer<S> {
     /// the current one completed, then rolls.
     async fn issue(&mut self) -> Result<()> {
         let inner = self.inner.clone();
-        while self.in_flight.len() < self.window() && !self.flush_waiting() {
+        while self.in_flight.len() < MAX_WRITES_IN_FLIGHT && !self.flush_waiting() {
             let Some(mut group) = self.waiting.take().or_else(|| take_group(&inner)) else {
                 return Ok(());
             };
@@ -248,9 +186,6 @@ impl<S: Storage> Committer<S> {
                 }
                 // Invariant: groups arrive in log order, one segment after another.
                 assert_eq!(group.segment, active + 1, "groups skipped a segment");
-                // The roll syncs the segment it seals; the fdatasync in
-                // flight, if any, is reaped first.
-                self.finish_sync().await?;
                 roll(&inner, group.segment).await?;
             }
             let (file, written_at) = {
@@ -285,33 +220,15 @@ impl<S: Storage> Committer<S> {
                 end: group.start + total as u64,
                 appends: group.appends,
             };
-            let lone = inner.config.fsync == FsyncPolicy::Always
-                && self.in_flight.is_empty()
-                && inner.durable.get() == inner.written.get()
-                && total <= LONE_COMMIT_BYTES;
-            if lone {
-                let n = file.write_durable_at(buf, pos).await?;
-                if n != total {
-                    return Err(Error::ShortWrite {
-                        path: file.path().to_path_buf(),
-                        position: pos,
-                        expected: total,
-                        written: n,
-                    });
+            let durable = inner.config.fsync == FsyncPolicy::Always;
+            let task = glommio::spawn_local(async move {
+                if durable {
+                    write_durable_all(&*file, buf, total, pos).await
+                } else {
+                    write_all(&*file, buf, total, pos).await
                 }
-                bump(&inner.counters.writes, 1);
-                bump(&inner.counters.bytes_written, total as u64);
-                bump(&inner.counters.fdatasyncs, 1);
-                bump(&inner.counters.lone_commits, 1);
-                self.issued = written.id;
-                let at = (written.segment, written.end);
-                self.mark_written(written);
-                mark_durable(&inner, at, self.issued);
-                continue;
-            }
-            let task =
-                glommio::spawn_local(async move { write_all(&*file, buf, total, pos).await })
-                    .detach();
+            })
+            .detach();
             bump(&inner.counters.writes, 1);
             bump(&inner.counters.bytes_written, total as u64);
             self.issued = written.id;
@@ -323,16 +240,6 @@ impl<S: Storage> Committer<S> {
         Ok(())
     }
 
-    /// Writes in flight at most. Under `Always` one: group N+1 is written
-    /// while group N's fdatasync runs, and N+2 gathers meanwhile, so that
-    /// groups stay large and each fdatasync covers a whole group.
-    fn window(&self) -> usize {
-        match self.inner.config.fsync {
-            FsyncPolicy::Always => 1,
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => MAX_WRITES_IN_FLIGHT,
-        }
-    }
-
     /// A flush (or a close) waits for groups already issued: issue no more
     /// until they are written and synced, or a steady stream of appends
     /// would keep the writes in flight, and the flush waiting, for ever.
@@ -342,57 +249,22 @@ impl<S: Storage> Committer<S> {
     }
 
     /// A group's write completed, and so did every write before it; it is
-    /// synced as the policy asks: under `Always` by the fdatasync issued
-    /// now, or, when one is in flight, by the next one.
+    /// synced as the policy asks: under `Always` its write was durable.
     fn complete(&mut self, done: Written) {
+        let at = (done.segment, done.end);
+        let id = done.id;
         self.mark_written(done);
         let inner = &self.inner;
         match inner.config.fsync {
             FsyncPolicy::Always => {
-                if self.syncing.is_none() {
-                    self.start_sync();
-                }
+                bump(&inner.counters.fdatasyncs, 1);
+                mark_durable(inner, at, id);
             }
             FsyncPolicy::Interval(d) => {
                 self.sync_due.get_or_insert_with(|| inner.storage.now() + d);
             }
             FsyncPolicy::Never => {}
         }
-    }
-
-    /// Issues an fdatasync of the active segment, covering every write
-    /// completed so far.
-    ///
-    /// Invariant: at most one is in flight, and it covers only writes that
-    /// completed before it was issued; the durable position moves when it
-    /// completes, forward only.
-    fn start_sync(&mut self) {
-        assert!(self.syncing.is_none(), "one fdatasync in flight at most");
-        let inner = &self.inner;
-        let (file, at) = {
-            let st = inner.state.borrow();
-            (st.segments.get(&st.written_at.0).cloned(), st.written_at)
-        };
-        let group = inner.written.get();
-        let task = glommio::spawn_local(async move {
-            match file {
-                Some(file) => file.fdatasync().await,
-                None => Ok(()),
-            }
-        })
-        .detach();
-        self.syncing = Some(Syncing { task, at, group });
-    }
-
-    /// Waits for the fdatasync in flight, if any, and records what it made
-    /// durable.
-    async fn finish_sync(&mut self) -> Result<()> {
-        if let Some(s) = self.syncing.take() {
-            s.task.await.unwrap_or(Err(Error::Closed))?;
-            bump(&self.inner.counters.fdatasyncs, 1);
-            mark_durable(&self.inner, s.at, s.group);
-        }
-        Ok(())
     }
 
     /// Records that a group's write completed, and so did every write

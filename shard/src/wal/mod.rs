@@ -339,7 +339,6 @@ impl<S: Storage> Wal<S> {
             bytes_written: c.bytes_written.get(),
             writes: c.writes.get(),
             fdatasyncs: c.fdatasyncs.get(),
-            lone_commits: c.lone_commits.get(),
             commits: c.commits.get(),
             max_commit_appends: c.max_commit_appends.get(),
             rolls: c.rolls.get(),

@@ -165,6 +165,26 @@ pub(super) async fn write_all<F: StorageFile>(
     Ok(())
 }
 
+/// [`StorageFile::write_durable_at`] of `buf` (of `len` bytes) at `pos`,
+/// with the count checked: durable when it returns.
+pub(super) async fn write_durable_all<F: StorageFile>(
+    file: &F,
+    buf: F::Buffer,
+    len: usize,
+    pos: u64,
+) -> Result<()> {
+    let written = file.write_durable_at(buf, pos).await?;
+    if written != len {
+        return Err(Error::ShortWrite {
+            path: file.path().to_path_buf(),
+            position: pos,
+            expected: len,
+            written,
+        });
+    }
+    Ok(())
+}
+
 /// fdatasync of the active segment; everything written becomes durable.
 pub(super) async fn sync<S: Storage>(inner: &Rc<Inner<S>>) -> Result<()> {
     let (file, written_at) = {
