@@ -87,17 +87,32 @@ fn parse(bytes: &[u8]) -> std::result::Result<Checkpoint, &'static str> {
         .and_then(|n| n.checked_add(HEAD as u64))
         .filter(|&e| e < bytes.len() as u64 && bytes.len() as u64 - e >= 4)
         .ok_or("bad partition count")? as usize;
+    let mut partitions = BTreeMap::new();
+    for i in 0..count as usize {
+        let at = HEAD + 24 * i;
+        let (partition, start, end) = (
+            u64_at(bytes, at),
+            u64_at(bytes, at + 8),
+            u64_at(bytes, at + 16),
+        );
+        // Invariant: written from a map, in increasing partition order,
+        // each range with its start at or before its end. A checksum
+        // that matches bytes breaking it means a writer's defect, which
+        // must not become a partition whose end is before its start.
+        if partitions
+            .last_key_value()
+            .is_some_and(|(&p, _)| p >= partition)
+        {
+            return Err("partitions out of order");
+        }
+        if start > end {
+            return Err("a partition starts after its end");
+        }
+        partitions.insert(partition, (start, end));
+    }
     let mut checkpoint = Checkpoint {
         log_end: (u64_at(bytes, 8), u64_at(bytes, 16)),
-        partitions: (0..count as usize)
-            .map(|i| {
-                let at = HEAD + 24 * i;
-                (
-                    u64_at(bytes, at),
-                    (u64_at(bytes, at + 8), u64_at(bytes, at + 16)),
-                )
-            })
-            .collect(),
+        partitions,
         meta: BTreeMap::new(),
     };
     if v3 {
@@ -244,6 +259,31 @@ mod tests {
                 prop_assert!(matches!(e, Error::Corrupted { .. }), "{e}");
             }
         }
+    }
+
+    /// A checkpoint whose checksum matches but whose ranges cannot be
+    /// (a start past its end) is refused as corrupt, naming the file.
+    #[test]
+    fn a_range_starting_after_its_end_is_refused() {
+        let checkpoint = Checkpoint {
+            log_end: (3, 8192),
+            partitions: BTreeMap::from([(1, (0, 4)), (2, (9, 5))]),
+            meta: BTreeMap::new(),
+        };
+        let disk = SimDisk::new(1, Faults::default());
+        let config = ShardConfig::new("/c");
+        futures_lite::future::block_on(async {
+            disk.prepare_dir(&config.dir).await.unwrap();
+            write_temp(&disk, &config, &checkpoint).await.unwrap();
+            install(&disk, &config).await.unwrap();
+            match load(&disk, &config).await {
+                Err(Error::Corrupted { path, reason, .. }) => {
+                    assert_eq!(path, config.dir.join(FILE));
+                    assert!(reason.contains("starts after its end"), "{reason}");
+                }
+                other => panic!("expected corruption, got {other:?}"),
+            }
+        });
     }
 
     #[test]
