@@ -157,7 +157,7 @@ fn option(args: &[String], name: &str) -> Option<String> {
 /// The disk measured the way the load will run (`args`, the load's own
 /// options, with its defaults): a paced load (`--rate`) against fio at the
 /// same byte rate and block size (each write synced under `Always`); a
-/// closed loop under `Always` against fio's 256 KiB write+fdatasync.
+/// closed loop under `Always` against fio's 256 KiB `O_DSYNC` writes.
 #[derive(Default)]
 struct Matched {
     commit_mb: Option<f64>,
@@ -208,7 +208,7 @@ fn print_vs_disk(report: &load_report::Report, disk: &disk::Disk, matched: &Matc
     );
     if let Some(mb) = matched.commit_mb {
         println!(
-            "                   = {:.2}x fio 256 KiB write+fdatasync ({mb:.0} MB/s)",
+            "                   = {:.2}x fio 256 KiB O_DSYNC writes, 4 in flight ({mb:.0} MB/s)",
             report.mb_per_s / mb
         );
     }
