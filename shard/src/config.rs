@@ -10,11 +10,13 @@ use crate::{
 
 /// When an acknowledged append is durable.
 ///
-/// Every policy uses group commit: appends that arrive while a write or an
-/// fdatasync is in flight join the next one.
+/// Every policy uses group commit: appends that arrive while writes are in
+/// flight join the next group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// An append completes only after an fdatasync that covers it.
+    /// An append completes only once it is durable: each commit group is
+    /// one durable write (`O_DSYNC`), and an append completes when its
+    /// group's write and every write before it completed.
     Always,
     /// An append completes after its write; an fdatasync follows within the
     /// given duration.

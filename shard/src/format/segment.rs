@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::{
+    config::{FsyncPolicy, ShardConfig},
+    error::Result,
+    storage::Storage,
+};
+
 pub use crate::storage::BLOCK_SIZE;
 /// First eight bytes of a segment file.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"CORELOG\0");
@@ -90,6 +96,20 @@ pub fn crc_seed(shard_id: u32, sequence: u64) -> u32 {
 /// sequence order.
 pub fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:020}.wal"))
+}
+
+/// Opens the existing segment file at `path`: under `Always` for writes
+/// that are durable when they complete ([`Storage::open_durable`]), since
+/// every commit is then one durable write.
+pub(crate) async fn open<S: Storage>(
+    storage: &S,
+    config: &ShardConfig,
+    path: &Path,
+) -> Result<S::File> {
+    match config.fsync {
+        FsyncPolicy::Always => storage.open_durable(path).await,
+        FsyncPolicy::Interval(_) | FsyncPolicy::Never => storage.open(path, false).await,
+    }
 }
 
 /// The sequence of a segment file name, or `None` for any other file.

@@ -22,7 +22,7 @@ use crate::{
     error::{Error, Result},
     format::{
         batch::RecoveredBatch,
-        segment::{align_up, parse_segment_name, segment_path, BLOCK_SIZE},
+        segment::{self, align_up, parse_segment_name, segment_path, BLOCK_SIZE},
         sidecar,
     },
     recovery::{scan::Scan, window::Window},
@@ -108,7 +108,7 @@ pub(crate) async fn recover<S: Storage>(
                 reason,
             });
         }
-        let file = storage.open(&path, false).await?;
+        let file = segment::open(storage, config, &path).await?;
         let clean = clean_end.filter(|&(s, _)| s == seq).map(|(_, end)| end);
         // A sealed segment, or the last one after a clean shutdown, has a
         // sidecar that spares the scan.

@@ -32,11 +32,9 @@ pub struct DmaStorage;
 pub struct DmaStorageFile {
     file: DmaFile,
     path: PathBuf,
-    /// The same file opened again with `O_DSYNC`, on the first
-    /// [`StorageFile::write_durable_at`]: its writes are durable when they
-    /// complete. Invariant: a file is never renamed once written through
-    /// it (only the spare is renamed, before it is opened as a segment).
-    dsync: std::cell::OnceCell<DmaFile>,
+    /// Opened with `O_DSYNC` ([`Storage::open_durable`]): every write is
+    /// durable when it completes.
+    durable: bool,
 }
 
 impl IoBuffer for DmaBuffer {
@@ -89,7 +87,22 @@ impl Storage for DmaStorage {
         Ok(DmaStorageFile {
             file,
             path: path.to_path_buf(),
-            dsync: std::cell::OnceCell::new(),
+            durable: false,
+        })
+    }
+
+    async fn open_durable(&self, path: &Path) -> Result<DmaStorageFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .dma_open(path)
+            .await
+            .map_err(io_err("open O_DSYNC", path))?;
+        Ok(DmaStorageFile {
+            file,
+            path: path.to_path_buf(),
+            durable: true,
         })
     }
 
@@ -201,28 +214,17 @@ impl StorageFile for DmaStorageFile {
             .map_err(io_err("fdatasync", &self.path))
     }
 
-    /// One io_uring write through the file's `O_DSYNC` descriptor: the
-    /// kernel flushes the device's cache when the write completes (or
-    /// writes through with FUA), so the shard's thread never blocks and no
-    /// fdatasync runs on an io-wq worker.
+    /// On a file opened with `O_DSYNC`, one io_uring write: the kernel
+    /// makes it durable before it completes (it writes through with FUA, or
+    /// flushes the device's cache once the data is written), so the shard's
+    /// thread never blocks and no fdatasync runs on an io-wq worker. On
+    /// another file, a write then an fdatasync.
     async fn write_durable_at(&self, buf: DmaBuffer, pos: u64) -> Result<usize> {
-        let file = match self.dsync.get() {
-            Some(file) => file,
-            None => {
-                let opened = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DSYNC)
-                    .dma_open(&self.path)
-                    .await
-                    .map_err(io_err("open O_DSYNC", &self.path))?;
-                // Another write may have opened it meanwhile; the spare
-                // descriptor is closed when dropped.
-                self.dsync.get_or_init(|| opened)
-            }
-        };
-        file.write_at(buf, pos)
-            .await
-            .map_err(io_err_at("write (O_DSYNC)", &self.path, pos))
+        let written = self.write_at(buf, pos).await?;
+        if !self.durable {
+            self.fdatasync().await?;
+        }
+        Ok(written)
     }
 
     async fn allocate(&self, len: u64) -> Result<()> {
@@ -256,9 +258,6 @@ impl StorageFile for DmaStorageFile {
     }
 
     async fn close(self) -> Result<()> {
-        if let Some(dsync) = self.dsync.into_inner() {
-            dsync.close().await.map_err(io_err("close", &self.path))?;
-        }
         self.file.close().await.map_err(io_err("close", &self.path))
     }
 }

@@ -46,6 +46,13 @@ pub trait Storage: Clone + 'static {
     fn alloc(&self, len: usize) -> <Self::File as StorageFile>::Buffer;
     /// Opens `path` for reading and writing, creating it when `create`.
     async fn open(&self, path: &Path, create: bool) -> Result<Self::File>;
+    /// Opens the existing file at `path` for reading and for writes that
+    /// are durable when they complete (`O_DSYNC` on the real disk), so that
+    /// [`StorageFile::write_durable_at`] on it costs one write. The
+    /// segments of an `Always` log are opened this way.
+    async fn open_durable(&self, path: &Path) -> Result<Self::File> {
+        self.open(path, false).await
+    }
     /// Removes the file at `path`.
     async fn remove(&self, path: &Path) -> Result<()>;
     /// Renames `from` to `to`, replacing `to`.
@@ -89,8 +96,8 @@ pub trait StorageFile: 'static {
     /// Writes the whole buffer at `pos` (block aligned) and makes it and
     /// everything written before it durable, as [`StorageFile::write_at`]
     /// then [`StorageFile::fdatasync`] would; returns the bytes written.
-    /// The real disk does it in one io_uring write through an `O_DSYNC`
-    /// descriptor of the file, so several can be in flight at once.
+    /// On a file from [`Storage::open_durable`] the real disk does it in
+    /// one io_uring write, so several can be in flight at once.
     async fn write_durable_at(&self, buf: Self::Buffer, pos: u64) -> Result<usize> {
         let written = self.write_at(buf, pos).await?;
         self.fdatasync().await?;

@@ -2,14 +2,13 @@
 //!
 //! Appends encode their batch into the open [`Group`] and wait. The commit
 //! task takes whole groups, writes each with one O_DIRECT write of the
-//! group's own buffer (padded to the block size), and runs fdatasync as the
-//! policy asks. Appends
-//! that arrive while a write or an fdatasync is in flight gather in the next
+//! group's own buffer (padded to the block size), and syncs as the policy
+//! asks. Appends that arrive while writes are in flight gather in the next
 //! group: that is group commit.
 //!
 //! Under `Always` every group is written with one durable write
 //! ([`StorageFile::write_durable_at`]: on the real disk an io_uring write
-//! through an `O_DSYNC` descriptor), so a group is durable when its write
+//! to a segment opened with `O_DSYNC`), so a group is durable when its write
 //! completes, and commits overlap like writes do: group N+1's write is in
 //! flight while N's completes, and N+2 gathers. No separate fdatasync runs
 //! on the commit path but at a roll, which seals the segment. A failure

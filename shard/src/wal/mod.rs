@@ -233,8 +233,9 @@ impl<S: Storage> Wal<S> {
             }
             let seed = crc_seed(config.shard_id, st.open.segment);
             let position = st.open.start + st.open.len as u64;
-            // The floor is what an fdatasync covered, not merely what the
-            // kernel completed: a device cache may reorder unsynced writes.
+            // The floor is what a sync covered (an fdatasync, or under
+            // `Always` durable writes completed in order), not merely what
+            // the kernel completed: a device cache may reorder unsynced writes.
             let floor = if st.durable_at.0 == st.open.segment {
                 st.durable_at.1
             } else {

@@ -11,7 +11,7 @@ use crate::{
     config::FsyncPolicy,
     error::{Error, Result},
     format::{
-        segment::{align_up, segment_path, spare_path, SegmentHeader, BLOCK_SIZE},
+        segment::{self, align_up, segment_path, spare_path, SegmentHeader, BLOCK_SIZE},
         sidecar,
     },
     stats::bump,
@@ -206,7 +206,7 @@ pub(super) fn mark_durable<S: Storage>(inner: &Inner<S>, written_at: (u64, u64),
     {
         let mut st = inner.state.borrow_mut();
         // Invariant: the durable position only moves forward, and only
-        // after an fdatasync covered everything before it.
+        // after an fdatasync or a durable write covered everything before it.
         assert!(
             written_at >= st.durable_at,
             "durable position would move back from {:?} to {written_at:?}",
@@ -279,7 +279,7 @@ pub(super) async fn roll<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Res
         .storage
         .rename(&spare_path(&config.dir), &path)
         .await?;
-    let file = inner.storage.open(&path, false).await?;
+    let file = segment::open(&inner.storage, config, &path).await?;
     inner.storage.sync_dir(&config.dir).await?;
     bump(&inner.counters.rolls, 1);
     {

@@ -35,7 +35,8 @@ pub(super) struct Inner<S: Storage> {
     pub(super) state: RefCell<State<S::File>>,
     /// Id of the last commit group written.
     pub(super) written: Watermark,
-    /// Id of the last commit group covered by an fdatasync.
+    /// Id of the last commit group made durable (by an fdatasync, or under
+    /// `Always` by its own durable write).
     pub(super) durable: Watermark,
     /// Wakes the commit task.
     pub(super) work: Signal,
