@@ -41,6 +41,13 @@ pub struct EngineFigures {
     pub disk_bytes: u64,
     /// Bytes now held in memtables.
     pub memtable_bytes: u64,
+    /// Segment rolls.
+    pub rolls: u64,
+    /// Rolls that took the spare before its zero-fill finished: the rest
+    /// of that segment is unwritten extents, which each sync converts.
+    pub zeroing_cut: u64,
+    /// Bytes of zeros written ahead into spare segments.
+    pub zeroed_bytes: u64,
 }
 
 impl EngineFigures {
@@ -55,6 +62,9 @@ impl EngineFigures {
             batch_bytes: sum(|s| s.bytes),
             disk_bytes: sum(|s| s.bytes_written),
             memtable_bytes: sum(|s| s.memtable_bytes),
+            rolls: sum(|s| s.rolls),
+            zeroing_cut: sum(|s| s.zeroing_cut),
+            zeroed_bytes: sum(|s| s.zeroed_bytes),
         }
     }
 }
@@ -137,6 +147,12 @@ impl Figures {
             "fdatasyncs       {:.0}/s, {:.1} appends per commit",
             self.fdatasyncs_per_s(),
             self.appends_per_commit()
+        );
+        println!(
+            "segments         {} rolls, {} before the spare's zero-fill finished, {:.0} MiB of zeros written ahead",
+            self.engine.rolls,
+            self.engine.zeroing_cut,
+            self.engine.zeroed_bytes as f64 / (1 << 20) as f64
         );
         println!(
             "write amplif.    {:.3} disk bytes per payload byte ({:.3} per encoded byte)",
