@@ -219,6 +219,14 @@ impl StorageFile for DmaStorageFile {
     /// flushes the device's cache once the data is written), so the shard's
     /// thread never blocks and no fdatasync runs on an io-wq worker. On
     /// another file, a write then an fdatasync.
+    ///
+    /// A FUA write makes only itself durable, not earlier writes still in
+    /// the device's cache. That keeps the trait's promise because under
+    /// `Always` a segment, once opened, is written only through its
+    /// `O_DSYNC` descriptor, each write durable by itself; its header was
+    /// synced while it was the spare. Zeros the spare's zero-fill wrote and
+    /// did not sync (a fill cut short) lie past the log's end, where
+    /// recovery expects anything.
     async fn write_durable_at(&self, buf: DmaBuffer, pos: u64) -> Result<usize> {
         let written = self.write_at(buf, pos).await?;
         if !self.durable {
