@@ -62,6 +62,14 @@ impl Storage for Faulty {
             plan: self.plan.clone(),
         })
     }
+    /// The real `O_DSYNC` descriptor; its durable writes go through this
+    /// wrapper's write and fdatasync (the trait's default), with their faults.
+    async fn open_durable(&self, path: &Path) -> Result<FaultyFile> {
+        Ok(FaultyFile {
+            real: self.real.open_durable(path).await?,
+            plan: self.plan.clone(),
+        })
+    }
     async fn remove(&self, path: &Path) -> Result<()> {
         self.real.remove(path).await
     }
