@@ -261,6 +261,19 @@ mod tests {
         }
     }
 
+    /// Writes and installs `checkpoint` in `/c` of a fresh simulated disk,
+    /// then loads it back.
+    fn written_and_loaded(checkpoint: &Checkpoint) -> Result<Checkpoint> {
+        let disk = SimDisk::new(1, Faults::default());
+        let config = ShardConfig::new("/c");
+        futures_lite::future::block_on(async {
+            disk.prepare_dir(&config.dir).await.unwrap();
+            write_temp(&disk, &config, checkpoint).await.unwrap();
+            install(&disk, &config).await.unwrap();
+            load(&disk, &config).await
+        })
+    }
+
     /// A checkpoint whose checksum matches but whose ranges cannot be
     /// (a start past its end) is refused as corrupt, naming the file.
     #[test]
@@ -270,20 +283,13 @@ mod tests {
             partitions: BTreeMap::from([(1, (0, 4)), (2, (9, 5))]),
             meta: BTreeMap::new(),
         };
-        let disk = SimDisk::new(1, Faults::default());
-        let config = ShardConfig::new("/c");
-        futures_lite::future::block_on(async {
-            disk.prepare_dir(&config.dir).await.unwrap();
-            write_temp(&disk, &config, &checkpoint).await.unwrap();
-            install(&disk, &config).await.unwrap();
-            match load(&disk, &config).await {
-                Err(Error::Corrupted { path, reason, .. }) => {
-                    assert_eq!(path, config.dir.join(FILE));
-                    assert!(reason.contains("starts after its end"), "{reason}");
-                }
-                other => panic!("expected corruption, got {other:?}"),
+        match written_and_loaded(&checkpoint) {
+            Err(Error::Corrupted { path, reason, .. }) => {
+                assert_eq!(path, ShardConfig::new("/c").dir.join(FILE));
+                assert!(reason.contains("starts after its end"), "{reason}");
             }
-        });
+            other => panic!("expected corruption, got {other:?}"),
+        }
     }
 
     #[test]
@@ -296,13 +302,6 @@ mod tests {
                 BTreeMap::from([(b"vote".to_vec(), vec![1, 2, 3]), (b"e".to_vec(), vec![])]),
             )]),
         };
-        let disk = SimDisk::new(1, Faults::default());
-        let config = ShardConfig::new("/c");
-        futures_lite::future::block_on(async {
-            disk.prepare_dir(&config.dir).await.unwrap();
-            write_temp(&disk, &config, &checkpoint).await.unwrap();
-            install(&disk, &config).await.unwrap();
-            assert_eq!(load(&disk, &config).await.unwrap(), checkpoint);
-        });
+        assert_eq!(written_and_loaded(&checkpoint).unwrap(), checkpoint);
     }
 }

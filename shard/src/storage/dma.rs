@@ -37,6 +37,24 @@ pub struct DmaStorageFile {
     durable: bool,
 }
 
+impl DmaStorageFile {
+    /// Opens `path` for reading and writing, creating it when `create`,
+    /// with `O_DSYNC` when `durable`.
+    async fn open(path: &Path, create: bool, durable: bool) -> Result<Self> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(create);
+        if durable {
+            options.custom_flags(libc::O_DSYNC);
+        }
+        let file = options.dma_open(path).await.map_err(io_err("open", path))?;
+        Ok(DmaStorageFile {
+            file,
+            path: path.to_path_buf(),
+            durable,
+        })
+    }
+}
+
 impl IoBuffer for DmaBuffer {
     fn as_slice(&self) -> &[u8] {
         self.as_bytes()
@@ -77,33 +95,11 @@ impl Storage for DmaStorage {
     }
 
     async fn open(&self, path: &Path, create: bool) -> Result<DmaStorageFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .dma_open(path)
-            .await
-            .map_err(io_err("open", path))?;
-        Ok(DmaStorageFile {
-            file,
-            path: path.to_path_buf(),
-            durable: false,
-        })
+        DmaStorageFile::open(path, create, false).await
     }
 
     async fn open_durable(&self, path: &Path) -> Result<DmaStorageFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DSYNC)
-            .dma_open(path)
-            .await
-            .map_err(io_err("open O_DSYNC", path))?;
-        Ok(DmaStorageFile {
-            file,
-            path: path.to_path_buf(),
-            durable: true,
-        })
+        DmaStorageFile::open(path, false, true).await
     }
 
     async fn remove(&self, path: &Path) -> Result<()> {

@@ -33,7 +33,7 @@ use crate::{
     stats::bump,
     storage::{IoBuffer, Storage, StorageFile},
     wal::{
-        roll::{mark_durable, roll, sync, write_all, write_durable_all},
+        roll::{mark_durable, roll, sync, write_all},
         state::{fail, take_group, Group, Inner},
     },
 };
@@ -220,14 +220,11 @@ impl<S: Storage> Committer<S> {
                 appends: group.appends,
             };
             let durable = inner.config.fsync == FsyncPolicy::Always;
-            let task = glommio::spawn_local(async move {
-                if durable {
-                    write_durable_all(&*file, buf, total, pos).await
-                } else {
-                    write_all(&*file, buf, total, pos).await
-                }
-            })
-            .detach();
+            let task =
+                glommio::spawn_local(
+                    async move { write_all(&*file, buf, total, pos, durable).await },
+                )
+                .detach();
             bump(&inner.counters.writes, 1);
             bump(&inner.counters.bytes_written, total as u64);
             self.issued = written.id;

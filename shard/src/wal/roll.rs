@@ -55,7 +55,7 @@ async fn try_make_spare<S: Storage>(inner: &Rc<Inner<S>>, sequence: u64) -> Resu
     bytes.fill(0);
     let header = SegmentHeader::new(config.shard_id, sequence, config.segment_bytes);
     bytes[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
-    write_all(&file, buf, BLOCK_SIZE as usize, 0).await?;
+    write_all(&file, buf, BLOCK_SIZE as usize, 0, false).await?;
     file.fdatasync().await?;
     inner.state.borrow_mut().spare_usable = true;
     if config.prezero_segments && config.fsync != FsyncPolicy::Never {
@@ -101,7 +101,7 @@ async fn zero_fill<S: Storage>(inner: &Rc<Inner<S>>, file: &S::File) -> Result<(
         let len = CHUNK.min(config.segment_bytes - pos) as usize;
         let mut buf = storage.alloc(len);
         buf.as_mut_slice().fill(0);
-        write_all(file, buf, len, pos).await?;
+        write_all(file, buf, len, pos, false).await?;
         bump(&inner.counters.zeroed_bytes, len as u64);
         pos += len as u64;
     }
@@ -140,40 +140,26 @@ pub(super) async fn zero_range<S: Storage>(
         if let Some(kept) = kept.filter(|_| pos < from) {
             bytes[..keep].copy_from_slice(kept);
         }
-        write_all(file, buf, len, pos).await?;
+        write_all(file, buf, len, pos, false).await?;
         pos += len as u64;
     }
     file.fdatasync().await
 }
 
-/// Writes `buf` (of `len` bytes) at `pos` and checks the count.
+/// Writes `buf` (of `len` bytes) at `pos` and checks the count; when
+/// `durable`, with [`StorageFile::write_durable_at`], durable when it returns.
 pub(super) async fn write_all<F: StorageFile>(
     file: &F,
     buf: F::Buffer,
     len: usize,
     pos: u64,
+    durable: bool,
 ) -> Result<()> {
-    let written = file.write_at(buf, pos).await?;
-    if written != len {
-        return Err(Error::ShortWrite {
-            path: file.path().to_path_buf(),
-            position: pos,
-            expected: len,
-            written,
-        });
-    }
-    Ok(())
-}
-
-/// [`StorageFile::write_durable_at`] of `buf` (of `len` bytes) at `pos`,
-/// with the count checked: durable when it returns.
-pub(super) async fn write_durable_all<F: StorageFile>(
-    file: &F,
-    buf: F::Buffer,
-    len: usize,
-    pos: u64,
-) -> Result<()> {
-    let written = file.write_durable_at(buf, pos).await?;
+    let written = if durable {
+        file.write_durable_at(buf, pos).await?
+    } else {
+        file.write_at(buf, pos).await?
+    };
     if written != len {
         return Err(Error::ShortWrite {
             path: file.path().to_path_buf(),
