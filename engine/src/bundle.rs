@@ -71,16 +71,63 @@ pub(crate) struct Bundle {
     wakers: Mutex<Vec<Waker>>,
     /// The shard it goes to, and where that shard's panic is recorded.
     shard: usize,
+    /// The partition its appends go to.
+    pub partition: u64,
     panicked: Arc<OnceLock<String>>,
 }
 
 /// Where a bundle goes: a shard, its queue of appends, where its panic,
-/// if one stops it, is recorded, and the shard's spent buffers.
+/// if one stops it, is recorded, and what the shard shares with the
+/// appending threads.
 pub(crate) struct Route {
     pub queue: async_channel::Sender<Queued>,
     pub shard: usize,
     pub panicked: Arc<OnceLock<String>>,
-    pub buffers: Arc<Buffers>,
+    pub exchange: Arc<Exchange>,
+}
+
+/// What the appending threads share with one shard besides its queue.
+#[derive(Default)]
+pub(crate) struct Exchange {
+    /// The spent buffers of its bundles.
+    pub buffers: Buffers,
+    /// Its bundles that may still be staged.
+    pub unsent: Unsent,
+}
+
+/// Bundles staged for a shard, for the shard to send itself: each time a
+/// commit of its is answered, the shard sends what the appending threads
+/// staged meanwhile ([`Unsent::send_all`]), so appends made without
+/// waiting go in the next write instead of waiting for their bundle to
+/// fill or for their thread to wait. The disk's pace sets the bundles'
+/// size: while the shard writes, the threads gather the next bundle.
+/// Entries that were sent otherwise are dropped when the shard sends the
+/// rest, or once [`PRUNE_AT`] have gathered (an idle shard sends nothing).
+#[derive(Default)]
+pub(crate) struct Unsent(Mutex<Vec<Arc<Bundle>>>);
+
+/// Entries [`Unsent`] holds before it drops the ones already sent.
+const PRUNE_AT: usize = 64;
+
+impl Unsent {
+    /// Notes `bundle`, just opened, for its shard to send.
+    pub(crate) fn push(&self, bundle: Arc<Bundle>) {
+        let mut unsent = lock(&self.0);
+        if unsent.len() >= PRUNE_AT {
+            // Invariant: bundle locks are taken after this one, never
+            // before it (no bundle lock holder pushes here).
+            unsent.retain(|b| b.is_staged());
+        }
+        unsent.push(bundle);
+    }
+
+    /// Sends every bundle noted, in the order they were opened.
+    pub(crate) fn send_all(&self) {
+        let unsent = std::mem::take(&mut *lock(&self.0));
+        for b in unsent {
+            b.send();
+        }
+    }
 }
 
 /// Most spent buffers a shard keeps for the next bundles.
@@ -140,6 +187,12 @@ struct Staged {
     prev: Option<Arc<Bundle>>,
     /// Bundles kept staged before this one.
     depth: usize,
+    /// Whether appends may still join: the partition's open bundle.
+    /// Invariant: cleared, under this lock, before a newer bundle of the
+    /// partition can be reached, so a thread that joins its last bundle
+    /// without the partition's lock ([`crate::staging`]) never joins one
+    /// that a newer bundle replaced.
+    open: bool,
 }
 
 /// How a bundle ended.
@@ -176,7 +229,7 @@ impl Bundle {
             None => (limit / bytes).clamp(1, MAX_RESERVE) * body,
             Some(_) => body,
         };
-        let mut encoded = EncodedRecords::from_buffer(route.buffers.take(room));
+        let mut encoded = EncodedRecords::from_buffer(route.exchange.buffers.take(room));
         // Invariant: the records passed `check_batch`, which refuses what
         // the format cannot hold.
         encoded
@@ -192,24 +245,27 @@ impl Bundle {
                 bytes,
                 prev: None,
                 depth: 0,
+                open: true,
             })),
             outcome: OnceLock::new(),
             wakers: Mutex::new(Vec::new()),
             shard: route.shard,
+            partition,
             panicked: route.panicked,
         })
     }
 
     /// Encodes an unconditional append, `records` with a batch of `bytes`,
-    /// into the bundle if it is still staged and takes no conditional
-    /// append, and their one batch stays within `limit`. Returns the place
+    /// into the bundle if it is still the partition's open bundle and
+    /// takes no conditional append, and their one batch stays within
+    /// `limit`. Returns the place
     /// of the append's first record in the bundle; `None` if it did not
     /// join.
     pub(crate) fn join(&self, records: &[Record], bytes: usize, limit: usize) -> Option<u64> {
         let mut staged = lock(&self.staged);
         let s = staged.as_mut()?;
         let joined = s.bytes + bytes - BATCH_HEADER_LEN;
-        if s.expected_end.is_some() || joined > limit {
+        if !s.open || s.expected_end.is_some() || joined > limit {
             return None;
         }
         let place = u64::from(s.records.count());
@@ -227,7 +283,13 @@ impl Bundle {
     /// would be kept before this one. Else hands `prev` back, to be sent
     /// now (or `None` if it was sent already).
     pub(crate) fn follow(&self, prev: Arc<Bundle>, max: usize) -> Option<Arc<Bundle>> {
-        let depth = lock(&prev.staged).as_ref()?.depth + 1;
+        let depth = {
+            let mut p = lock(&prev.staged);
+            let p = p.as_mut()?;
+            // Replaced: no append joins it any more, sent now or with this one.
+            p.open = false;
+            p.depth + 1
+        };
         if depth > max {
             return Some(prev);
         }
@@ -238,6 +300,11 @@ impl Bundle {
         s.prev = Some(prev);
         s.depth = depth;
         None
+    }
+
+    /// Whether the bundle is still staged, not sent.
+    fn is_staged(&self) -> bool {
+        lock(&self.staged).is_some()
     }
 
     /// Sends the bundle to its shard's queue, after the bundles kept staged
@@ -376,6 +443,79 @@ pub(crate) fn stopped(shard: usize, panicked: &OnceLock<String>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A route to `queue`, sharing `exchange`.
+    fn route(queue: &async_channel::Sender<Queued>, exchange: &Arc<Exchange>) -> Route {
+        Route {
+            queue: queue.clone(),
+            shard: 0,
+            panicked: Arc::new(OnceLock::new()),
+            exchange: exchange.clone(),
+        }
+    }
+
+    /// A one-record append of 100 bytes, and its batch's size.
+    fn append() -> (Vec<Record>, usize) {
+        let records = vec![Record::new(vec![7u8; 100])];
+        let limits = corelog_shard::ShardConfig::new("unused");
+        let bytes = corelog_shard::check_batch(&limits, 1, &records).expect("valid");
+        (records, bytes)
+    }
+
+    const LIMIT: usize = 64 << 10;
+
+    /// A bundle replaced by a newer one of its partition takes no more
+    /// appends, even with room left, so a thread that joins its last
+    /// bundle without the partition's lock cannot put an append behind
+    /// a later one.
+    #[test]
+    fn a_replaced_bundle_takes_no_more_appends() {
+        let (queue, _rx) = async_channel::unbounded();
+        let exchange = Arc::new(Exchange::default());
+        let (records, bytes) = append();
+        let old = Bundle::new(route(&queue, &exchange), 1, None, &records, bytes, LIMIT);
+        assert_eq!(old.join(&records, bytes, LIMIT), Some(1));
+        let new = Bundle::new(route(&queue, &exchange), 1, None, &records, bytes, LIMIT);
+        // Kept staged, to go first when the new one goes.
+        assert!(new.follow(old.clone(), 16).is_none());
+        assert!(old.is_staged());
+        assert_eq!(old.join(&records, bytes, LIMIT), None);
+        assert_eq!(new.join(&records, bytes, LIMIT), Some(1));
+    }
+
+    /// The shard's list of staged bundles sends each one still staged,
+    /// oldest first, and does not grow without bound while the shard
+    /// takes nothing.
+    #[test]
+    fn unsent_bundles_are_sent_in_order_and_the_list_is_bounded() {
+        let (queue, rx) = async_channel::unbounded();
+        let exchange = Arc::new(Exchange::default());
+        let (records, bytes) = append();
+        let opened: Vec<Arc<Bundle>> = (1..=2)
+            .map(|p| Bundle::new(route(&queue, &exchange), p, None, &records, bytes, LIMIT))
+            .collect();
+        for b in &opened {
+            exchange.unsent.push(b.clone());
+        }
+        exchange.unsent.send_all();
+        let partitions: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|q| match q {
+                Queued::Appends(a) => a.partition,
+                Queued::Flush(_) => unreachable!("no flush queued"),
+            })
+            .collect();
+        assert_eq!(partitions, [1, 2]);
+        assert!(opened.iter().all(|b| !b.is_staged()));
+
+        // Bundles sent by their threads are dropped from the list as it
+        // fills.
+        for _ in 0..PRUNE_AT * 3 {
+            let b = Bundle::new(route(&queue, &exchange), 3, None, &records, bytes, LIMIT);
+            b.send();
+            exchange.unsent.push(b);
+        }
+        assert!(lock(&exchange.unsent.0).len() <= PRUNE_AT);
+    }
 
     /// Spent buffers are reused only by bundles they fit without holding
     /// much more memory than asked, and the shard keeps a bounded number of

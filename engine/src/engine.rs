@@ -15,7 +15,7 @@ use futures_channel::oneshot;
 
 use crate::{
     append::Append,
-    bundle::{self, Buffers, Queued, Route},
+    bundle::{self, Exchange, Queued, Route},
     config::Config,
     error::{Error, Result},
     io_memory::with_io_memory,
@@ -63,8 +63,8 @@ pub struct Handle {
     bundle_bytes: usize,
     /// Per shard, the message of a panic that stopped it.
     panics: Arc<[Arc<OnceLock<String>>]>,
-    /// Per shard, its spent bundle buffers.
-    buffers: Arc<[Arc<Buffers>]>,
+    /// Per shard, what it shares with the appending threads.
+    exchanges: Arc<[Arc<Exchange>]>,
     /// The engine's durability policy.
     fsync: FsyncPolicy,
 }
@@ -161,7 +161,7 @@ impl Engine {
         let appends = threads.iter().map(|t| t.appends.clone()).collect();
         let senders = threads.iter().map(|t| t.sender.clone()).collect();
         let panics = threads.iter().map(|t| t.panicked.clone()).collect();
-        let buffers = threads.iter().map(|t| t.buffers.clone()).collect();
+        let exchanges = threads.iter().map(|t| t.exchange.clone()).collect();
         Ok(Engine {
             handle: Handle {
                 appends,
@@ -170,7 +170,7 @@ impl Engine {
                 limits: Arc::new(config.shard_config(0)),
                 bundle_bytes: COALESCE_BYTES.min(config.shard_config(0).max_batch_bytes),
                 panics,
-                buffers,
+                exchanges,
                 fsync: config.shard_config(0).fsync,
             },
             threads,
@@ -336,7 +336,7 @@ impl Handle {
             queue: self.appends[shard].clone(),
             shard,
             panicked: self.panics[shard].clone(),
-            buffers: self.buffers[shard].clone(),
+            exchange: self.exchanges[shard].clone(),
         };
         let at = (partition, expected_end);
         // Under `Always` a thread's full bundles wait for the rest of its

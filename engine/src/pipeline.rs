@@ -39,7 +39,7 @@ use corelog_shard::{EncodedRecords, Shard, Submitted, BATCH_HEADER_LEN};
 use futures_lite::FutureExt;
 
 use crate::{
-    bundle::{AppendRequest, Buffers, Queued, Ticket, Wakers},
+    bundle::{AppendRequest, Exchange, Queued, Ticket, Wakers},
     error::Error,
     request::Reply,
     stop::Stop,
@@ -57,12 +57,17 @@ pub(crate) const COALESCE_BYTES: usize = 64 << 10;
 /// that the log's flush covers them.
 pub(crate) async fn serve_appends(
     shard: Shard,
-    (queue, buffers): (async_channel::Receiver<Queued>, Arc<Buffers>),
+    (queue, exchange): (async_channel::Receiver<Queued>, Arc<Exchange>),
     stop: Rc<Stop>,
     flush: impl Fn(Reply<()>),
 ) {
     let in_flight = Rc::new(InFlight::default());
-    let answering = glommio::spawn_local(answer(shard.clone(), in_flight.clone(), stop.clone()));
+    let answering = glommio::spawn_local(answer(
+        shard.clone(),
+        in_flight.clone(),
+        exchange.clone(),
+        stop.clone(),
+    ));
     let limit = COALESCE_BYTES.min(shard.config().max_batch_bytes);
     let mut run = Run::default();
     while let Ok(first) = queue.recv().await {
@@ -102,7 +107,7 @@ pub(crate) async fn serve_appends(
             }
             submit(&shard, &mut run, &in_flight, &stop).await;
             for spent in run.records.drain(..) {
-                buffers.give(spent.into_buffer());
+                exchange.buffers.give(spent.into_buffer());
             }
             // A long queue must not keep the commit task from running.
             glommio::yield_if_needed().await;
@@ -208,7 +213,7 @@ async fn submit(shard: &Shard, run: &mut Run, in_flight: &InFlight, stop: &Stop)
 
 /// Answers the appends in flight, a commit group at a time, until the
 /// queue is closed and none is left.
-async fn answer(shard: Shard, in_flight: Rc<InFlight>, stop: Rc<Stop>) {
+async fn answer(shard: Shard, in_flight: Rc<InFlight>, exchange: Arc<Exchange>, stop: Rc<Stop>) {
     let mut wakers = Wakers::default();
     while let Some(group) = in_flight.next_group().await {
         let waited = AssertUnwindSafe(shard.wait_committed(group))
@@ -235,6 +240,9 @@ async fn answer(shard: Shard, in_flight: Rc<InFlight>, stop: Rc<Stop>) {
             in_flight.answer_through(u64::MAX, &mut wakers, |_| Err(e.clone()));
         }
         wakers.wake_all();
+        // A write completed: what the threads staged meanwhile goes in
+        // the next one (see `Unsent`).
+        exchange.unsent.send_all();
         if let Err(payload) = AssertUnwindSafe(shard.after_commit()).catch_unwind().await {
             stop.record(payload);
         }

@@ -18,7 +18,7 @@ use corelog_shard::Shard;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::{
-    bundle::{Buffers, Queued},
+    bundle::{Exchange, Queued},
     config::Config,
     error::{Error, Result},
     local::LocalShard,
@@ -48,8 +48,8 @@ pub(crate) struct ShardThread {
     pub join: ExecutorJoinHandle<Result<()>>,
     /// Set, once, to the message of a panic that stopped the shard.
     pub panicked: Arc<OnceLock<String>>,
-    /// The spent buffers of the shard's bundles.
-    pub buffers: Arc<Buffers>,
+    /// What the shard shares with the appending threads.
+    pub exchange: Arc<Exchange>,
 }
 
 /// Starts shard `id` on its thread; it reports on `ready` once recovered.
@@ -75,8 +75,8 @@ pub(crate) fn start(
     let shard_config = config.shard_config(id);
     let panicked = Arc::new(OnceLock::new());
     let shard_panicked = panicked.clone();
-    let buffers = Arc::new(Buffers::default());
-    let shard_buffers = buffers.clone();
+    let exchange = Arc::new(Exchange::default());
+    let shard_exchange = exchange.clone();
     let shards = config.shards;
     let join = LocalExecutorBuilder::new(placement)
         .name(&format!("corelog-shard-{id}"))
@@ -99,7 +99,7 @@ pub(crate) fn start(
                     shards,
                     shard_config,
                     ready,
-                    (queues, shard_buffers),
+                    (queues, shard_exchange),
                     shard_panicked,
                 )
                 .await;
@@ -116,7 +116,7 @@ pub(crate) fn start(
         sender,
         join,
         panicked,
-        buffers,
+        exchange,
     })
 }
 
@@ -127,7 +127,7 @@ async fn run_shard(
     shards: usize,
     shard_config: corelog_shard::ShardConfig,
     ready: mpsc::Sender<(usize, Result<()>)>,
-    (queues, buffers): (Queues, Arc<Buffers>),
+    (queues, exchange): (Queues, Arc<Exchange>),
     shard_panicked: Arc<OnceLock<String>>,
 ) -> Result<()> {
     let (shard, report) = match Shard::open(shard_config).await {
@@ -149,7 +149,7 @@ async fn run_shard(
         queues: queues.clone(),
         shard: shard.clone(),
     };
-    serve(shard, local, Rc::new(report), (queues, buffers), stop).await
+    serve(shard, local, Rc::new(report), (queues, exchange), stop).await
 }
 
 /// Serves both queues until they are closed and drained, waits for the
@@ -160,7 +160,7 @@ async fn serve(
     shard: Shard,
     local: LocalShard,
     report: Rc<corelog_shard::RecoveryReport>,
-    (queues, buffers): (Queues, Arc<Buffers>),
+    (queues, exchange): (Queues, Arc<Exchange>),
     stop: Stop,
 ) -> Result<()> {
     let in_progress = Rc::new(InProgress::default());
@@ -180,7 +180,7 @@ async fn serve(
     };
     let appends = glommio::spawn_local(serve_appends(
         shard.clone(),
-        (queues.appends.clone(), buffers),
+        (queues.appends.clone(), exchange),
         stop.clone(),
         flush,
     ));

@@ -16,8 +16,10 @@
 //! outstanding sends one request a window.
 //!
 //! Invariant: a partition has at most one open bundle, appends join it in
-//! the order of the calls (under the partition's lock), and a new one is
-//! opened only once the previous one is sent or linked to be sent first,
+//! the order of the calls (under the bundle's lock, reached under the
+//! partition's lock or as the thread's last bundle while it is open), and
+//! a new one is opened only once the previous one is sent or linked to be
+//! sent first, and closed to joins,
 //! so appends reach the shard in call order: for one thread, for a task
 //! that moves between threads, and for calls on several threads ordered
 //! by their return.
@@ -154,11 +156,10 @@ impl Staged {
         bytes: usize,
         (limit, keep): (usize, usize),
     ) -> (Arc<Bundle>, u64) {
-        let open = || Bundle::new(route(), partition, expected_end, records, bytes, limit);
         if expected_end.is_some() || bytes > limit {
             // Encoded before the lock, which other partitions share: this
             // append may be up to a batch's limit.
-            let bundle = open();
+            let bundle = Bundle::new(route(), partition, expected_end, records, bytes, limit);
             let mut slot = self.slot(partition);
             // Sent under the lock: after what is staged, before any later
             // append to the partition.
@@ -167,6 +168,9 @@ impl Staged {
             }
             bundle.send();
             return (bundle, 0);
+        }
+        if let Some(joined) = join_last(partition, records, bytes, limit) {
+            return joined;
         }
         let mut slot = self.slot(partition);
         if let Some(b) = slot.get(&partition) {
@@ -177,7 +181,9 @@ impl Staged {
                 return (b, place);
             }
         }
-        let bundle = open();
+        let route = route();
+        let exchange = route.exchange.clone();
+        let bundle = Bundle::new(route, partition, expected_end, records, bytes, limit);
         if let Some(previous) = slot.insert(partition, bundle.clone()) {
             // Under the lock, before anyone can reach the new bundle.
             if let Some(previous) = bundle.follow(previous, keep) {
@@ -189,6 +195,7 @@ impl Staged {
             self.wake.notify(1);
         }
         drop(slot);
+        exchange.unsent.push(bundle.clone());
         note(&bundle);
         (bundle, 0)
     }
@@ -205,6 +212,29 @@ impl Staged {
             }
         }
     }
+}
+
+/// Joins the append to the bundle this thread staged into last if that
+/// is `partition`'s open bundle, without the partition's lock: a thread
+/// appending to one partition takes one lock an append. Order holds as
+/// under the partition's lock: appends join a bundle under its own lock,
+/// and a bundle replaced by a newer one was closed to joins first (see
+/// `Bundle::join`).
+fn join_last(
+    partition: u64,
+    records: &[Record],
+    bytes: usize,
+    limit: usize,
+) -> Option<(Arc<Bundle>, u64)> {
+    NOTED
+        .try_with(|n| {
+            let n = n.borrow();
+            let last = n.0.last().filter(|b| b.partition == partition)?;
+            let place = last.join(records, bytes, limit)?;
+            Some((last.clone(), place))
+        })
+        .ok()
+        .flatten()
 }
 
 /// Notes that this thread staged into `bundle`, to send it when the thread
