@@ -32,19 +32,19 @@ impl Drop for Parked {
     }
 }
 
-/// Makes append `i` to `partition` on a new thread that then parks. The
+/// Appends `records` to `partition` on a new thread that then parks. The
 /// future is handed back, or, with `keep`, kept on the parked thread.
 fn append_on_parked_thread(
     log: &Handle,
     partition: u64,
-    i: u64,
+    records: Vec<Record>,
     keep: bool,
 ) -> (Option<Append>, Parked) {
     let log = log.clone();
     let (futures_tx, futures_rx) = mpsc::channel();
     let (release, released) = mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let append = log.append(partition, record(i));
+        let append = log.append(partition, records);
         let kept = if keep {
             futures_tx.send(None).unwrap();
             Some(append)
@@ -99,7 +99,7 @@ fn an_append_is_sent_when_another_thread_waits_on_it() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let (append, parked) = append_on_parked_thread(&log, 4, 0, false);
+    let (append, parked) = append_on_parked_thread(&log, 4, record(0), false);
     assert_eq!(block_on(append.unwrap()).unwrap(), 0);
     drop(parked);
     engine.close().unwrap();
@@ -147,7 +147,7 @@ fn closing_the_engine_sends_what_other_threads_staged() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let (append, parked) = append_on_parked_thread(&log, 7, 0, false);
+    let (append, parked) = append_on_parked_thread(&log, 7, record(0), false);
     // The stager never waits: the close sends what it staged.
     engine.close().unwrap();
     assert_eq!(block_on(append.unwrap()).unwrap(), 0);
@@ -166,7 +166,7 @@ fn an_append_made_after_another_returned_gets_a_later_offset_on_any_thread() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let (first, parked) = append_on_parked_thread(&log, 9, 0, false);
+    let (first, parked) = append_on_parked_thread(&log, 9, record(0), false);
     let first = first.unwrap();
     assert_eq!(block_on(log.append(9, record(1))).unwrap(), 1);
     assert_eq!(block_on(log.append_at(9, 2, record(2))).unwrap(), 2);
@@ -181,6 +181,38 @@ fn an_append_made_after_another_returned_gets_a_later_offset_on_any_thread() {
     for (i, r) in got.iter().enumerate() {
         assert_eq!(r.value(), format!("record {i}").as_bytes());
     }
+    engine.close().unwrap();
+}
+
+/// A thread's next append to a partition goes straight to the bundle it
+/// staged into last, but not once another thread's append replaced that
+/// bundle: under `Always` the replaced bundle stays staged, with room for
+/// a small append, and joining it would put this later call before the
+/// other thread's, which returned first.
+#[test]
+fn a_thread_does_not_join_its_last_bundle_once_another_replaced_it() {
+    let dir = test_dir();
+    // The default policy: `Always`.
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let log = engine.handle();
+    let big = |i: u8| vec![Record::new(vec![i; 4096])];
+    // 15 records of 4 KiB: a bundle of about 61.6 KiB of its 64.
+    let mine: Vec<Append> = (0..15).map(|i| log.append(6, big(i))).collect();
+    // Another thread's 4 KiB does not fit: it opens the next bundle, and
+    // keeps it staged while it parks.
+    let (theirs, parked) = append_on_parked_thread(&log, 6, big(15), false);
+    // This later call must come after it, although it would fit the first.
+    let later = log.append(6, vec![Record::new(vec![16])]);
+    assert_eq!(
+        block_on(later).unwrap(),
+        16,
+        "a later call overtook one that returned"
+    );
+    assert_eq!(block_on(theirs.unwrap()).unwrap(), 15);
+    for (i, a) in mine.into_iter().enumerate() {
+        assert_eq!(block_on(a).unwrap(), i as u64);
+    }
+    drop(parked);
     engine.close().unwrap();
 }
 
@@ -222,7 +254,7 @@ fn an_append_nobody_waits_on_is_written_anyway() {
     let dir = test_dir();
     let engine = Engine::open(config(dir.path())).unwrap();
     let log = engine.handle();
-    let (_, parked) = append_on_parked_thread(&log, 10, 0, true);
+    let (_, parked) = append_on_parked_thread(&log, 10, record(0), true);
     // The end passes offset 0: the append was written and acknowledged.
     assert!(block_on(log.wait_for(10, 0, Duration::from_secs(10))).unwrap());
     drop(parked);
@@ -245,7 +277,7 @@ fn an_append_nobody_waits_on_is_written_after_another_shard_panicked() {
         }
     }));
     assert!(hit.is_err());
-    let (_, parked) = append_on_parked_thread(&log, second, 0, true);
+    let (_, parked) = append_on_parked_thread(&log, second, record(0), true);
     assert!(block_on(log.wait_for(second, 0, Duration::from_secs(10))).unwrap());
     drop(parked);
     assert!(engine.close().is_err(), "close names the panicked shard");
