@@ -73,6 +73,9 @@ pub(crate) struct Bundle {
     shard: usize,
     /// The partition its appends go to.
     pub partition: u64,
+    /// What its shard shares with the appending threads; also tells
+    /// bundles of different engines apart.
+    pub exchange: Arc<Exchange>,
     panicked: Arc<OnceLock<String>>,
 }
 
@@ -102,28 +105,55 @@ pub(crate) struct Exchange {
 /// fill or for their thread to wait. The disk's pace sets the bundles'
 /// size: while the shard writes, the threads gather the next bundle.
 /// Entries that were sent otherwise are dropped when the shard sends the
-/// rest, or once [`PRUNE_AT`] have gathered (an idle shard sends nothing).
-#[derive(Default)]
-pub(crate) struct Unsent(Mutex<Vec<Arc<Bundle>>>);
+/// rest, or as they gather (an idle shard sends nothing).
+pub(crate) struct Unsent(Mutex<UnsentList>);
 
-/// Entries [`Unsent`] holds before it drops the ones already sent.
+struct UnsentList {
+    bundles: Vec<Arc<Bundle>>,
+    /// Entries at which the next push drops the ones already sent: twice
+    /// what the last pruning left, at least [`PRUNE_AT`], so that many
+    /// bundles still staged (fan-out producers) are not scanned at every
+    /// push.
+    prune_at: usize,
+}
+
+impl Default for Unsent {
+    fn default() -> Self {
+        Unsent(Mutex::new(UnsentList {
+            bundles: Vec::new(),
+            prune_at: PRUNE_AT,
+        }))
+    }
+}
+
+/// Entries [`Unsent`] holds at least before it drops the ones already
+/// sent.
 const PRUNE_AT: usize = 64;
 
 impl Unsent {
     /// Notes `bundle`, just opened, for its shard to send.
     pub(crate) fn push(&self, bundle: Arc<Bundle>) {
         let mut unsent = lock(&self.0);
-        if unsent.len() >= PRUNE_AT {
+        if unsent.bundles.len() >= unsent.prune_at {
             // Invariant: bundle locks are taken after this one, never
             // before it (no bundle lock holder pushes here).
-            unsent.retain(|b| b.is_staged());
+            unsent.bundles.retain(|b| b.is_staged());
+            unsent.prune_at = (2 * unsent.bundles.len()).max(PRUNE_AT);
         }
-        unsent.push(bundle);
+        unsent.bundles.push(bundle);
     }
 
-    /// Sends every bundle noted, in the order they were opened.
+    /// Sends every bundle noted. In about the order they were opened (a
+    /// bundle is noted after its partition's lock is released); the order
+    /// of one partition's bundles holds whatever it is, since a bundle
+    /// replaced by a newer one was sent already or goes first when the
+    /// newer one is sent.
     pub(crate) fn send_all(&self) {
-        let unsent = std::mem::take(&mut *lock(&self.0));
+        let unsent = {
+            let mut unsent = lock(&self.0);
+            unsent.prune_at = PRUNE_AT;
+            std::mem::take(&mut unsent.bundles)
+        };
         for b in unsent {
             b.send();
         }
@@ -251,6 +281,7 @@ impl Bundle {
             wakers: Mutex::new(Vec::new()),
             shard: route.shard,
             partition,
+            exchange: route.exchange,
             panicked: route.panicked,
         })
     }
@@ -314,10 +345,12 @@ impl Bundle {
         let Some(mut s) = staged.take() else {
             return;
         };
-        // Invariant: bundle locks are taken from a newer bundle to an older
-        // one only (an append locks only its partition's newest, under the
-        // partition's slot lock, which no bundle lock holder takes), so this
-        // cannot deadlock, and the older bundle is queued first.
+        // Invariant: no one holding a bundle's lock takes another's but
+        // this, from a newer bundle to an older one (an append, a prune
+        // of `Unsent` and its `send_all` lock one bundle at a time, and
+        // no bundle lock holder takes a partition's slot lock or
+        // `Unsent`'s), so this cannot deadlock, and the older bundle is
+        // queued first.
         if let Some(prev) = s.prev.take() {
             prev.send();
         }
@@ -514,7 +547,7 @@ mod tests {
             b.send();
             exchange.unsent.push(b);
         }
-        assert!(lock(&exchange.unsent.0).len() <= PRUNE_AT);
+        assert!(lock(&exchange.unsent.0).bundles.len() <= PRUNE_AT);
     }
 
     /// Spent buffers are reused only by bundles they fit without holding

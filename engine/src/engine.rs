@@ -303,10 +303,10 @@ impl Handle {
     /// are staged together and sent in one request when someone waits on
     /// one of them, drops one, flushes or closes the engine, when the
     /// thread that made them waits on any append, calls another method of
-    /// a handle or exits, when they reach 64 KiB (1 MiB under `Always`, so
-    /// that a window is one commit), and within about 20 ms:
-    /// awaiting each append sends each at once; a window of outstanding
-    /// appends goes a window at a time. Dropping the future does not
+    /// a handle or exits, when they reach 64 KiB (1 MiB under `Always`),
+    /// when their shard completes a write (the next write takes them), and
+    /// within about 20 ms: awaiting each append sends each at once; a
+    /// window of outstanding appends goes at most a window at a time. Dropping the future does not
     /// withdraw the append. The call never blocks: bound your window of
     /// outstanding appends to bound memory. Order against other operations
     /// (a `truncate`, a `read`) holds once the append's future has
@@ -349,7 +349,8 @@ impl Handle {
         };
         let sizes = (self.bundle_bytes, keep);
         // Encoded on this thread, which also frees the records.
-        let (bundle, place) = self.staged.append(at, route, &records, bytes, sizes);
+        let way = (&self.exchanges[shard], route);
+        let (bundle, place) = self.staged.append(at, way, &records, bytes, sizes);
         Append::waiting(bundle, place)
     }
 

@@ -8,12 +8,15 @@
 //! appends is dropped still staged, when a conditional or large append to
 //! the partition follows it, when a flush or the engine's close sends
 //! everything staged, when another method of a [`crate::Handle`] is called
-//! on a thread that staged into it, when that thread exits, or when it is
+//! on a thread that staged into it, when that thread exits, when it is
 //! full (64 KiB; under `Always` a full bundle waits, linked before the
-//! next one, for up to 1 MiB: see [`Bundle::follow`]). So an append waits
-//! in its bundle only while appends keep coming without anyone waiting,
-//! and a thread appending one record at a time with a window of appends
-//! outstanding sends one request a window.
+//! next one, for up to 1 MiB: see [`Bundle::follow`]), or when its shard
+//! answers a commit (the shard sends what was staged for it meanwhile:
+//! [`crate::bundle::Unsent`]). So an append waits in its bundle only while
+//! appends keep coming without anyone waiting and the shard is busy with
+//! an earlier write, and a thread appending one record at a time with a
+//! window of appends outstanding sends a request a write, at most one a
+//! window.
 //!
 //! Invariant: a partition has at most one open bundle, appends join it in
 //! the order of the calls (under the bundle's lock, reached under the
@@ -37,7 +40,7 @@ use std::{
 use corelog_shard::Record;
 use event_listener::{Event, Listener};
 
-use crate::bundle::{Bundle, Route};
+use crate::bundle::{Bundle, Exchange, Route};
 
 /// Locks guarding the open bundles, partitions spread over them by hash:
 /// appends to different partitions rarely share one.
@@ -143,15 +146,15 @@ impl Staged {
     }
 
     /// Makes an append that passed its checks: `records`, a batch of
-    /// `bytes`, to `partition` on `route`, conditional on `expected_end` if
-    /// given. Staged if unconditional and at most `limit` bytes (a full
+    /// `bytes`, to `partition` on `route`, to the shard that shares
+    /// `exchange`, conditional on `expected_end` if given. Staged if unconditional and at most `limit` bytes (a full
     /// bundle it replaces goes with the new one if fewer than `keep` are
     /// linked before it); else sent at once, after what is staged for the
     /// partition. Returns its bundle and the place of its first record.
     pub(crate) fn append(
         &self,
         (partition, expected_end): (u64, Option<u64>),
-        route: impl FnOnce() -> Route,
+        (exchange, route): (&Arc<Exchange>, impl FnOnce() -> Route),
         records: &[Record],
         bytes: usize,
         (limit, keep): (usize, usize),
@@ -169,7 +172,7 @@ impl Staged {
             bundle.send();
             return (bundle, 0);
         }
-        if let Some(joined) = join_last(partition, records, bytes, limit) {
+        if let Some(joined) = join_last(exchange, partition, records, bytes, limit) {
             return joined;
         }
         let mut slot = self.slot(partition);
@@ -181,9 +184,7 @@ impl Staged {
                 return (b, place);
             }
         }
-        let route = route();
-        let exchange = route.exchange.clone();
-        let bundle = Bundle::new(route, partition, expected_end, records, bytes, limit);
+        let bundle = Bundle::new(route(), partition, expected_end, records, bytes, limit);
         if let Some(previous) = slot.insert(partition, bundle.clone()) {
             // Under the lock, before anyone can reach the new bundle.
             if let Some(previous) = bundle.follow(previous, keep) {
@@ -215,12 +216,13 @@ impl Staged {
 }
 
 /// Joins the append to the bundle this thread staged into last if that
-/// is `partition`'s open bundle, without the partition's lock: a thread
+/// is `partition`'s open bundle on the shard that shares `exchange`, without the partition's lock: a thread
 /// appending to one partition takes one lock an append. Order holds as
 /// under the partition's lock: appends join a bundle under its own lock,
 /// and a bundle replaced by a newer one was closed to joins first (see
 /// `Bundle::join`).
 fn join_last(
+    exchange: &Arc<Exchange>,
     partition: u64,
     records: &[Record],
     bytes: usize,
@@ -229,7 +231,11 @@ fn join_last(
     NOTED
         .try_with(|n| {
             let n = n.borrow();
-            let last = n.0.last().filter(|b| b.partition == partition)?;
+            // The same partition of the same engine: a thread may append
+            // to several engines.
+            let last =
+                n.0.last()
+                    .filter(|b| b.partition == partition && Arc::ptr_eq(&b.exchange, exchange))?;
             let place = last.join(records, bytes, limit)?;
             Some((last.clone(), place))
         })

@@ -216,6 +216,28 @@ fn a_thread_does_not_join_its_last_bundle_once_another_replaced_it() {
     engine.close().unwrap();
 }
 
+/// A thread that appends to two engines without waiting keeps each
+/// append in its own engine: the bundle it staged into last belongs to
+/// the other engine, even for the same partition number.
+#[test]
+fn a_thread_appending_to_two_engines_keeps_each_append_in_its_engine() {
+    let (a_dir, b_dir) = (test_dir(), test_dir());
+    let a = Engine::open(config(a_dir.path())).unwrap();
+    let b = Engine::open(config(b_dir.path())).unwrap();
+    let (a_log, b_log) = (a.handle(), b.handle());
+    let to_a = a_log.append(5, record(0));
+    let to_b = b_log.append(5, record(1));
+    assert_eq!(block_on(to_b).unwrap(), 0);
+    assert_eq!(block_on(to_a).unwrap(), 0);
+    for (log, i) in [(&a_log, 0), (&b_log, 1)] {
+        let got = block_on(log.read_range(5, 0, 1)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].value(), format!("record {i}").as_bytes());
+    }
+    a.close().unwrap();
+    b.close().unwrap();
+}
+
 /// Under `Always` a thread's full bundles wait, linked, for the rest of its
 /// window; another thread that sends one of them by waiting on it sends
 /// the ones before it first, so the offsets keep the calls' order.
