@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod append;
+mod buffers;
 mod bundle;
 mod config;
 mod engine;
