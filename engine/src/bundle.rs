@@ -11,7 +11,7 @@
 //! thread appending one record at a time pays a queue message, an
 //! allocation and a wake-up per bundle, not per record; steady-state appends
 //! allocate nothing per record beyond the caller's own records (a new
-//! bundle reserves room for as many appends like its first as it takes).
+//! bundle reserves as much as the partition's bundle before it took).
 //!
 //! Completion slots used to be one `sharded_slab` entry per append; a
 //! bundle answers hundreds of appends with one shared slot, which the
@@ -33,8 +33,9 @@ use crate::{
     request::Reply,
 };
 
-/// Most appends like its first that a new bundle reserves room for: a
-/// few appends' worth, then the buffer grows by doubling. Reserving a
+/// Most appends like its first that a new bundle reserves room for, unless
+/// the partition's bundle before it took more: a few appends' worth, then
+/// the buffer grows by doubling. Reserving a
 /// whole bundle's worth (up to 1,024 records, about 90 KB) held 66 KB for
 /// each one-record append a fan-out producer left outstanding per
 /// partition (`engine/tests/memory.rs`).
@@ -257,9 +258,8 @@ impl Bundle {
     /// Encodes an unconditional append, `records` with a batch of `bytes`,
     /// into the bundle if it is still the partition's open bundle and
     /// takes no conditional append, and their one batch stays within
-    /// `limit`. Returns the place
-    /// of the append's first record in the bundle; `None` if it did not
-    /// join.
+    /// `limit`. Returns the place of the append's first record in the
+    /// bundle; `None` if it did not join.
     pub(crate) fn join(&self, records: &[Record], bytes: usize, limit: usize) -> Option<u64> {
         let mut staged = lock(&self.staged);
         let s = staged.as_mut()?;

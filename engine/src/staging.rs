@@ -147,10 +147,11 @@ impl Staged {
 
     /// Makes an append that passed its checks: `records`, a batch of
     /// `bytes`, to `partition` on `route`, to the shard that shares
-    /// `exchange`, conditional on `expected_end` if given. Staged if unconditional and at most `limit` bytes (a full
-    /// bundle it replaces goes with the new one if fewer than `keep` are
-    /// linked before it); else sent at once, after what is staged for the
-    /// partition. Returns its bundle and the place of its first record.
+    /// `exchange`, conditional on `expected_end` if given. Staged if
+    /// unconditional and at most `limit` bytes (a full bundle it replaces
+    /// goes with the new one if fewer than `keep` are linked before it);
+    /// else sent at once, after what is staged for the partition. Returns
+    /// its bundle and the place of its first record.
     pub(crate) fn append(
         &self,
         (partition, expected_end): (u64, Option<u64>),
