@@ -11,17 +11,14 @@
 //! thread appending one record at a time pays a queue message, an
 //! allocation and a wake-up per bundle, not per record; steady-state appends
 //! allocate nothing per record beyond the caller's own records (a new
-//! bundle reserves as much as the partition's bundle before it took).
+//! bundle reserves room for as many appends like its first as it takes).
 //!
 //! Completion slots used to be one `sharded_slab` entry per append; a
 //! bundle answers hundreds of appends with one shared slot, which the
 //! measurements in docs/BENCHMARKS.md ("Request path: bundles") preferred.
 
 use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
-    },
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     task::Waker,
 };
 
@@ -33,9 +30,8 @@ use crate::{
     request::Reply,
 };
 
-/// Most appends like its first that a new bundle reserves room for, unless
-/// the partition's bundle before it took more: a few appends' worth, then
-/// the buffer grows by doubling. Reserving a
+/// Most appends like its first that a new bundle reserves room for: a
+/// few appends' worth, then the buffer grows by doubling. Reserving a
 /// whole bundle's worth (up to 1,024 records, about 90 KB) held 66 KB for
 /// each one-record append a fan-out producer left outstanding per
 /// partition (`engine/tests/memory.rs`).
@@ -70,8 +66,6 @@ pub(crate) enum Queued {
 pub(crate) struct Bundle {
     /// The appends while they are staged; `None` once sent.
     staged: Mutex<Option<Staged>>,
-    /// Encoded size of its batch once sent (0 before).
-    sent_bytes: AtomicUsize,
     /// Set once, by the shard (or by a dropped [`Ticket`]).
     outcome: OnceLock<Outcome>,
     /// Tasks waiting for the outcome, each once.
@@ -206,25 +200,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Bundle {
     /// A new bundle of one append: `records`, whose batch is `bytes` long,
     /// for `partition`, to go by `route`; unconditional appends may join it
-    /// up to a batch of `limit` bytes. `previous` is the size of the
-    /// partition's bundle before it (0 if none): a stream of appends fills
-    /// each bundle about as full as the last, so it reserves that much.
-    /// The records are encoded here, on the appending thread.
+    /// up to a batch of `limit` bytes. The records are encoded here, on
+    /// the appending thread.
     pub(crate) fn new(
         route: Route,
         partition: u64,
         expected_end: Option<u64>,
         records: &[Record],
         bytes: usize,
-        (limit, previous): (usize, usize),
+        limit: usize,
     ) -> Arc<Bundle> {
         let body = bytes - BATCH_HEADER_LEN;
         let room = match expected_end {
-            // Room for a few more appends like this one, or as much as the
-            // last bundle took (grown by doubling from a few appends, a
-            // bundle of 400 small ones copied itself five times over).
-            None => ((limit / bytes).clamp(1, MAX_RESERVE) * body)
-                .max(previous.min(limit).saturating_sub(BATCH_HEADER_LEN)),
+            // Room for a few more appends like this one.
+            None => (limit / bytes).clamp(1, MAX_RESERVE) * body,
             Some(_) => body,
         };
         let mut encoded = EncodedRecords::from_buffer(route.exchange.buffers.take(room));
@@ -245,7 +234,6 @@ impl Bundle {
                 depth: 0,
                 open: true,
             })),
-            sent_bytes: AtomicUsize::new(0),
             outcome: OnceLock::new(),
             wakers: Mutex::new(Vec::new()),
             shard: route.shard,
@@ -306,14 +294,6 @@ impl Bundle {
         lock(&self.staged).is_some()
     }
 
-    /// Encoded size of the one batch its appends make, so far.
-    pub(crate) fn size(&self) -> usize {
-        match lock(&self.staged).as_ref() {
-            Some(s) => s.bytes,
-            None => self.sent_bytes.load(Ordering::Relaxed),
-        }
-    }
-
     /// Sends the bundle to its shard's queue, after the bundles kept staged
     /// before it, unless it was sent already.
     pub(crate) fn send(self: &Arc<Self>) {
@@ -330,7 +310,6 @@ impl Bundle {
         if let Some(prev) = s.prev.take() {
             prev.send();
         }
-        self.sent_bytes.store(s.bytes, Ordering::Relaxed);
         let request = AppendRequest {
             partition: s.partition,
             expected_end: s.expected_end,
@@ -483,50 +462,14 @@ mod tests {
         let (queue, _rx) = async_channel::unbounded();
         let exchange = Arc::new(Exchange::default());
         let (records, bytes) = append();
-        let old = Bundle::new(
-            route(&queue, &exchange),
-            1,
-            None,
-            &records,
-            bytes,
-            (LIMIT, 0),
-        );
+        let old = Bundle::new(route(&queue, &exchange), 1, None, &records, bytes, LIMIT);
         assert_eq!(old.join(&records, bytes, LIMIT), Some(1));
-        let new = Bundle::new(
-            route(&queue, &exchange),
-            1,
-            None,
-            &records,
-            bytes,
-            (LIMIT, 0),
-        );
+        let new = Bundle::new(route(&queue, &exchange), 1, None, &records, bytes, LIMIT);
         // Kept staged, to go first when the new one goes.
         assert!(new.follow(old.clone(), 16).is_none());
         assert!(old.is_staged());
         assert_eq!(old.join(&records, bytes, LIMIT), None);
         assert_eq!(new.join(&records, bytes, LIMIT), Some(1));
-    }
-
-    /// A bundle reserves as much as the partition's bundle before it took,
-    /// within the limit, so a steady stream does not grow each one from a
-    /// few appends' room; the first reserves a few appends' worth.
-    #[test]
-    fn a_bundle_reserves_what_the_one_before_it_took() {
-        let (queue, rx) = async_channel::unbounded();
-        let exchange = Arc::new(Exchange::default());
-        let (records, bytes) = append();
-        let capacity = |previous: usize| {
-            let sizes = (LIMIT, previous);
-            Bundle::new(route(&queue, &exchange), 1, None, &records, bytes, sizes).send();
-            match rx.try_recv() {
-                Ok(Queued::Appends(a)) => a.records.into_buffer().capacity(),
-                _ => unreachable!("the bundle was just sent"),
-            }
-        };
-        let first = capacity(0);
-        assert!(first < 4 << 10, "a first bundle reserved {first}");
-        assert!(capacity(40 << 10) >= (40 << 10) - BATCH_HEADER_LEN);
-        assert!(capacity(1 << 30) <= 2 * LIMIT, "the limit bounds the room");
     }
 
     /// The shard's list of staged bundles sends each one still staged,
@@ -538,16 +481,7 @@ mod tests {
         let exchange = Arc::new(Exchange::default());
         let (records, bytes) = append();
         let opened: Vec<Arc<Bundle>> = (1..=2)
-            .map(|p| {
-                Bundle::new(
-                    route(&queue, &exchange),
-                    p,
-                    None,
-                    &records,
-                    bytes,
-                    (LIMIT, 0),
-                )
-            })
+            .map(|p| Bundle::new(route(&queue, &exchange), p, None, &records, bytes, LIMIT))
             .collect();
         for b in &opened {
             exchange.unsent.push(b.clone());
@@ -565,14 +499,7 @@ mod tests {
         // Bundles sent by their threads are dropped from the list as it
         // fills.
         for _ in 0..PRUNE_AT * 3 {
-            let b = Bundle::new(
-                route(&queue, &exchange),
-                3,
-                None,
-                &records,
-                bytes,
-                (LIMIT, 0),
-            );
+            let b = Bundle::new(route(&queue, &exchange), 3, None, &records, bytes, LIMIT);
             b.send();
             exchange.unsent.push(b);
         }

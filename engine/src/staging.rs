@@ -163,7 +163,7 @@ impl Staged {
         if expected_end.is_some() || bytes > limit {
             // Encoded before the lock, which other partitions share: this
             // append may be up to a batch's limit.
-            let bundle = Bundle::new(route(), partition, expected_end, records, bytes, (limit, 0));
+            let bundle = Bundle::new(route(), partition, expected_end, records, bytes, limit);
             let mut slot = self.slot(partition);
             // Sent under the lock: after what is staged, before any later
             // append to the partition.
@@ -177,7 +177,6 @@ impl Staged {
             return joined;
         }
         let mut slot = self.slot(partition);
-        let mut previous = 0;
         if let Some(b) = slot.get(&partition) {
             if let Some(place) = b.join(records, bytes, limit) {
                 let b = b.clone();
@@ -185,10 +184,8 @@ impl Staged {
                 note(&b);
                 return (b, place);
             }
-            previous = b.size();
         }
-        let sizes = (limit, previous);
-        let bundle = Bundle::new(route(), partition, expected_end, records, bytes, sizes);
+        let bundle = Bundle::new(route(), partition, expected_end, records, bytes, limit);
         if let Some(previous) = slot.insert(partition, bundle.clone()) {
             // Under the lock, before anyone can reach the new bundle.
             if let Some(previous) = bundle.follow(previous, keep) {
